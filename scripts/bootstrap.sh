@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# Everything `make run` and `make test` need, on a fresh machine or a warm one.
+# Idempotent; a warm run takes a second or two.
+#  - a virtualenv built from requirements.lock, cached per lock hash outside the
+#    checkout and linked as .venv, so CI's fresh clones reuse it;
+#  - this checkout installed into it (editable);
+#  - shared libraries OpenCV needs, from Debian, if missing;
+#  - the face photographs for synthetic clips, from the npm registry, into the cache.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CACHE="${DFM_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/deepfake-monitor}"
+PY="${PYTHON:-python3}"
+mkdir -p "$CACHE"
+
+say() { echo "bootstrap: $*" >&2; }
+
+apt_install() {
+  if [ "$(id -u)" != 0 ]; then
+    say "missing Debian packages: $*; install them as root (apt-get install $*)"
+    exit 1
+  fi
+  say "installing Debian packages: $*"
+  if [ ! -f "$CACHE/.apt-updated" ]; then apt-get update -qq && touch "$CACHE/.apt-updated"; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# 1. virtualenv
+pyver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
+hash=$( (echo "$pyver"; cat requirements.lock) | sha256sum | cut -c1-12)
+venv="$CACHE/venv-$hash"
+if [ ! -f "$venv/.complete" ]; then
+  say "creating $venv (first run downloads PyTorch; several minutes)"
+  rm -rf "$venv"
+  "$PY" -m venv "$venv"
+  "$venv/bin/python" -m pip install -q --upgrade pip
+  "$venv/bin/python" -m pip install -q -r requirements.lock
+  touch "$venv/.complete"
+fi
+if [ "$(readlink .venv 2>/dev/null || true)" != "$venv" ]; then
+  rm -rf .venv
+  ln -s "$venv" .venv
+fi
+
+# 2. this checkout, editable
+here=$(pwd -P)
+installed=$(cd / && "$here/.venv/bin/python" -c 'import importlib.metadata as m, json
+print(json.loads(m.distribution("deepfake-monitor").read_text("direct_url.json"))["url"])' 2>/dev/null || true)
+if [ "$installed" != "file://$here" ] || [ ! -x .venv/bin/deepfake-monitor ]
+then
+  say "installing this checkout into .venv"
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . >"$CACHE/pip-editable.log" 2>&1 \
+    || { cat "$CACHE/pip-editable.log" >&2; exit 1; }
+fi
+
+# 3. shared libraries (opencv-contrib-python, pulled in by mediapipe, wants libGL)
+if ! .venv/bin/python -c 'import cv2' 2>/dev/null; then
+  apt_install libgl1 libglib2.0-0
+fi
+
+# 4. face photographs for `deepfake-monitor synth` (MIT; fetched, never committed)
+photos="$CACHE/photos"
+if [ ! -f "$photos/sample6.jpg" ]; then
+  command -v npm >/dev/null || apt_install npm
+  say "fetching face photos (npm @vladmandic/face-api@1.7.15) into $photos"
+  tmp=$(mktemp -d)
+  (cd "$tmp" && npm pack --silent @vladmandic/face-api@1.7.15 >/dev/null && tar xzf ./*.tgz package/demo package/LICENSE)
+  mkdir -p "$photos"
+  cp "$tmp"/package/demo/sample[1-6].jpg "$photos/"
+  cp "$tmp/package/LICENSE" "$photos/LICENSE-face-api-MIT.txt"
+  rm -rf "$tmp"
+fi

@@ -1,0 +1,229 @@
+"""The ``deepfake-monitor`` command.
+
+Errors the user can fix print one line, ``deepfake-monitor: error: ...``, and exit 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from analyzer.errors import AnalyzerError
+from streamer.errors import StreamerError
+
+log = logging.getLogger("deepfake-monitor")
+
+PROG = "deepfake-monitor"
+# The demo checkpoint ships inside the package once the offline workflow has made one.
+BUNDLED_CHECKPOINT = Path(__file__).resolve().parent.parent / "analyzer" / "assets" / "demo.pt"
+
+
+class UsageError(StreamerError):
+    """Bad command-line input."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Live deepfake detection for video.")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    scan = sub.add_parser("scan", help="score a video file or URL, one JSON verdict per window")
+    scan.add_argument("source", metavar="VIDEO|URL")
+    scan.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (.pt)")
+    scan.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="untrained weights, for smoke tests and benchmarks (verdicts say random-init)",
+    )
+    scan.add_argument("--window", type=_positive_int, default=150, help="frames per window")
+    scan.add_argument("--hop", type=_positive_int, default=30, help="frames between windows")
+    scan.add_argument("--fps", type=float, default=30.0, help="model frame rate")
+    scan.add_argument("--threshold", type=float, default=0.5, help="P(FAKE) for a FAKE label")
+    scan.add_argument("--max-faces", type=_positive_int, default=4, help="faces tracked at once")
+    scan.add_argument("--detect-every", type=_positive_int, default=3, help="frames per detection")
+    scan.add_argument("--batch", type=_positive_int, default=32, help="backbone batch size")
+    scan.add_argument(
+        "--device", default=os.environ.get("DFM_DEVICE", "auto"), help="auto|cpu|cuda"
+    )
+    scan.add_argument("--timeout", type=float, default=10.0, help="network timeout, seconds")
+    scan.add_argument("--stream-id", default=None, help="stream id in the verdicts")
+
+    synth = sub.add_parser("synth", help="write labelled synthetic REAL/FAKE face videos")
+    synth.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    synth.add_argument("--videos", type=_positive_int, default=10, help="clips to write")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--frames", type=_positive_int, default=240, help="frames per clip")
+    synth.add_argument("--fps", type=float, default=30.0)
+    synth.add_argument("--size", default="480x360", help="WIDTHxHEIGHT, both even")
+    synth.add_argument(
+        "--identities",
+        default=None,
+        help="comma-separated photos to use (sample1..sample6, astronaut); default all",
+    )
+    synth.add_argument("--photos", type=Path, default=None, help="folder of the face photos")
+
+    sub.add_parser("schema", help="print the verdict v1 JSON Schema")
+    return parser
+
+
+def _configure_logging(verbose: int) -> None:
+    level_name = os.environ.get("DFM_LOG_LEVEL", "").upper()
+    level = getattr(logging, level_name, None) if level_name else None
+    if not isinstance(level, int):
+        level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(
+        level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def _cmd_scan(args: argparse.Namespace) -> int:
+    from analyzer.engine import Engine
+    from analyzer.faces import BlazeFaceDetector
+    from analyzer.model import load_checkpoint, random_model
+    from streamer.scan import ScanOptions, open_frames, scan, stream_id_for
+
+    if args.hop > args.window:
+        raise UsageError(
+            f"--hop {args.hop} is larger than --window {args.window}; windows would skip frames"
+        )
+    if not 0.0 <= args.threshold <= 1.0:
+        raise UsageError(f"--threshold {args.threshold} is outside 0..1")
+    if args.fps <= 0:
+        raise UsageError(f"--fps {args.fps} must be above 0")
+    stream_id = args.stream_id or stream_id_for(args.source)
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,64}", stream_id):
+        raise UsageError(f"--stream-id {stream_id!r} must be 1-64 of A-Z a-z 0-9 . _ -")
+    options = ScanOptions(
+        window=args.window,
+        hop=args.hop,
+        fps=args.fps,
+        threshold=args.threshold,
+        max_faces=args.max_faces,
+        detect_every=args.detect_every,
+        batch_size=args.batch,
+        timeout_s=args.timeout,
+    )
+    checkpoint = None if args.random_weights else (args.checkpoint or _default_checkpoint())
+    frames = open_frames(args.source, options)
+    loaded = random_model() if checkpoint is None else load_checkpoint(checkpoint)
+    engine = Engine(loaded, args.device)
+    bar = _progress(desc="scan", unit="frame")
+    with BlazeFaceDetector() as detector:
+        try:
+            summary = scan(
+                frames,
+                engine,
+                detector,
+                lambda v: print(v.to_json(), flush=True),
+                options,
+                stream_id=stream_id,
+                on_frame=(lambda: bar.update(1)) if bar else None,
+            )
+        finally:
+            if bar:
+                bar.close()
+    log.info(
+        "%s: %d frames, %d face crops, %d verdicts",
+        stream_id,
+        summary.frames,
+        summary.crops,
+        summary.verdicts,
+    )
+    return 0
+
+
+def _default_checkpoint() -> Path:
+    env = os.environ.get("DFM_CHECKPOINT")
+    if env:
+        return Path(env)
+    if BUNDLED_CHECKPOINT.is_file():
+        return BUNDLED_CHECKPOINT
+    raise UsageError(
+        "no checkpoint: this build has no bundled demo checkpoint yet; pass --checkpoint PATH "
+        "(or set DFM_CHECKPOINT), or --random-weights for a smoke test"
+    )
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from analyzer.synthetic import PHOTO_NAMES, synthesize
+
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--size {args.size!r} must look like 480x360") from None
+    if width < 64 or height < 64 or width % 2 or height % 2:
+        raise UsageError(f"--size {args.size} must be even numbers of at least 64")
+    names = args.identities.split(",") if args.identities else PHOTO_NAMES
+    bar = _progress(total=args.videos, desc="synth", unit="video")
+    try:
+        specs = synthesize(
+            args.out_dir,
+            videos=args.videos,
+            seed=args.seed,
+            frames=args.frames,
+            fps=args.fps,
+            size=(width, height),
+            identities=[n.strip() for n in names if n.strip()],
+            photos_dir=args.photos,
+            progress=bar.update if bar else None,
+        )
+    finally:
+        if bar:
+            bar.close()
+    fakes = sum(s.label == "FAKE" for s in specs)
+    real = len(specs) - fakes
+    print(f"wrote {len(specs)} clips ({real} REAL, {fakes} FAKE) and labels.csv to {args.out_dir}")
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from streamer.verdict import json_schema_text
+
+    sys.stdout.write(json_schema_text())
+    return 0
+
+
+def _progress(**kwargs: Any) -> Any:
+    """A tqdm bar on stderr when it is a terminal, else None."""
+    if not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    return tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs)
+
+
+COMMANDS = {"scan": _cmd_scan, "synth": _cmd_synth, "schema": _cmd_schema}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    _configure_logging(args.verbose)
+    try:
+        return COMMANDS[args.command](args)
+    except (AnalyzerError, StreamerError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # Reader went away (e.g. `| head`): not an error of ours.
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,110 @@
+"""Face detection on real photographs, and the tracker's rules on scripted detections."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from skimage import data
+
+from analyzer.faces import BlazeFaceDetector, Detection, FaceTracker, crop_face, iou
+
+
+@pytest.fixture(scope="module")
+def detector():
+    with BlazeFaceDetector() as det:
+        yield det
+
+
+def test_blazeface_finds_the_astronaut(detector):
+    found = detector.detect(data.astronaut())
+    assert len(found) == 1
+    x0, y0, x1, y1 = found[0].box
+    # Her face sits left of centre in the top half of the 512x512 picture.
+    assert 0.30 < x0 < 0.40 and 0.12 < y0 < 0.22 and 0.48 < x1 < 0.60 and 0.30 < y1 < 0.42
+    assert found[0].score > 0.8
+
+
+def test_blazeface_finds_every_face_of_a_group_photo(detector, photos_dir):
+    import cv2
+
+    rgb = cv2.cvtColor(cv2.imread(str(photos_dir / "sample6.jpg")), cv2.COLOR_BGR2RGB)
+    assert len(detector.detect(rgb)) == 4
+
+
+def test_blazeface_sees_no_face_in_texture(detector):
+    assert detector.detect(np.full((360, 480, 3), 127, np.uint8)) == []
+
+
+def test_tracker_crops_a_real_face_every_frame(detector):
+    frame = data.astronaut()
+    tracker = FaceTracker(detector, detect_every=3)
+    ids = set()
+    for _ in range(7):
+        faces = tracker.update(frame)
+        assert len(faces.crops) == 1
+        crop = faces.crops[0].crop
+        assert crop.shape == (112, 112, 3) and crop.dtype == np.uint8
+        ids.add(faces.crops[0].track_id)
+    assert ids == {1}
+
+
+class Scripted:
+    """A detector that answers from a script, one list per call; counts its calls."""
+
+    def __init__(self, script: list[list[Detection]]) -> None:
+        self.script = script
+        self.calls = 0
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        out = self.script[min(self.calls, len(self.script) - 1)]
+        self.calls += 1
+        return out
+
+
+FRAME = np.zeros((100, 100, 3), np.uint8)
+A = Detection((0.1, 0.1, 0.3, 0.3), 0.9)
+B = Detection((0.6, 0.6, 0.8, 0.8), 0.7)
+
+
+def test_detector_runs_every_k_frames():
+    det = Scripted([[A]])
+    tracker = FaceTracker(det, detect_every=3)
+    for _ in range(10):
+        tracker.update(FRAME)
+    assert det.calls == 4  # frames 0, 3, 6, 9
+
+
+def test_two_faces_two_tracks_and_max_tracks_keeps_the_surest():
+    assert {c.track_id for c in FaceTracker(Scripted([[A, B]])).update(FRAME).crops} == {1, 2}
+    only = FaceTracker(Scripted([[B, A]]), max_tracks=1).update(FRAME).crops
+    assert len(only) == 1 and only[0].box == A.box
+
+
+def test_no_face_no_crop():
+    assert FaceTracker(Scripted([[]])).update(FRAME).crops == []
+
+
+def test_a_face_that_leaves_ends_its_track():
+    det = Scripted([[A, B], [A], [A], [A]])
+    tracker = FaceTracker(det, detect_every=1, max_misses=1)
+    assert len(tracker.update(FRAME).crops) == 2
+    assert len(tracker.update(FRAME).crops) == 2  # B missed once: kept for now
+    third = tracker.update(FRAME)
+    assert third.ended == [2] and [c.track_id for c in third.crops] == [1]
+    assert tracker.track_ids == [1]
+
+
+def test_boxes_are_smoothed_between_detections():
+    moved = Detection((0.2, 0.1, 0.4, 0.3), 0.9)
+    tracker = FaceTracker(Scripted([[A], [moved]]), detect_every=1, smoothing=0.5)
+    tracker.update(FRAME)
+    box = tracker.update(FRAME).crops[0].box
+    assert box == pytest.approx((0.15, 0.1, 0.35, 0.3))
+    assert iou(box, A.box) > 0.3
+
+
+def test_crop_at_the_frame_edge_is_padded_not_shifted():
+    frame = np.full((100, 100, 3), 200, np.uint8)
+    crop = crop_face(frame, (0.0, 0.0, 0.2, 0.2), margin=1.0, size=112)
+    assert crop.shape == (112, 112, 3)
+    assert crop[0, 0].tolist() == [0, 0, 0] and crop[-1, -1].tolist() == [200, 200, 200]
