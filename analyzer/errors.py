@@ -19,5 +19,9 @@ class FaceModelError(AnalyzerError):
     """The face detector model could not be loaded."""
 
 
-class AssetsMissingError(AnalyzerError):
+class DataError(AnalyzerError):
+    """Input data (videos, photos, labels) cannot be used as given."""
+
+
+class AssetsMissingError(DataError):
     """Data fetched at set-up time (face photographs) is not where it should be."""

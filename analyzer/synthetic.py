@@ -1,7 +1,7 @@
 """Labelled synthetic face videos made from real photographs.
 
 The photographs are the six demo pictures of the npm package
-``@vladmandic/face-api@1.7.15`` (MIT licence; fetched at set-up time by ``make assets``,
+``@vladmandic/face-api@1.7.15`` (MIT licence; fetched at set-up time by ``make setup``,
 never committed) and scikit-image's ``astronaut``. Each photo is one *identity group*:
 every clip made from it, REAL or FAKE, carries its name, so a split can keep a source
 and its manipulations together, and photos can be split disjointly between train and test.
@@ -30,7 +30,7 @@ import av
 import cv2
 import numpy as np
 
-from analyzer.errors import AssetsMissingError
+from analyzer.errors import AssetsMissingError, DataError
 from analyzer.faces import BlazeFaceDetector
 
 NPM_PACKAGE = "@vladmandic/face-api@1.7.15"
@@ -97,7 +97,7 @@ def load_photos(folder: Path | None = None, names: Sequence[str] = PHOTO_NAMES) 
                 bgr = cv2.imread(str(path))
                 if bgr is None:
                     raise AssetsMissingError(
-                        f"face photo {path} is missing; run 'make assets' (it fetches the npm "
+                        f"face photo {path} is missing; run 'make setup' (it fetches the npm "
                         f"package {NPM_PACKAGE}) or set DFM_PHOTOS_DIR"
                     )
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
@@ -256,9 +256,17 @@ def write_h264(
         stream = out.add_stream("libx264", rate=round(fps))
         stream.width, stream.height = size
         stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": "veryfast"}
+        # Without the rate-control lookahead and macroblock tree, x264's output was seen
+        # to vary from run to run for the same frames here; with them off it does not.
+        stream.options = {
+            "crf": str(crf),
+            "preset": "veryfast",
+            "x264-params": "threads=1:rc-lookahead=0:mbtree=0",
+        }
         for rgb in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+            # BT.601 I420 by OpenCV: the frame handed over owns fully written planes.
+            yuv = np.asarray(cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420), np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(yuv, format="yuv420p")):
                 out.mux(packet)
             count += 1
         for packet in stream.encode():
@@ -293,6 +301,11 @@ def make_clip(
         shown = []
         for face in targets:
             choices = [pf for pf in others if pf[1].identity != face.identity]
+            if not choices:
+                raise DataError(
+                    f"a FAKE clip of {photo.name} needs a donor face, and the chosen identities "
+                    "hold no other face; choose more identities (--identities)"
+                )
             donor_photo, donor_face = choices[int(rng.integers(len(choices)))]
             swaps.append(_make_swap(photo, face, donor_photo, donor_face, rng))
             donors.append(donor_face.identity)

@@ -8,6 +8,7 @@ the source and what went wrong.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,9 +58,20 @@ def open_video(url: str, *, timeout_s: float = 10.0) -> Any:
             raise SourceError(f"video {url} is a folder; pass a video file")
         if path.stat().st_size == 0:
             raise SourceError(f"video {url} is empty (0 bytes); pass a complete video file")
+    started = time.monotonic()
     try:
         container = av.open(url, options=options, timeout=(timeout_s, timeout_s))
     except av.error.InvalidDataError:
+        if is_network(url):
+            # FFmpeg reports a server that stays silent past the timeout as bad data.
+            if time.monotonic() - started >= 0.9 * timeout_s:
+                raise SourceUnreachable(
+                    f"{url} did not answer within {timeout_s:g} s; "
+                    "check the address and that the server is up"
+                ) from None
+            raise SourceUnreachable(
+                f"{url} answered, but not with video this program reads"
+            ) from None
         raise SourceError(
             f"{url} is not a video this program can read (no known container format, "
             "or the file is truncated); pass an MP4, MKV, WebM, AVI or MPEG-TS file"

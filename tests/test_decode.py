@@ -1,0 +1,42 @@
+"""Resampling to the model frame rate and decoding real files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamer.errors import SourceError
+from streamer.sources.decode import decode, resample
+
+DOT = np.zeros((2, 2, 3), np.uint8)
+
+
+def frames_at(fps: float, seconds: float) -> list[tuple[float, np.ndarray]]:
+    return [(i / fps, np.full((2, 2, 3), i % 256, np.uint8)) for i in range(round(fps * seconds))]
+
+
+@pytest.mark.parametrize(("src_fps", "expected"), [(30, 60), (60, 60), (25, 59), (15, 59)])
+def test_resample_puts_frames_on_a_30_fps_clock(src_fps, expected):
+    out = list(resample(frames_at(src_fps, 2.0), 30.0))
+    assert len(out) == expected
+    assert [f.index for f in out] == list(range(len(out)))
+    assert np.allclose([f.pts_s for f in out], np.arange(len(out)) / 30.0)
+
+
+def test_resample_shows_the_latest_frame_at_each_tick():
+    out = list(resample(frames_at(15, 1.0), 30.0))
+    # 15 fps source: every source frame is shown twice, except the last.
+    assert [int(f.rgb[0, 0, 0]) for f in out[:6]] == [0, 0, 1, 1, 2, 2]
+
+
+def test_decode_reads_every_frame_of_a_synthetic_clip(synth_clips):
+    clip = sorted(synth_clips.glob("*.mp4"))[0]
+    frames = list(decode(str(clip)))
+    assert len(frames) == 180
+    assert frames[0][0] == 0.0 and frames[-1][0] == pytest.approx(179 / 30, abs=1e-3)
+    assert frames[0][1].shape == (360, 480, 3)
+
+
+def test_decode_of_a_missing_file_says_so(tmp_path):
+    with pytest.raises(SourceError, match="does not exist"):
+        list(decode(str(tmp_path / "none.mp4")))

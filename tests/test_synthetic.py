@@ -1,0 +1,84 @@
+"""Synthetic REAL/FAKE clips: labels, determinism, faces a detector can find."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+from pathlib import Path
+
+import pytest
+
+from analyzer.errors import AssetsMissingError
+from analyzer.faces import BlazeFaceDetector
+from analyzer.synthetic import CSV_FIELDS, synthesize
+from streamer.sources.decode import decode
+from tests.conftest import run_cli
+
+
+def rows(folder: Path) -> list[dict[str, str]]:
+    with open(folder / "labels.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_labels_csv_describes_every_clip(synth_clips):
+    table = rows(synth_clips)
+    assert list(table[0]) == CSV_FIELDS
+    assert [r["label"] for r in table] == ["REAL", "FAKE", "REAL", "FAKE"]
+    assert [r["identity"] for r in table] == ["sample3", "sample3", "astronaut", "astronaut"]
+    assert {r["method"] for r in table if r["label"] == "FAKE"} == {"faceswap"}
+    for r in table:
+        assert (synth_clips / r["file"]).stat().st_size > 10_000
+        assert r["frames"] == "180"
+        if r["label"] == "FAKE":
+            donors = r["donors"].split(";")
+            # A donor face always comes from another photo than the one it lands in.
+            assert donors and all(not d.startswith(r["identity"] + "/") for d in donors)
+
+
+def test_clips_are_h264_with_faces_in_them(synth_clips):
+    import av
+
+    with BlazeFaceDetector() as detector:
+        for r in rows(synth_clips):
+            with av.open(str(synth_clips / r["file"])) as c:
+                assert c.streams.video[0].codec_context.name == "h264"
+                assert not c.streams.audio
+            found = [len(detector.detect(rgb)) for _, rgb in decode(str(synth_clips / r["file"]))][
+                ::30
+            ]
+            assert min(found) >= 1, (r["file"], found)
+
+
+def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, photos_dir):
+    kw = dict(videos=2, frames=20, identities=["sample2", "sample5"], photos_dir=photos_dir)
+    synthesize(tmp_path / "a", seed=1, **kw)
+    synthesize(tmp_path / "b", seed=1, **kw)
+    synthesize(tmp_path / "c", seed=2, **kw)
+    for name in ("00000_real_sample2.mp4", "00001_fake_sample2.mp4"):
+        assert sha(tmp_path / "a" / name) == sha(tmp_path / "b" / name)
+        assert sha(tmp_path / "a" / name) != sha(tmp_path / "c" / name)
+    assert (tmp_path / "a" / "labels.csv").read_text() == (
+        tmp_path / "b" / "labels.csv"
+    ).read_text()
+
+
+def test_identities_split_disjointly(tmp_path, photos_dir):
+    synthesize(tmp_path / "train", videos=4, frames=10, identities=["sample1", "sample4"])
+    synthesize(tmp_path / "test", videos=2, frames=10, identities=["sample6"])
+    train = {r["identity"] for r in rows(tmp_path / "train")}
+    test = {r["identity"] for r in rows(tmp_path / "test")}
+    assert train == {"sample1", "sample4"} and test == {"sample6"}
+    # With one photo, FAKE clips swap faces within it.
+    assert all(d.startswith("sample6/") for d in rows(tmp_path / "test")[1]["donors"].split(";"))
+
+
+def test_missing_photos_are_one_clear_error(tmp_path):
+    with pytest.raises(AssetsMissingError, match="run .make setup."):
+        synthesize(tmp_path / "x", videos=1, identities=["sample1"], photos_dir=tmp_path)
+    result = run_cli("synth", str(tmp_path / "y"), "--identities", "sample9")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "unknown photo 'sample9'" in result.stderr
