@@ -9,11 +9,7 @@ crop per frame: a square around the face with ``margin`` added, resized to 112x1
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -41,25 +37,18 @@ class Detector(Protocol):
     def detect(self, rgb: np.ndarray) -> list[Detection]: ...
 
 
-@contextlib.contextmanager
-def _native_stderr_to_log() -> Iterator[None]:
-    """Send what native code writes to fd 2 meanwhile to this module's debug log.
+def _aligned(rgb: np.ndarray, alignment: int = 64) -> np.ndarray:
+    """``rgb`` in C order at a 64-byte aligned address (copied only when it is not).
 
-    MediaPipe's C++ runtime prints INFO lines straight to stderr when a detector is
-    created and closed; a command-line tool must keep stderr for its own messages.
-    fd 2 is process-wide, so only short, rare calls go through here.
+    LiteRT copies unaligned input itself, and says so on stderr.
     """
-    with tempfile.TemporaryFile() as sink:
-        saved = os.dup(2)
-        os.dup2(sink.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            for line in sink.read().decode(errors="replace").splitlines():
-                log.debug("mediapipe: %s", line)
+    if rgb.flags.c_contiguous and rgb.ctypes.data % alignment == 0:
+        return rgb
+    raw = np.empty(rgb.nbytes + alignment, np.uint8)
+    offset = -raw.ctypes.data % alignment
+    out = raw[offset : offset + rgb.nbytes].view(rgb.dtype).reshape(rgb.shape)
+    out[...] = rgb
+    return out
 
 
 class BlazeFaceDetector:
@@ -83,12 +72,9 @@ class BlazeFaceDetector:
             base_options=BaseOptions(model_asset_path=str(model_path)),
             min_detection_confidence=min_confidence,
         )
-        with _native_stderr_to_log():
-            self._detector = vision.FaceDetector.create_from_options(options)
-            # The first call prints a one-off notice too.
-            self._detector.detect(
-                mp.Image(image_format=mp.ImageFormat.SRGB, data=np.zeros((64, 64, 3), np.uint8))
-            )
+        # MediaPipe's runtime prints INFO lines on stderr here; the CLI routes them to
+        # the log (streamer/nativelog.py).
+        self._detector = vision.FaceDetector.create_from_options(options)
         self._closed = False
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
@@ -99,9 +85,7 @@ class BlazeFaceDetector:
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
             small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
         sh, sw = small.shape[:2]
-        image = self._mp.Image(
-            image_format=self._mp.ImageFormat.SRGB, data=np.ascontiguousarray(small)
-        )
+        image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=_aligned(small))
         found = []
         for det in self._detector.detect(image).detections:
             bb = det.bounding_box
@@ -115,8 +99,7 @@ class BlazeFaceDetector:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            with _native_stderr_to_log():
-                self._detector.close()
+            self._detector.close()
 
     def __enter__(self) -> BlazeFaceDetector:
         return self

@@ -16,6 +16,7 @@ from typing import Any
 
 from analyzer.errors import AnalyzerError
 from streamer.errors import StreamerError
+from streamer.nativelog import route_native_stderr
 
 log = logging.getLogger("deepfake-monitor")
 
@@ -210,6 +211,7 @@ COMMANDS = {"scan": _cmd_scan, "synth": _cmd_synth, "schema": _cmd_schema}
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _build_parser().parse_args(argv)
+    route_native_stderr()
     _configure_logging(args.verbose)
     try:
         return COMMANDS[args.command](args)

@@ -43,6 +43,7 @@ def test_scan_synthetic_clips_one_valid_verdict_per_window(synth_clips, validato
     for clip in sorted(synth_clips.glob("*.mp4"))[:2]:
         result = run_cli("scan", str(clip), "--random-weights", "--hop", str(hop))
         assert result.returncode == 0, result.stderr
+        assert result.stderr == "", "a good run keeps stderr quiet"
         verdicts = json_lines(result.stdout)
         assert len(verdicts) == (frames - 150) // hop + 1
         for v in verdicts:
