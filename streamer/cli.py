@@ -21,8 +21,6 @@ from streamer.nativelog import route_native_stderr
 log = logging.getLogger("deepfake-monitor")
 
 PROG = "deepfake-monitor"
-# The demo checkpoint ships inside the package once the offline workflow has made one.
-BUNDLED_CHECKPOINT = Path(__file__).resolve().parent.parent / "analyzer" / "assets" / "demo.pt"
 
 
 class UsageError(StreamerError):
@@ -75,6 +73,9 @@ def _build_parser() -> argparse.ArgumentParser:
         help="comma-separated photos to use (sample1..sample6, astronaut); default all",
     )
     synth.add_argument("--photos", type=Path, default=None, help="folder of the face photos")
+
+    serve = sub.add_parser("serve", help="run the live service (settings: DFM_* env vars)")
+    serve.add_argument("--config", type=Path, default=None, help="YAML file of settings")
 
     sub.add_parser("schema", help="print the verdict v1 JSON Schema")
     return parser
@@ -147,6 +148,8 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
 
 def _default_checkpoint() -> Path:
+    from analyzer.model import BUNDLED_CHECKPOINT
+
     env = os.environ.get("DFM_CHECKPOINT")
     if env:
         return Path(env)
@@ -156,6 +159,20 @@ def _default_checkpoint() -> Path:
         "no checkpoint: this build has no bundled demo checkpoint yet; pass --checkpoint PATH "
         "(or set DFM_CHECKPOINT), or --random-weights for a smoke test"
     )
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from streamer.config import load_settings
+    from streamer.service import serve
+
+    settings = load_settings(args.config)
+    if args.verbose == 0 and not os.environ.get("DFM_LOG_LEVEL"):
+        logging.getLogger().setLevel(settings.log_level)
+    else:
+        logging.getLogger().setLevel(os.environ.get("DFM_LOG_LEVEL", "DEBUG").upper())
+    return asyncio.run(serve(settings))
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -206,7 +223,7 @@ def _progress(**kwargs: Any) -> Any:
     return tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs)
 
 
-COMMANDS = {"scan": _cmd_scan, "synth": _cmd_synth, "schema": _cmd_schema}
+COMMANDS = {"scan": _cmd_scan, "synth": _cmd_synth, "serve": _cmd_serve, "schema": _cmd_schema}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,0 +1,187 @@
+"""Cross-stream batching into the engine, which runs in a thread of its own.
+
+Streams submit face crops (backbone work) and due windows (head work). One loop task
+gathers them into batches, up to ``max_batch`` crops or ``max_wait_ms`` after the first
+one, head work first, and runs each batch in the engine thread. Results go back through
+futures on the event loop.
+
+Backpressure: at most ``max_inflight`` crops may wait for the engine. A stream that
+finds no room waits (:meth:`reserve`); meanwhile its own frame inbox fills and drops its
+oldest frames, counted as ``frames_dropped_total{reason="backpressure"}``. So memory and
+latency stay bounded when the engine falls behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from analyzer.engine import Engine
+from streamer.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Request:
+    items: list[np.ndarray]
+    future: asyncio.Future[np.ndarray] = field(repr=False)
+
+
+class Batcher:
+    def __init__(
+        self,
+        engine: Engine,
+        metrics: Metrics,
+        *,
+        max_batch: int = 64,
+        max_wait_ms: float = 10.0,
+        max_inflight: int = 256,
+        slow_ms: float = 0.0,
+    ) -> None:
+        self.engine = engine
+        self.metrics = metrics
+        self.max_batch = max_batch
+        self.max_wait = max_wait_ms / 1000.0
+        self.max_inflight = max(max_inflight, max_batch)
+        self.slow = slow_ms / 1000.0
+        self._crops: asyncio.Queue[_Request] = asyncio.Queue()
+        self._heads: asyncio.Queue[_Request] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._room = asyncio.Condition()
+        self._inflight = 0
+        self._executor: ThreadPoolExecutor | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
+        self._task = asyncio.create_task(self._run(), name="batcher")
+        self._task.add_done_callback(_log_crash)
+
+    async def stop(self) -> None:
+        """Finish nothing new; fail what waits. Safe to call twice."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for queue in (self._crops, self._heads):
+            while not queue.empty():
+                req = queue.get_nowait()
+                if not req.future.done():
+                    req.future.cancel()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    async def __aenter__(self) -> Batcher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    @property
+    def inflight(self) -> int:
+        return self._inflight
+
+    async def reserve(self, crops: int) -> None:
+        """Wait until ``crops`` more crops may be queued for the engine."""
+        async with self._room:
+            await self._room.wait_for(lambda: self._inflight + crops <= self.max_inflight)
+            self._inflight += crops
+            self.metrics.queue_depth.labels("engine_crops").set(self._inflight)
+
+    def backbone(self, crops: list[np.ndarray]) -> asyncio.Future[np.ndarray]:
+        """Queue crops (already reserved) for the backbone; the future gets (N, 2048)."""
+        fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._crops.put_nowait(_Request(crops, fut))
+        self._wake.set()
+        return fut
+
+    async def head(self, windows: list[np.ndarray]) -> np.ndarray:
+        """P(FAKE) for each window of cached features."""
+        fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._heads.put_nowait(_Request(windows, fut))
+        self._wake.set()
+        return await fut
+
+    async def _run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while not self._heads.empty() or not self._crops.empty():
+                if not self._heads.empty():
+                    await self._run_heads()
+                    continue
+                await self._run_backbone()
+
+    async def _run_heads(self) -> None:
+        reqs = [self._heads.get_nowait() for _ in range(self._heads.qsize())]
+        await self._dispatch("head", reqs)
+
+    async def _run_backbone(self) -> None:
+        reqs = [self._crops.get_nowait()]
+        count = len(reqs[0].items)
+        deadline = time.monotonic() + self.max_wait
+        while count < self.max_batch:
+            if self._crops.empty():
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._heads.empty():
+                    break
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), left)
+                continue
+            size = len(self._crops._queue[0].items)  # type: ignore[attr-defined]
+            if count + size > self.max_batch:
+                break
+            reqs.append(self._crops.get_nowait())
+            count += size
+        self.metrics.queue_depth.labels("engine_backlog").set(self._crops.qsize())
+        try:
+            await self._dispatch("backbone", reqs)
+        finally:
+            async with self._room:
+                self._inflight -= count
+                self.metrics.queue_depth.labels("engine_crops").set(self._inflight)
+                self._room.notify_all()
+
+    async def _dispatch(self, stage: str, reqs: list[_Request]) -> None:
+        """Run one engine call for ``reqs`` and hand each its slice of the result."""
+        items = [x for r in reqs for x in r.items]
+        loop = asyncio.get_running_loop()
+        fn = self._backbone if stage == "backbone" else self.engine.head
+        started = time.perf_counter()
+        try:
+            result = await loop.run_in_executor(self._executor, fn, items)
+        except Exception as exc:
+            log.exception("engine %s batch of %d failed", stage, len(items))
+            for req in reqs:
+                if not req.future.done():
+                    req.future.set_exception(exc)
+            return
+        self.metrics.inference_seconds.labels(stage).observe(time.perf_counter() - started)
+        self.metrics.inference_batch.labels(stage).observe(len(items))
+        at = 0
+        for req in reqs:
+            n = len(req.items)
+            if not req.future.done():
+                req.future.set_result(result[at : at + n])
+            at += n
+
+    def _backbone(self, crops: list[np.ndarray]) -> np.ndarray:
+        if self.slow:
+            time.sleep(self.slow)  # testing: an engine that falls behind
+        return self.engine.backbone(np.stack(crops))
+
+
+def _log_crash(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("batcher stopped: %r", task.exception())

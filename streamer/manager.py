@@ -1,0 +1,374 @@
+"""Running streams: one source worker thread and one loop task per stream.
+
+The worker (decode, resample, faces) hands frames to the stream's :class:`Inbox`, a
+bounded drop-oldest queue; the stream task feeds them to its :class:`StreamState`, sends
+crops to the batcher, and publishes a verdict whenever a window is due. A stream that
+fails is marked ``failed`` with its reason and never disturbs the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from analyzer.faces import Detector, FaceTracker
+from streamer.batcher import Batcher
+from streamer.config import Settings, StreamOptions, StreamSpec
+from streamer.metrics import Metrics
+from streamer.sinks.base import Sink
+from streamer.sinks.stdout import RecentVerdicts
+from streamer.sources.base import Backoff, FrameItem, Opener, SourceState, SourceWorker
+from streamer.sources.file import FileOpener
+from streamer.sources.rtsp import RtspOpener
+from streamer.streams import PendingCrop, StreamState
+from streamer.verdict import ModelRef, Verdict
+
+log = logging.getLogger(__name__)
+
+
+class StreamRejected(Exception):
+    """A stream spec the service will not take; ``status`` is the HTTP status to answer."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def redact(url: str) -> str:
+    """The URL without a password, for logs and the API."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+class Inbox:
+    """Frames from a worker thread to the loop; full means the oldest frame is dropped."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, on_drop: Callable[[], None]):
+        self._loop = loop
+        self._size = size
+        self._on_drop = on_drop
+        self._items: deque[FrameItem | None] = deque()
+        self._ready = asyncio.Event()
+        self._closed = False
+
+    def put_threadsafe(self, item: FrameItem | None) -> None:
+        with contextlib.suppress(RuntimeError):  # loop already closed: nothing to deliver to
+            self._loop.call_soon_threadsafe(self._put, item)
+
+    def _put(self, item: FrameItem | None) -> None:
+        if self._closed:
+            return
+        if item is None:
+            self._closed = True
+        elif len(self._items) >= self._size:
+            self._items.popleft()
+            self._on_drop()
+        self._items.append(item)
+        self._ready.set()
+
+    async def get(self) -> FrameItem | None:
+        while not self._items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self._items.popleft()
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class Counters:
+    frames: int = 0
+    faces: int = 0
+    verdicts: int = 0
+    dropped: int = 0
+
+
+class StreamRunner:
+    def __init__(
+        self,
+        spec: StreamSpec,
+        options: StreamOptions,
+        settings: Settings,
+        opener: Opener,
+        batcher: Batcher,
+        sinks: Sequence[Sink],
+        metrics: Metrics,
+        model: ModelRef,
+        detector_factory: Callable[[], Detector],
+    ) -> None:
+        self.spec = spec
+        self.id = spec.id
+        self.settings = settings
+        self.batcher = batcher
+        self.sinks = sinks
+        self.metrics = metrics
+        self.model = model
+        self.counters = Counters()
+        self.state = StreamState(
+            spec.id,
+            window=settings.window_frames,
+            hop=settings.hop_frames,
+            fps=settings.fps,
+            threshold=settings.threshold,
+        )
+        self.source_state = SourceState.STARTING
+        self.reason: str | None = None
+        self.last_verdict: Verdict | None = None
+        self.started_at = time.time()
+        max_faces = options.max_faces or settings.max_faces
+        self.worker = SourceWorker(
+            spec.id,
+            opener,
+            lambda: FaceTracker(
+                detector_factory(), max_tracks=max_faces, detect_every=settings.detect_every
+            ),
+            on_item=self._on_item,
+            on_state=self._on_state_threadsafe,
+            on_reconnect=self._on_reconnect,
+            backoff=Backoff(settings.reconnect_initial_s, settings.reconnect_max_s),
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._inbox: Inbox | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._last_features: asyncio.Future[Any] | None = None
+        metrics.source_up.labels(spec.id).set(0)
+
+    # -- lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._inbox = Inbox(self._loop, self.settings.frame_queue, self._dropped_backpressure)
+        self._task = asyncio.create_task(self._run(), name=f"stream-{self.id}")
+        self._task.add_done_callback(self._task_done)
+        self.worker.start()
+
+    async def stop(self, *, drain: bool, grace_s: float) -> None:
+        """Stop intake; with ``drain``, finish queued frames and due windows first."""
+        self.worker.stop()
+        if self._inbox is not None:
+            self._inbox.put_threadsafe(None)
+        if self._task is not None:
+            if not drain:
+                self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task), grace_s)
+            if not self._task.done():
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        await asyncio.to_thread(self.worker.join, max(grace_s, self.settings.open_timeout_s))
+
+    # -- worker-thread callbacks -------------------------------------------------------
+    def _on_item(self, item: FrameItem) -> None:
+        assert self._inbox is not None
+        self._inbox.put_threadsafe(item)
+
+    def _on_state_threadsafe(self, state: SourceState, reason: str | None) -> None:
+        if self._loop is not None:
+            with contextlib.suppress(RuntimeError):
+                self._loop.call_soon_threadsafe(self._on_state, state, reason)
+
+    def _on_reconnect(self) -> None:
+        self.metrics.source_reconnects.labels(self.id).inc()
+
+    # -- loop side ---------------------------------------------------------------------
+    def _on_state(self, state: SourceState, reason: str | None) -> None:
+        self.source_state, self.reason = state, reason
+        self.metrics.source_up.labels(self.id).set(1 if state == SourceState.RUNNING else 0)
+        if state in (SourceState.STOPPED, SourceState.FAILED) and self._inbox is not None:
+            self._inbox.put_threadsafe(None)
+
+    def _dropped_backpressure(self) -> None:
+        self.counters.dropped += 1
+        self.metrics.frames_dropped.labels(self.id, "backpressure").inc()
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        log.error("stream %s: stopped by an internal error: %r", self.id, exc)
+        self.worker.stop()
+        self.source_state, self.reason = SourceState.FAILED, f"internal error: {exc!r}"
+        self.metrics.source_up.labels(self.id).set(0)
+
+    async def _run(self) -> None:
+        assert self._inbox is not None
+        while (item := await self._inbox.get()) is not None:
+            self.counters.frames += 1
+            self.metrics.frames_decoded.labels(self.id).inc()
+            if item.faces.crops:
+                self.counters.faces += len(item.faces.crops)
+                self.metrics.faces_detected.labels(self.id).inc(len(item.faces.crops))
+            pending = self.state.add_frame(item.pts_s, item.faces, item.arrival)
+            if pending:
+                await self.batcher.reserve(len(pending))
+                fut = self.batcher.backbone([p.crop for p in pending])
+                fut.add_done_callback(partial(self._features_done, pending))
+                self._last_features = fut
+            if self.state.window_due():
+                await self._emit_window()
+
+    def _features_done(self, pending: list[PendingCrop], fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return
+        late = self.state.set_features(pending, fut.result())
+        if late:
+            self.metrics.frames_dropped.labels(self.id, "late_features").inc(late)
+
+    async def _emit_window(self) -> None:
+        if self._last_features is not None and not self._last_features.done():
+            await asyncio.wait([self._last_features])
+        job = self.state.build_window()
+        scores: list[float] = []
+        if job.sequences:
+            scores = [float(s) for s in await self.batcher.head(job.sequences)]
+        verdict = self.state.make_verdict(job, scores, self.model, time.monotonic())
+        self.last_verdict = verdict
+        self.counters.verdicts += 1
+        self.metrics.verdicts.labels(self.id, verdict.label).inc()
+        if verdict.score is not None:
+            self.metrics.score.labels(self.id).set(verdict.score)
+        self.metrics.verdict_latency.observe(verdict.latency_ms / 1000.0)
+        for sink in self.sinks:
+            await sink.publish(verdict)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "url": redact(self.spec.url),
+            "options": self.spec.options,
+            "state": str(self.source_state),
+            "reason": self.reason,
+            "session": self.state.session,
+            "frames": self.counters.frames,
+            "faces": self.counters.faces,
+            "verdicts": self.counters.verdicts,
+            "dropped": self.counters.dropped,
+            "tracks": sorted(self.state.tracks),
+            "last_verdict": self.last_verdict.model_dump(by_alias=True)
+            if self.last_verdict
+            else None,
+        }
+
+
+class StreamManager:
+    def __init__(
+        self,
+        settings: Settings,
+        batcher: Batcher,
+        sinks: Sequence[Sink],
+        recent: RecentVerdicts,
+        metrics: Metrics,
+        model: ModelRef,
+        detector_factory: Callable[[], Detector],
+    ) -> None:
+        self.settings = settings
+        self.batcher = batcher
+        self.sinks = sinks
+        self.recent = recent
+        self.metrics = metrics
+        self.model = model
+        self.detector_factory = detector_factory
+        self.streams: dict[str, StreamRunner] = {}
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        for spec in self.settings.sources:
+            await self.add(spec)
+
+    async def stop(self) -> None:
+        """Drain every stream within the grace period. Safe to call twice."""
+        runners = list(self.streams.values())
+        await asyncio.gather(
+            *(r.stop(drain=True, grace_s=self.settings.drain_grace_s) for r in runners)
+        )
+
+    async def __aenter__(self) -> StreamManager:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def opener_for(self, spec: StreamSpec, options: StreamOptions) -> Opener:
+        s = self.settings
+        parts = urlsplit(spec.url)
+        scheme = parts.scheme.lower()
+        if scheme in ("rtsp", "rtsps"):
+            if not parts.hostname:
+                raise StreamRejected(422, f"url {redact(spec.url)!r} has no host")
+            return RtspOpener(spec.url, s.fps, stall_timeout_s=s.stall_timeout_s)
+        if scheme == "file":
+            if not s.allow_file_sources:
+                raise StreamRejected(
+                    422, "file:// sources are disabled; set DFM_ALLOW_FILE_SOURCES=true to allow"
+                )
+            if parts.netloc not in ("", "localhost") or not parts.path:
+                raise StreamRejected(422, "file URLs look like file:///absolute/path.mp4")
+            return FileOpener(parts.path, s.fps, loop=options.loop, realtime=options.realtime)
+        allowed = "rtsp, rtsps" + (", file" if s.allow_file_sources else "")
+        raise StreamRejected(422, f"unsupported URL scheme {scheme or '(none)'!r}; use {allowed}")
+
+    async def add(self, spec: StreamSpec) -> StreamRunner:
+        async with self._lock:
+            if spec.id in self.streams:
+                raise StreamRejected(409, f"stream {spec.id!r} exists; DELETE it first")
+            if len(self.streams) >= self.settings.max_streams:
+                raise StreamRejected(
+                    429, f"already watching {len(self.streams)} streams (DFM_MAX_STREAMS)"
+                )
+            try:
+                options = StreamOptions.model_validate(spec.options)
+            except ValueError as exc:
+                raise StreamRejected(422, f"bad options: {_first_error(exc)}") from None
+            opener = self.opener_for(spec, options)
+            runner = StreamRunner(
+                spec,
+                options,
+                self.settings,
+                opener,
+                self.batcher,
+                [*self.sinks, self.recent],
+                self.metrics,
+                self.model,
+                self.detector_factory,
+            )
+            self.streams[spec.id] = runner
+            self.metrics.streams_active.set(len(self.streams))
+            await runner.start()
+            log.info("stream %s: added (%s)", spec.id, redact(spec.url))
+            return runner
+
+    async def remove(self, stream_id: str) -> bool:
+        async with self._lock:
+            runner = self.streams.pop(stream_id, None)
+            if runner is None:
+                return False
+            self.metrics.streams_active.set(len(self.streams))
+        await runner.stop(drain=False, grace_s=self.settings.drain_grace_s)
+        self.metrics.forget_stream(stream_id)
+        self.recent.forget(stream_id)
+        log.info("stream %s: removed", stream_id)
+        return True
+
+
+def _first_error(exc: ValueError) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        err = errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        return f"{loc}: {err['msg']}" if loc else str(err["msg"])
+    return str(exc)

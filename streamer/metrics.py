@@ -1,0 +1,111 @@
+"""Every Prometheus metric the service exports, in one place (prefix ``deepfake_``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+
+# The *_created series double the output and no dashboard reads them.
+disable_created_metrics()
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
+INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+class Metrics:
+    """One registry per service, so tests can run several services in one process."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.streams_active = Gauge("deepfake_streams_active", "Streams being watched", registry=r)
+        self.source_up = Gauge(
+            "deepfake_source_up",
+            "1 while the stream's source delivers frames",
+            ["stream"],
+            registry=r,
+        )
+        self.source_reconnects = Counter(
+            "deepfake_source_reconnects_total", "Source reconnect attempts", ["stream"], registry=r
+        )
+        self.frames_decoded = Counter(
+            "deepfake_frames_decoded_total",
+            "Frames decoded (after resampling)",
+            ["stream"],
+            registry=r,
+        )
+        self.frames_dropped = Counter(
+            "deepfake_frames_dropped_total",
+            "Frames dropped, by reason",
+            ["stream", "reason"],
+            registry=r,
+        )
+        self.faces_detected = Counter(
+            "deepfake_faces_detected_total", "Face crops taken", ["stream"], registry=r
+        )
+        self.verdicts = Counter(
+            "deepfake_verdicts_total", "Verdicts emitted", ["stream", "label"], registry=r
+        )
+        self.score = Gauge("deepfake_score", "Latest window score P(FAKE)", ["stream"], registry=r)
+        self.verdict_latency = Histogram(
+            "deepfake_verdict_latency_seconds",
+            "Last frame of a window in to its verdict out",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.inference_seconds = Histogram(
+            "deepfake_inference_seconds",
+            "Engine call duration",
+            ["stage"],
+            buckets=INFERENCE_BUCKETS,
+            registry=r,
+        )
+        self.inference_batch = Histogram(
+            "deepfake_inference_batch_size",
+            "Items per engine call",
+            ["stage"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.queue_depth = Gauge("deepfake_queue_depth", "Items waiting", ["queue"], registry=r)
+        self.kafka_publish_errors = Counter(
+            "deepfake_kafka_publish_errors_total", "Verdicts Kafka did not take", registry=r
+        )
+        self.build_info = Gauge(
+            "deepfake_build_info", "Version and model", ["version", "model"], registry=r
+        )
+
+    def forget_stream(self, stream: str) -> None:
+        """Drop every per-stream series of a deleted stream."""
+        for metric in (
+            self.source_up,
+            self.source_reconnects,
+            self.frames_decoded,
+            self.faces_detected,
+            self.score,
+        ):
+            try:
+                metric.remove(stream)
+            except KeyError:
+                pass
+        for metric in (self.frames_dropped, self.verdicts):
+            for labels in [s.labels for s in _samples(metric) if s.labels.get("stream") == stream]:
+                try:
+                    metric.remove(*[labels[n] for n in metric._labelnames])
+                except KeyError:
+                    pass
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def _samples(metric: Counter) -> list[Any]:
+    return [s for family in metric.collect() for s in family.samples]

@@ -1,0 +1,191 @@
+"""Composition root: builds the service's components, starts them in order, stops them in
+reverse (an ``AsyncExitStack``), and turns SIGTERM/SIGINT into a drain.
+
+Start order: metrics, model + engine, batcher, sinks, streams, HTTP. On a signal the
+HTTP server closes, streams stop taking frames and finish their due windows (within
+``drain_grace_s``), sinks flush, the engine thread ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+import uvicorn
+
+from analyzer.engine import Engine
+from analyzer.faces import BlazeFaceDetector, Detector
+from analyzer.model import BUNDLED_CHECKPOINT, LoadedModel, load_checkpoint, random_model
+from streamer import __version__
+from streamer.api import Server, create_app
+from streamer.batcher import Batcher
+from streamer.config import Settings
+from streamer.errors import ConfigError
+from streamer.manager import StreamManager
+from streamer.metrics import Metrics
+from streamer.sinks.base import Sink
+from streamer.sinks.stdout import RecentVerdicts, StdoutSink
+from streamer.verdict import ModelRef
+
+log = logging.getLogger(__name__)
+
+
+def resolve_checkpoint(settings: Settings) -> Path | None:
+    """The checkpoint to load, or None for random weights."""
+    if settings.random_weights:
+        return None
+    if settings.checkpoint is not None:
+        return settings.checkpoint
+    if BUNDLED_CHECKPOINT.is_file():
+        return BUNDLED_CHECKPOINT
+    raise ConfigError(
+        "no checkpoint: this build bundles no demo checkpoint yet; set DFM_CHECKPOINT to a "
+        "checkpoint file, or DFM_RANDOM_WEIGHTS=true for a smoke test"
+    )
+
+
+class Service:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.version = __version__
+        self.metrics = Metrics()
+        self.recent = RecentVerdicts(settings.verdict_ring)
+        self.sinks: list[Sink] = []
+        self.http_port: int | None = None
+        self._stack: AsyncExitStack | None = None
+        self._engine: Engine | None = None
+        self._manager: StreamManager | None = None
+
+    @property
+    def manager(self) -> StreamManager:
+        assert self._manager is not None, "service not started"
+        return self._manager
+
+    def readiness(self) -> dict[str, bool]:
+        return {
+            "model": self._engine is not None,
+            "sinks": all(s.ready for s in self.sinks),
+            "streams": self._manager is not None,
+        }
+
+    async def start(self) -> None:
+        s = self.settings
+        stack = AsyncExitStack()
+        self._stack = stack
+        try:
+            checkpoint = resolve_checkpoint(s)
+            loaded: LoadedModel
+            if checkpoint is None:
+                loaded = await asyncio.to_thread(random_model)
+            else:
+                loaded = await asyncio.to_thread(load_checkpoint, checkpoint)
+            self._engine = engine = await asyncio.to_thread(Engine, loaded, s.device)
+            self.metrics.build_info.labels(self.version, loaded.meta.version).set(1)
+            model = ModelRef(
+                name=loaded.meta.name, version=loaded.meta.version, sha256=loaded.sha256
+            )
+
+            batcher = Batcher(
+                engine,
+                self.metrics,
+                max_batch=s.max_batch,
+                max_wait_ms=s.max_wait_ms,
+                max_inflight=s.max_inflight_crops,
+                slow_ms=s.slow_engine_ms,
+            )
+            await stack.enter_async_context(batcher)
+
+            self.sinks = self._make_sinks()
+            for sink in self.sinks:
+                await sink.start()
+                stack.push_async_callback(sink.stop)
+
+            self._manager = StreamManager(
+                s, batcher, self.sinks, self.recent, self.metrics, model, _detector
+            )
+            await stack.enter_async_context(self._manager)
+            await self._start_http(stack)
+        except BaseException:
+            await stack.aclose()
+            raise
+        log.info(
+            "serving: model %s on %s, HTTP on http://%s:%s",
+            loaded.meta.version,
+            engine.device,
+            s.http_host,
+            self.http_port,
+        )
+
+    def _make_sinks(self) -> list[Sink]:
+        kind = self.settings.sink
+        if kind == "stdout":
+            return [StdoutSink()]
+        if kind == "none":
+            return []
+        raise ConfigError("setting DFM_SINK=kafka: the Kafka sink is not in this build; use stdout")
+
+    async def _start_http(self, stack: AsyncExitStack) -> None:
+        s = self.settings
+        config = uvicorn.Config(
+            create_app(self),
+            host=s.http_host,
+            port=s.http_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+        )
+        server = Server(config)
+        task = asyncio.create_task(server.serve(), name="http")
+        while not server.started:
+            if task.done():
+                task.result()  # raises what stopped it
+                raise ConfigError(
+                    f"HTTP server could not listen on {s.http_host}:{s.http_port} "
+                    "(DFM_HTTP_HOST / DFM_HTTP_PORT)"
+                )
+            await asyncio.sleep(0.02)
+        self.http_port = server.servers[0].sockets[0].getsockname()[1]
+
+        async def stop_http() -> None:
+            server.should_exit = True
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+        stack.push_async_callback(stop_http)
+
+    async def stop(self) -> None:
+        """Stop everything in reverse start order. Safe to call twice."""
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            await stack.aclose()
+
+    async def __aenter__(self) -> Service:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+
+def _detector() -> Detector:
+    return BlazeFaceDetector()
+
+
+async def serve(settings: Settings) -> int:
+    """Run until SIGTERM or SIGINT, then drain; returns the exit status."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with Service(settings):
+            await stop.wait()
+            log.info("signal received: draining (up to %.0f s)", settings.drain_grace_s)
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+    return 0

@@ -1,0 +1,67 @@
+"""Verdicts as JSON lines on stdout (the embedded default), and the recent-verdicts ring."""
+
+from __future__ import annotations
+
+import sys
+from collections import deque
+from typing import TextIO
+
+from streamer.verdict import Verdict
+
+
+class StdoutSink:
+    """One JSON line per verdict, flushed at once so a pipe reader sees it live."""
+
+    name = "stdout"
+
+    def __init__(self, stream: TextIO | None = None) -> None:
+        self._out = stream
+        self._started = False
+
+    @property
+    def ready(self) -> bool:
+        return self._started
+
+    async def start(self) -> None:
+        self._started = True
+
+    async def publish(self, verdict: Verdict) -> None:
+        out = self._out or sys.stdout
+        out.write(verdict.to_json() + "\n")
+        out.flush()
+
+    async def stop(self) -> None:
+        if self._started:
+            (self._out or sys.stdout).flush()
+            self._started = False
+
+
+class RecentVerdicts:
+    """The last ``size`` verdicts of each stream, for ``GET /v1/streams/{id}/verdicts``."""
+
+    name = "recent"
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self._rings: dict[str, deque[Verdict]] = {}
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    async def start(self) -> None:
+        return None
+
+    async def publish(self, verdict: Verdict) -> None:
+        ring = self._rings.setdefault(verdict.stream_id, deque(maxlen=self.size))
+        ring.append(verdict)
+
+    async def stop(self) -> None:
+        return None
+
+    def recent(self, stream_id: str, limit: int | None = None) -> list[Verdict]:
+        ring = list(self._rings.get(stream_id, ()))
+        return ring[-limit:] if limit else ring
+
+    def forget(self, stream_id: str) -> None:
+        self._rings.pop(stream_id, None)

@@ -1,0 +1,171 @@
+"""What every live source shares: an explicit state, a worker thread, reconnect backoff.
+
+A :class:`SourceWorker` runs in its own thread: it opens the source, decodes, resamples
+to the model fps, runs the stream's face tracker, and hands each frame's faces to the
+event loop through ``on_item`` (called in the worker thread; the receiver must be
+thread-safe). On failure it reconnects with capped exponential backoff and jitter when
+the source says a retry can help, and goes ``failed`` when it cannot.
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+from analyzer.faces import FaceTracker, FrameFaces
+from streamer.errors import SourceError
+from streamer.sources.decode import VideoFrame
+
+log = logging.getLogger(__name__)
+
+
+class SourceState(enum.StrEnum):
+    STARTING = "starting"
+    RUNNING = "running"
+    RECONNECTING = "reconnecting"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+ALLOWED: dict[SourceState, set[SourceState]] = {
+    SourceState.STARTING: {
+        SourceState.RUNNING,
+        SourceState.RECONNECTING,
+        SourceState.STOPPED,
+        SourceState.FAILED,
+    },
+    SourceState.RUNNING: {SourceState.RECONNECTING, SourceState.STOPPED, SourceState.FAILED},
+    SourceState.RECONNECTING: {SourceState.RUNNING, SourceState.STOPPED, SourceState.FAILED},
+    SourceState.STOPPED: set(),
+    SourceState.FAILED: set(),
+}
+
+
+@dataclass(frozen=True)
+class FrameItem:
+    """One resampled frame's faces, on its way from the worker to the stream."""
+
+    pts_s: float
+    faces: FrameFaces
+    arrival: float  # time.monotonic() when decoded
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial_s: float = 0.5
+    max_s: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        """Full-jitter exponential backoff: uniform in [0.5, 1] of min(max, initial * 2^n)."""
+        base = min(self.max_s, self.initial_s * (2 ** max(0, attempt - 1)))
+        return base * random.uniform(0.5, 1.0)
+
+
+class Opener:
+    """Opens a source: returns resampled frames, or raises SourceError."""
+
+    #: Whether an end of frames is normal (a file) or a drop-out to reconnect from.
+    ends: bool = False
+    #: Whether an end of frames means "start again at once" (a looped file).
+    restarts: bool = False
+
+    def open(self) -> Iterator[VideoFrame]:
+        raise NotImplementedError
+
+
+class SourceWorker:
+    def __init__(
+        self,
+        stream_id: str,
+        opener: Opener,
+        tracker_factory: Callable[[], FaceTracker],
+        on_item: Callable[[FrameItem], None],
+        on_state: Callable[[SourceState, str | None], None],
+        on_reconnect: Callable[[], None],
+        backoff: Backoff,
+        initial_attempts: int = 3,
+    ) -> None:
+        self.stream_id = stream_id
+        self.opener = opener
+        self.tracker_factory = tracker_factory
+        self.on_item = on_item
+        self.on_state = on_state
+        self.on_reconnect = on_reconnect
+        self.backoff = backoff
+        self.initial_attempts = initial_attempts
+        self.state = SourceState.STARTING
+        self.reason: str | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"source-{stream_id}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Ask the thread to end; safe to call twice."""
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def _set(self, state: SourceState, reason: str | None = None) -> None:
+        if state == self.state or state not in ALLOWED[self.state]:
+            return
+        self.state, self.reason = state, reason
+        log.info("stream %s: source %s%s", self.stream_id, state, f" ({reason})" if reason else "")
+        self.on_state(state, reason)
+
+    def _run(self) -> None:
+        attempt = 0
+        has_run = False
+        tracker = self.tracker_factory()
+        try:
+            while not self._stop.is_set():
+                try:
+                    for frame in self.opener.open():
+                        if self._stop.is_set():
+                            break
+                        if self.state != SourceState.RUNNING:
+                            self._set(SourceState.RUNNING)
+                            attempt, has_run = 0, True
+                        faces = tracker.update(frame.rgb)
+                        self.on_item(FrameItem(frame.pts_s, faces, time.monotonic()))
+                    if self._stop.is_set() or self.opener.ends:
+                        break
+                    if self.opener.restarts:
+                        continue
+                    reason = "stream ended"
+                except SourceError as exc:
+                    if not exc.retriable:
+                        self._set(SourceState.FAILED, str(exc))
+                        return
+                    reason = str(exc)
+                attempt += 1
+                if not has_run and attempt >= self.initial_attempts:
+                    # Never up: most likely a wrong address. Say so rather than retry forever.
+                    self._set(SourceState.FAILED, f"{reason} ({attempt} attempts)")
+                    return
+                self._set(SourceState.RECONNECTING, reason)
+                delay = self.backoff.delay(attempt)
+                log.warning("stream %s: %s; reconnecting in %.1f s", self.stream_id, reason, delay)
+                if self._stop.wait(delay):
+                    break
+                self.on_reconnect()
+                # A new connection starts new face tracks.
+                tracker = self.tracker_factory()
+        except Exception as exc:  # a bug must not pass silently, nor take other streams down
+            log.exception("stream %s: source worker crashed", self.stream_id)
+            self._set(SourceState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+            return
+        finally:
+            close = getattr(tracker.detector, "close", None)
+            if close is not None:
+                close()
+        self._set(SourceState.STOPPED)

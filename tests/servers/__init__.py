@@ -1,0 +1,173 @@
+"""Real servers for the tests, on loopback: the GStreamer RTSP server and our own service.
+
+Every server a test starts, the test stops (context managers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+HERE = Path(__file__).resolve().parent
+CLI = str(Path(sys.executable).parent / "deepfake-monitor")
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class RtspServer:
+    """GStreamer's RTSP server serving MP4 files at rtsp://127.0.0.1:PORT/<mount>."""
+
+    def __init__(self, mounts: dict[str, Path], port: int | None = None) -> None:
+        self.mounts = mounts
+        self.port = port or free_port()
+        self.proc: subprocess.Popen[str] | None = None
+
+    def url(self, mount: str) -> str:
+        return f"rtsp://127.0.0.1:{self.port}/{mount}"
+
+    def start(self) -> RtspServer:
+        args = [f"/{m}={p}" for m, p in self.mounts.items()]
+        self.proc = subprocess.Popen(
+            [SYSTEM_PYTHON, str(HERE / "rtsp_server.py"), str(self.port), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != "READY":
+            err = self.proc.stderr.read() if self.proc.stderr else ""
+            raise RuntimeError(f"RTSP server did not start: {line!r} {err[-2000:]}")
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()  # as abrupt as a camera losing power
+                self.proc.wait(10)
+            for pipe in (self.proc.stdout, self.proc.stderr):
+                if pipe is not None:
+                    pipe.close()
+        self.proc = None
+
+    def __enter__(self) -> RtspServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class Service:
+    """``deepfake-monitor serve`` as a subprocess; collects its stdout verdicts."""
+
+    def __init__(self, env: dict[str, str], tmp: Path) -> None:
+        self.port = free_port()
+        self.env = {
+            **os.environ,
+            "DFM_HTTP_PORT": str(self.port),
+            "DFM_RANDOM_WEIGHTS": "true",
+            "DFM_LOG_LEVEL": "INFO",
+            **env,
+        }
+        self.stderr_path = tmp / f"service-{self.port}.log"
+        self.lines: list[str] = []
+        self.proc: subprocess.Popen[str] | None = None
+        self._reader: threading.Thread | None = None
+        self.client = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
+
+    def start(self, ready_timeout: float = 90) -> Service:
+        self._stderr = open(self.stderr_path, "w")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [CLI, "serve"], env=self.env, stdout=subprocess.PIPE, stderr=self._stderr, text=True
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        wait_until(self._ready, ready_timeout, "the service to be ready")
+        return self
+
+    def _ready(self) -> bool:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise AssertionError(f"service exited {self.proc.returncode}: {self.log()[-3000:]}")
+        try:
+            return self.client.get("/readyz").status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    def log(self) -> str:
+        return self.stderr_path.read_text()
+
+    def verdicts(self, stream_id: str | None = None) -> list[dict[str, Any]]:
+        out = [json.loads(line) for line in list(self.lines) if line.strip()]
+        return [v for v in out if stream_id is None or v["stream_id"] == stream_id]
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """The value of one series in /metrics, or None when it is absent."""
+        text = self.client.get("/metrics").text
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            series, _, value = line.rpartition(" ")
+            metric, _, rest = series.partition("{")
+            got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
+            if metric == name and got == want:
+                return float(value)
+        return None
+
+    def terminate(self, timeout: float = 60) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGTERM)
+        code = self.proc.wait(timeout)
+        if self._reader is not None:
+            self._reader.join(10)
+        return code
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)
+            if self._reader is not None:
+                self._reader.join(10)
+            if self.proc.stdout is not None:
+                self.proc.stdout.close()
+        self.client.close()
+        if hasattr(self, "_stderr"):
+            self._stderr.close()
+
+    def __enter__(self) -> Service:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

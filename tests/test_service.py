@@ -1,0 +1,262 @@
+"""The live service against real servers: GStreamer RTSP, our HTTP API, SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from analyzer.synthetic import synthesize
+from tests.conftest import SCHEMA_FILE, run_cli
+from tests.servers import RtspServer, Service, wait_until
+
+# Small windows at 10 fps: a verdict per stream every second, so tests stay short.
+FAST = {
+    "DFM_FPS": "10",
+    "DFM_WINDOW_FRAMES": "20",
+    "DFM_HOP_FRAMES": "10",
+    "DFM_STALL_TIMEOUT_S": "2",
+    "DFM_RECONNECT_INITIAL_S": "0.3",
+    "DFM_RECONNECT_MAX_S": "1",
+}
+
+
+@pytest.fixture(scope="module")
+def live_clip(tmp_path_factory: pytest.TempPathFactory, photos_dir: Path) -> Path:
+    """A 30-second single-face clip for the RTSP server to stream."""
+    out = tmp_path_factory.mktemp("live")
+    spec = synthesize(out, videos=1, frames=900, seed=2, identities=["astronaut"])[0]
+    return out / spec.file
+
+
+def gapless(verdicts: list[dict]) -> bool:
+    by_session: dict[str, list[int]] = {}
+    for v in verdicts:
+        by_session.setdefault(v["session"], []).append(v["seq"])
+    return all(seqs == list(range(len(seqs))) for seqs in by_session.values())
+
+
+def test_three_rtsp_streams_give_gapless_verdicts_and_metrics(live_clip, tmp_path):
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    mounts = {f"cam{i}": live_clip for i in range(3)}
+    with RtspServer(mounts) as rtsp, Service(FAST, tmp_path) as svc:
+        for i in range(3):
+            r = svc.client.post("/v1/streams", json={"id": f"cam-{i}", "url": rtsp.url(f"cam{i}")})
+            assert r.status_code == 201, r.text
+            assert r.headers["location"] == f"/v1/streams/cam-{i}"
+        for i in range(3):
+            wait_until(lambda i=i: len(svc.verdicts(f"cam-{i}")) >= 3, 60, f"verdicts of cam-{i}")
+        listed = {s["id"]: s for s in svc.client.get("/v1/streams").json()["streams"]}
+        assert set(listed) == {"cam-0", "cam-1", "cam-2"}
+        for i in range(3):
+            sid = f"cam-{i}"
+            verdicts = svc.verdicts(sid)
+            for v in verdicts:
+                validator.validate(v)
+            assert gapless(verdicts)
+            assert any(v["faces"] for v in verdicts)
+            assert listed[sid]["state"] == "running"
+            assert svc.metric("deepfake_frames_decoded_total", stream=sid) > 0
+            assert svc.metric("deepfake_faces_detected_total", stream=sid) > 0
+            assert svc.metric("deepfake_source_up", stream=sid) == 1
+            labels = {v["label"] for v in verdicts}
+            assert (
+                sum(svc.metric("deepfake_verdicts_total", stream=sid, label=lb) for lb in labels)
+                > 0
+            )
+            recent = svc.client.get(f"/v1/streams/{sid}/verdicts", params={"limit": 2}).json()
+            assert len(recent["verdicts"]) == 2
+        assert svc.metric("deepfake_inference_batch_size_count", stage="backbone") > 0
+        assert svc.metric("deepfake_inference_batch_size_count", stage="head") > 0
+        assert svc.metric("deepfake_streams_active") == 3
+
+        assert svc.client.delete("/v1/streams/cam-2").status_code == 204
+        assert svc.client.get("/v1/streams/cam-2").status_code == 404
+        assert svc.metric("deepfake_frames_decoded_total", stream="cam-2") is None
+        assert svc.metric("deepfake_streams_active") == 2
+        assert svc.terminate() == 0
+
+
+def test_a_dead_rtsp_server_takes_down_only_its_stream(live_clip, tmp_path):
+    with (
+        RtspServer({"a": live_clip}) as rtsp_a,
+        RtspServer({"b": live_clip}) as rtsp_b,
+        Service(FAST, tmp_path) as svc,
+    ):
+        for sid, url in (("a", rtsp_a.url("a")), ("b", rtsp_b.url("b"))):
+            assert svc.client.post("/v1/streams", json={"id": sid, "url": url}).status_code == 201
+        wait_until(
+            lambda: len(svc.verdicts("a")) >= 2 and len(svc.verdicts("b")) >= 2, 60, "verdicts"
+        )
+
+        rtsp_a.stop()
+        wait_until(
+            lambda: svc.client.get("/v1/streams/a").json()["state"] == "reconnecting", 20, "a down"
+        )
+        assert svc.metric("deepfake_source_up", stream="a") == 0
+        before = len(svc.verdicts("b"))
+        wait_until(lambda: len(svc.verdicts("b")) >= before + 3, 30, "b to keep going")
+        assert svc.client.get("/v1/streams/b").json()["state"] == "running"
+
+        restarted = RtspServer({"a": live_clip}, port=rtsp_a.port).start()
+        try:
+            verdicts_a = len(svc.verdicts("a"))
+            wait_until(
+                lambda: svc.client.get("/v1/streams/a").json()["state"] == "running", 30, "a back"
+            )
+            wait_until(lambda: len(svc.verdicts("a")) > verdicts_a, 30, "new verdicts of a")
+            assert svc.metric("deepfake_source_reconnects_total", stream="a") >= 1
+            assert svc.metric("deepfake_source_up", stream="a") == 1
+            assert gapless(svc.verdicts("a")) and gapless(svc.verdicts("b"))
+        finally:
+            restarted.stop()
+        assert svc.terminate() == 0
+
+
+def test_backpressure_drops_frames_and_bounds_latency(live_clip, tmp_path):
+    env = {
+        **FAST,
+        "DFM_FPS": "30",
+        "DFM_ALLOW_FILE_SOURCES": "true",
+        "DFM_SLOW_ENGINE_MS": "250",  # the engine takes at least 250 ms per backbone batch
+        "DFM_MAX_BATCH": "4",
+        "DFM_MAX_INFLIGHT_CROPS": "8",
+        "DFM_FRAME_QUEUE": "8",
+    }
+    with Service(env, tmp_path) as svc:
+        spec = {"id": "slow", "url": f"file://{live_clip}", "options": {"loop": True}}
+        assert svc.client.post("/v1/streams", json=spec).status_code == 201
+        wait_until(lambda: len(svc.verdicts("slow")) >= 4, 90, "verdicts under backpressure")
+        dropped = svc.metric("deepfake_frames_dropped_total", stream="slow", reason="backpressure")
+        assert dropped and dropped > 30
+        # Queues are bounded, so a window's last frame waits at most the queued frames
+        # (8 + 8 crops) times 250 ms / 4 per crop, plus one head call.
+        latencies = [v["latency_ms"] for v in svc.verdicts("slow")]
+        assert max(latencies[1:]) < 8000, latencies
+        status = svc.client.get("/v1/streams/slow").json()
+        assert status["dropped"] == dropped
+        assert svc.terminate() == 0
+
+
+def test_bad_requests_get_a_4xx_with_a_reason_and_the_service_carries_on(tmp_path):
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    conns: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        silent.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conns.append(silent.accept()[0])
+            except TimeoutError:
+                continue
+
+    acceptor = threading.Thread(target=accept, daemon=True)
+    acceptor.start()
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 500)
+    env = {
+        **FAST,
+        "DFM_API_TOKEN": "s3cret",
+        "DFM_ALLOW_FILE_SOURCES": "true",
+        "DFM_MAX_STREAMS": "3",
+    }
+    auth = {"Authorization": "Bearer s3cret"}
+    try:
+        with Service(env, tmp_path) as svc:
+            c = svc.client
+            r = c.get("/v1/streams")
+            assert r.status_code == 401 and "token" in r.json()["error"]
+            assert c.get("/v1/streams", headers={"Authorization": "Bearer nope"}).status_code == 401
+            assert c.get("/healthz").status_code == 200 and c.get("/metrics").status_code == 200
+
+            def post(body: object, raw: bytes | None = None) -> tuple[int, str]:
+                if raw is not None:
+                    headers = {**auth, "content-type": "application/json"}
+                    r = c.post("/v1/streams", content=raw, headers=headers)
+                else:
+                    r = c.post("/v1/streams", json=body, headers=auth)
+                return r.status_code, r.json().get("error", "")
+
+            code, reason = post(None, raw=b'{"id": "x", "url": ')
+            assert code == 422 and "JSON" in reason
+            code, reason = post({"id": "x", "url": "rtsp://h/x", "colour": "red"})
+            assert code == 422 and "colour" in reason
+            code, reason = post({"id": "bad id!", "url": "rtsp://h/x"})
+            assert code == 422 and reason.startswith("id")
+            code, reason = post({"id": "x", "url": "http://example.invalid/x.mp4"})
+            assert code == 422 and "unsupported URL scheme 'http'" in reason
+            code, reason = post({"id": "x", "url": "rtsp://h/x", "options": {"speed": 2}})
+            assert code == 422 and "speed" in reason
+
+            port = silent.getsockname()[1]
+            assert post({"id": "mute", "url": f"rtsp://127.0.0.1:{port}/cam"})[0] == 201
+            code, reason = post({"id": "mute", "url": f"rtsp://127.0.0.1:{port}/cam"})
+            assert code == 409 and "exists" in reason
+            assert post({"id": "junk", "url": f"file://{corrupt}"})[0] == 201
+            assert post({"id": "third", "url": f"file://{corrupt}"})[0] == 201
+            code, reason = post({"id": "fourth", "url": f"file://{corrupt}"})
+            assert code == 429 and "DFM_MAX_STREAMS" in reason
+
+            def state(sid: str) -> dict:
+                return c.get(f"/v1/streams/{sid}", headers=auth).json()
+
+            wait_until(lambda: state("junk")["state"] == "failed", 30, "corrupt file to fail")
+            assert "not a video" in state("junk")["reason"]
+            wait_until(lambda: state("mute")["state"] == "failed", 60, "silent URL to fail")
+            assert "did not answer" in state("mute")["reason"]
+            assert c.get("/healthz").status_code == 200
+            assert c.get("/v1/streams/nope", headers=auth).status_code == 404
+            assert c.delete("/v1/streams/mute", headers=auth).status_code == 204
+            assert svc.terminate() == 0
+    finally:
+        stop.set()
+        acceptor.join()
+        for conn in conns:
+            conn.close()
+        silent.close()
+
+
+def test_sigterm_drains_and_flushes(live_clip, tmp_path):
+    env = {**FAST, "DFM_ALLOW_FILE_SOURCES": "true"}
+    spec = json.dumps([{"id": "loop", "url": f"file://{live_clip}", "options": {"loop": True}}])
+    with Service({**env, "DFM_SOURCES": spec}, tmp_path) as svc:
+        wait_until(lambda: len(svc.verdicts("loop")) >= 3, 60, "verdicts")
+        assert svc.terminate(timeout=30) == 0
+        assert svc.lines[-1].endswith("\n")  # the last verdict is whole
+        verdicts = svc.verdicts("loop")
+        assert gapless(verdicts)
+        assert "draining" in svc.log()
+
+
+@pytest.mark.parametrize(
+    ("env", "needle"),
+    [
+        ({"DFM_HOP_FRAMES": "abc"}, "DFM_HOP_FRAMES"),
+        ({"DFM_THRESHOLD": "1.5"}, "DFM_THRESHOLD"),
+        ({"DFM_DEVICE": "tpu"}, "DFM_DEVICE"),
+        ({"DFM_NOT_A_SETTING": "1", "DFM_HOP_FRAMES": "500"}, "DFM_HOP_FRAMES"),
+    ],
+)
+def test_bad_settings_stop_start_up_with_one_line(env, needle, monkeypatch):
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("DFM_RANDOM_WEIGHTS", "true")
+    result = run_cli("serve", timeout=60)
+    assert result.returncode == 2, result.stderr
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0] and "Traceback" not in result.stderr
+
+
+def test_unknown_key_in_a_yaml_config_is_named(tmp_path):
+    config = tmp_path / "dfm.yaml"
+    config.write_text("http_port: 8081\nwindow_frame: 100\n")
+    result = run_cli("serve", "--config", str(config), timeout=60)
+    assert result.returncode == 2
+    assert "window_frame" in result.stderr and "Traceback" not in result.stderr
