@@ -11,15 +11,18 @@ SAMPLE := $(CACHE)/sample
 setup:
 	@scripts/bootstrap.sh
 
-## run: what this build can serve so far (the live service arrives with the streaming
-## issue): a synthetic FAKE sample clip scanned window by window, verdicts as JSON lines.
+## run: the live service with embedded defaults: a synthetic face-swap sample looped as a
+## live stream, verdicts as JSON lines on stdout, HTTP on 127.0.0.1:8080. Ctrl-C drains.
 run: setup
-	@echo "deepfake-monitor: the live service (serve) is not in this build yet."
-	@echo "Running the offline path instead: a synthetic face-swap clip -> BlazeFace tracks ->"
-	@echo "ResNeXt50-LSTM over 150-frame windows every 30 frames -> verdict v1 JSON lines."
-	@echo "No trained checkpoint is bundled yet, so the weights are random (verdicts say random-init)."
-	@test -f $(SAMPLE)/labels.csv || $(BIN)/deepfake-monitor synth $(SAMPLE) --videos 2 --frames 240 --seed 7
-	$(BIN)/deepfake-monitor scan $(SAMPLE)/00001_fake_*.mp4 --random-weights
+	@test -f $(SAMPLE)/labels.csv || $(BIN)/deepfake-monitor synth $(SAMPLE) --videos 2 --frames 300 --seed 7 --identities astronaut,sample3
+	@echo "deepfake-monitor: watching $$(ls $(SAMPLE)/00001_fake_*.mp4) as live stream 'sample' (looped)."
+	@echo "HTTP on http://127.0.0.1:$${DFM_HTTP_PORT:-8080} (/v1/streams, /metrics, /healthz); verdicts below; Ctrl-C stops."
+	@if [ -z "$$DFM_CHECKPOINT" ] && [ ! -f analyzer/assets/demo.pt ]; then \
+	  echo "No trained checkpoint is bundled yet: random weights (verdicts say random-init)."; fi
+	@if [ -z "$$DFM_CHECKPOINT" ] && [ ! -f analyzer/assets/demo.pt ]; then export DFM_RANDOM_WEIGHTS=true; fi; \
+	DFM_ALLOW_FILE_SOURCES=true \
+	DFM_SOURCES='[{"id": "sample", "url": "file://'"$$(ls $(SAMPLE)/00001_fake_*.mp4)"'", "options": {"loop": true}}]' \
+	exec $(BIN)/deepfake-monitor serve
 
 ## test: lint, types, then the whole suite.
 test: setup lint

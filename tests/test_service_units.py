@@ -1,0 +1,75 @@
+"""Pure logic of the service: settings, backoff, the frame inbox, source states, URLs."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from analyzer.faces import FrameFaces
+from streamer.config import StreamSpec, load_settings
+from streamer.errors import ConfigError
+from streamer.manager import Inbox, redact
+from streamer.sources.base import ALLOWED, Backoff, FrameItem, SourceState
+
+
+def test_settings_read_env_and_yaml(monkeypatch, tmp_path):
+    monkeypatch.setenv("DFM_HOP_FRAMES", "15")
+    config = tmp_path / "c.yaml"
+    config.write_text("threshold: 0.7\nsources:\n  - {id: cam-1, url: 'rtsp://h/x'}\n")
+    s = load_settings(config)
+    assert s.hop_frames == 15 and s.threshold == 0.7 and s.window_frames == 150
+    assert s.sources == [StreamSpec(id="cam-1", url="rtsp://h/x")]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        ({"fps": 0}, "DFM_FPS"),
+        ({"hop_frames": 200}, "DFM_HOP_FRAMES"),
+        ({"sink": "kafka"}, "DFM_KAFKA_BOOTSTRAP"),
+        ({"windows": 3}, "windows"),
+    ],
+)
+def test_bad_settings_name_the_setting(overrides, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_settings(**overrides)
+
+
+def test_stream_ids_are_checked():
+    with pytest.raises(ValueError, match="1-64"):
+        StreamSpec(id="a" * 65, url="rtsp://h/x")
+    with pytest.raises(ValueError, match="1-64"):
+        StreamSpec(id="cam 1", url="rtsp://h/x")
+
+
+def test_backoff_grows_to_its_cap_with_jitter():
+    b = Backoff(initial_s=0.5, max_s=4.0)
+    for attempt, cap in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (10, 4.0)]:
+        delays = [b.delay(attempt) for _ in range(50)]
+        assert all(cap * 0.5 <= d <= cap for d in delays)
+        assert len(set(delays)) > 1
+
+
+def test_source_states_end_in_stopped_or_failed():
+    assert ALLOWED[SourceState.STOPPED] == set() and ALLOWED[SourceState.FAILED] == set()
+    assert SourceState.RUNNING in ALLOWED[SourceState.RECONNECTING]
+    assert SourceState.STARTING not in ALLOWED[SourceState.RUNNING]
+
+
+async def test_inbox_drops_the_oldest_frames_and_counts_them():
+    dropped = []
+    inbox = Inbox(asyncio.get_running_loop(), 3, lambda: dropped.append(1))
+    for i in range(5):
+        inbox.put_threadsafe(FrameItem(float(i), FrameFaces([]), 0.0))
+    inbox.put_threadsafe(None)
+    await asyncio.sleep(0)
+    got = []
+    while (item := await inbox.get()) is not None:
+        got.append(item.pts_s)
+    assert got == [2.0, 3.0, 4.0] and len(dropped) == 2
+
+
+def test_passwords_never_leave_the_service():
+    assert redact("rtsp://admin:hunter2@10.0.0.5:554/live") == "rtsp://admin:***@10.0.0.5:554/live"
+    assert redact("rtsp://cam/live") == "rtsp://cam/live"
