@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 from pathlib import Path
 
 import av
@@ -14,6 +13,7 @@ import pytest
 import torch
 
 from tests.conftest import SCHEMA_FILE, json_lines, run_cli
+from tests.servers import SilentServer
 
 
 @pytest.fixture(scope="module")
@@ -99,32 +99,9 @@ def test_url_that_refuses(tmp_path):
 
 
 def test_url_that_does_not_answer():
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(4)
-    port = server.getsockname()[1]
-    accepted: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept_and_stay_silent() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                accepted.append(server.accept()[0])
-            except TimeoutError:
-                continue
-
-    thread = threading.Thread(target=accept_and_stay_silent, daemon=True)
-    thread.start()
-    try:
-        result = run_cli("scan", f"rtsp://127.0.0.1:{port}/cam", "--random-weights",
+    with SilentServer() as silent:
+        result = run_cli("scan", f"rtsp://127.0.0.1:{silent.port}/cam", "--random-weights",
                          "--timeout", "2", timeout=60)  # fmt: skip
-    finally:
-        stop.set()
-        thread.join()
-        for conn in accepted:
-            conn.close()
-        server.close()
     assert_one_line_error(result, "did not answer within 2 s")
 
 

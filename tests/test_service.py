@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
-import threading
 from pathlib import Path
 
 import jsonschema
@@ -12,7 +10,7 @@ import pytest
 
 from analyzer.synthetic import synthesize
 from tests.conftest import SCHEMA_FILE, run_cli
-from tests.servers import RtspServer, Service, wait_until
+from tests.servers import RtspServer, Service, SilentServer, wait_until
 
 # Small windows at 10 fps: a verdict per stream every second, so tests stay short.
 FAST = {
@@ -143,22 +141,6 @@ def test_backpressure_drops_frames_and_bounds_latency(live_clip, tmp_path):
 
 
 def test_bad_requests_get_a_4xx_with_a_reason_and_the_service_carries_on(tmp_path):
-    silent = socket.socket()
-    silent.bind(("127.0.0.1", 0))
-    silent.listen(8)
-    conns: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        silent.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                conns.append(silent.accept()[0])
-            except TimeoutError:
-                continue
-
-    acceptor = threading.Thread(target=accept, daemon=True)
-    acceptor.start()
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 500)
     env = {
@@ -168,59 +150,52 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_the_service_carries_on(tmp_pat
         "DFM_MAX_STREAMS": "3",
     }
     auth = {"Authorization": "Bearer s3cret"}
-    try:
-        with Service(env, tmp_path) as svc:
-            c = svc.client
-            r = c.get("/v1/streams")
-            assert r.status_code == 401 and "token" in r.json()["error"]
-            assert c.get("/v1/streams", headers={"Authorization": "Bearer nope"}).status_code == 401
-            assert c.get("/healthz").status_code == 200 and c.get("/metrics").status_code == 200
+    with SilentServer() as silent, Service(env, tmp_path) as svc:
+        c = svc.client
+        r = c.get("/v1/streams")
+        assert r.status_code == 401 and "token" in r.json()["error"]
+        assert c.get("/v1/streams", headers={"Authorization": "Bearer nope"}).status_code == 401
+        assert c.get("/healthz").status_code == 200 and c.get("/metrics").status_code == 200
 
-            def post(body: object, raw: bytes | None = None) -> tuple[int, str]:
-                if raw is not None:
-                    headers = {**auth, "content-type": "application/json"}
-                    r = c.post("/v1/streams", content=raw, headers=headers)
-                else:
-                    r = c.post("/v1/streams", json=body, headers=auth)
-                return r.status_code, r.json().get("error", "")
+        def post(body: object, raw: bytes | None = None) -> tuple[int, str]:
+            if raw is not None:
+                headers = {**auth, "content-type": "application/json"}
+                r = c.post("/v1/streams", content=raw, headers=headers)
+            else:
+                r = c.post("/v1/streams", json=body, headers=auth)
+            return r.status_code, r.json().get("error", "")
 
-            code, reason = post(None, raw=b'{"id": "x", "url": ')
-            assert code == 422 and "JSON" in reason
-            code, reason = post({"id": "x", "url": "rtsp://h/x", "colour": "red"})
-            assert code == 422 and "colour" in reason
-            code, reason = post({"id": "bad id!", "url": "rtsp://h/x"})
-            assert code == 422 and reason.startswith("id")
-            code, reason = post({"id": "x", "url": "http://example.invalid/x.mp4"})
-            assert code == 422 and "unsupported URL scheme 'http'" in reason
-            code, reason = post({"id": "x", "url": "rtsp://h/x", "options": {"speed": 2}})
-            assert code == 422 and "speed" in reason
+        code, reason = post(None, raw=b'{"id": "x", "url": ')
+        assert code == 422 and "JSON" in reason
+        code, reason = post({"id": "x", "url": "rtsp://h/x", "colour": "red"})
+        assert code == 422 and "colour" in reason
+        code, reason = post({"id": "bad id!", "url": "rtsp://h/x"})
+        assert code == 422 and reason.startswith("id")
+        code, reason = post({"id": "x", "url": "http://example.invalid/x.mp4"})
+        assert code == 422 and "unsupported URL scheme 'http'" in reason
+        code, reason = post({"id": "x", "url": "rtsp://h/x", "options": {"speed": 2}})
+        assert code == 422 and "speed" in reason
 
-            port = silent.getsockname()[1]
-            assert post({"id": "mute", "url": f"rtsp://127.0.0.1:{port}/cam"})[0] == 201
-            code, reason = post({"id": "mute", "url": f"rtsp://127.0.0.1:{port}/cam"})
-            assert code == 409 and "exists" in reason
-            assert post({"id": "junk", "url": f"file://{corrupt}"})[0] == 201
-            assert post({"id": "third", "url": f"file://{corrupt}"})[0] == 201
-            code, reason = post({"id": "fourth", "url": f"file://{corrupt}"})
-            assert code == 429 and "DFM_MAX_STREAMS" in reason
+        port = silent.port
+        assert post({"id": "mute", "url": f"rtsp://127.0.0.1:{port}/cam"})[0] == 201
+        code, reason = post({"id": "mute", "url": f"rtsp://127.0.0.1:{port}/cam"})
+        assert code == 409 and "exists" in reason
+        assert post({"id": "junk", "url": f"file://{corrupt}"})[0] == 201
+        assert post({"id": "third", "url": f"file://{corrupt}"})[0] == 201
+        code, reason = post({"id": "fourth", "url": f"file://{corrupt}"})
+        assert code == 429 and "DFM_MAX_STREAMS" in reason
 
-            def state(sid: str) -> dict:
-                return c.get(f"/v1/streams/{sid}", headers=auth).json()
+        def state(sid: str) -> dict:
+            return c.get(f"/v1/streams/{sid}", headers=auth).json()
 
-            wait_until(lambda: state("junk")["state"] == "failed", 30, "corrupt file to fail")
-            assert "not a video" in state("junk")["reason"]
-            wait_until(lambda: state("mute")["state"] == "failed", 60, "silent URL to fail")
-            assert "did not answer" in state("mute")["reason"]
-            assert c.get("/healthz").status_code == 200
-            assert c.get("/v1/streams/nope", headers=auth).status_code == 404
-            assert c.delete("/v1/streams/mute", headers=auth).status_code == 204
-            assert svc.terminate() == 0
-    finally:
-        stop.set()
-        acceptor.join()
-        for conn in conns:
-            conn.close()
-        silent.close()
+        wait_until(lambda: state("junk")["state"] == "failed", 30, "corrupt file to fail")
+        assert "not a video" in state("junk")["reason"]
+        wait_until(lambda: state("mute")["state"] == "failed", 60, "silent URL to fail")
+        assert "did not answer" in state("mute")["reason"]
+        assert c.get("/healthz").status_code == 200
+        assert c.get("/v1/streams/nope", headers=auth).status_code == 404
+        assert c.delete("/v1/streams/mute", headers=auth).status_code == 204
+        assert svc.terminate() == 0
 
 
 def test_sigterm_drains_and_flushes(live_clip, tmp_path):

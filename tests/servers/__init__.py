@@ -40,6 +40,38 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: fl
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
 
 
+class SilentServer:
+    """Accepts TCP connections on loopback and never says a word: a URL that does not answer."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self._conns: list[socket.socket] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self._stop.is_set():
+            try:
+                self._conns.append(self.sock.accept()[0])
+            except TimeoutError:
+                continue
+
+    def __enter__(self) -> SilentServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        for conn in self._conns:
+            conn.close()
+        self.sock.close()
+
+
 class RtspServer:
     """GStreamer's RTSP server serving MP4 files at rtsp://127.0.0.1:PORT/<mount>."""
 
