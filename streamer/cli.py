@@ -77,6 +77,22 @@ def _build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the live service (settings: DFM_* env vars)")
     serve.add_argument("--config", type=Path, default=None, help="YAML file of settings")
 
+    bench = sub.add_parser("bench", help="measure engine, naive baseline and pipeline")
+    bench.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON results")
+    bench.add_argument("--device", default=os.environ.get("DFM_DEVICE", "auto"))
+    bench.add_argument("--parts", default="engine,baseline,pipeline")
+    bench.add_argument("--quick", action="store_true", help="a few seconds: a smoke test")
+    bench.add_argument("--batches", default=None, help="backbone batch sizes, e.g. 1,8,32,64")
+    bench.add_argument("--hops", default="15,30,75", help="hops for the baseline")
+    bench.add_argument("--seconds", type=float, default=15.0, help="pipeline run length")
+    bench.add_argument("--warmup", type=float, default=5.0, help="pipeline warm-up")
+    bench.add_argument("--p99-ms", type=float, default=2000.0, help="pipeline latency bound")
+    bench.add_argument("--max-streams", type=_positive_int, default=64)
+    bench.add_argument(
+        "--configs", default=None, help="pipeline SIZE:FACES list, e.g. 480p:1,720p:1,480p:4"
+    )
+    bench.add_argument("--work", type=Path, default=None, help="folder for the synthetic clips")
+
     sub.add_parser("schema", help="print the verdict v1 JSON Schema")
     return parser
 
@@ -207,6 +223,70 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import json
+
+    import torch
+
+    from analyzer.bench import baseline_bench, engine_bench
+    from streamer.bench import SIZES, format_report, pipeline_bench
+
+    parts = {p.strip() for p in args.parts.split(",") if p.strip()}
+    unknown = parts - {"engine", "baseline", "pipeline"}
+    if unknown:
+        raise UsageError(f"--parts {','.join(sorted(unknown))}: choose engine, baseline, pipeline")
+    gpu = args.device != "cpu" and torch.cuda.is_available()
+    try:
+        if args.batches:
+            batches = [int(b) for b in args.batches.split(",")]
+        elif args.quick:
+            batches = [1, 2]
+        else:
+            batches = [1, 8, 32, 64, 128, 256, 512] if gpu else [1, 8, 32, 64]
+        hops = [int(h) for h in args.hops.split(",")] if not args.quick else [75]
+        configs = [
+            (c.split(":")[0], int(c.split(":")[1]))
+            for c in (args.configs or ("480p:1" if args.quick else "480p:1,720p:1,480p:4")).split(
+                ","
+            )
+        ]
+    except (ValueError, IndexError):
+        raise UsageError("--batches, --hops and --configs take comma-separated values") from None
+    bad = [s for s, f in configs if s not in SIZES or not 1 <= f <= 4]
+    if bad:
+        raise UsageError(f"--configs: sizes are {', '.join(SIZES)} and faces 1-4")
+    result: dict[str, object] = {"torch": torch.__version__, "quick": args.quick}
+    if "engine" in parts:
+        result["engine"] = engine_bench(args.device, batches=batches, quick=args.quick)
+    if "baseline" in parts:
+        streams = 1 if args.quick else 2
+        result["baseline"] = baseline_bench(
+            args.device, hops=hops, streams=streams, quick=args.quick
+        )
+    if "pipeline" in parts:
+        work = (
+            args.work
+            or Path(os.environ.get("DFM_CACHE", Path.home() / ".cache" / "deepfake-monitor"))
+            / "bench"
+        )
+        result["pipeline"] = pipeline_bench(
+            work,
+            device=args.device,
+            configs=configs,
+            seconds=2.0 if args.quick else args.seconds,
+            warmup=3.0 if args.quick else args.warmup,
+            p99_bound_ms=args.p99_ms,
+            max_streams=1 if args.quick else args.max_streams,
+            window=30 if args.quick else 150,
+            hop=15 if args.quick else 30,
+        )
+    print(format_report(result))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"results: {args.out}")
+    return 0
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from streamer.verdict import json_schema_text
 
@@ -223,7 +303,13 @@ def _progress(**kwargs: Any) -> Any:
     return tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs)
 
 
-COMMANDS = {"scan": _cmd_scan, "synth": _cmd_synth, "serve": _cmd_serve, "schema": _cmd_schema}
+COMMANDS = {
+    "scan": _cmd_scan,
+    "synth": _cmd_synth,
+    "serve": _cmd_serve,
+    "bench": _cmd_bench,
+    "schema": _cmd_schema,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -49,8 +50,9 @@ def resolve_checkpoint(settings: Settings) -> Path | None:
 
 
 class Service:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, *, extra_sinks: Sequence[Sink] = ()) -> None:
         self.settings = settings
+        self.extra_sinks = list(extra_sinks)
         self.version = __version__
         self.metrics = Metrics()
         self.recent = RecentVerdicts(settings.verdict_ring)
@@ -84,6 +86,7 @@ class Service:
             else:
                 loaded = await asyncio.to_thread(load_checkpoint, checkpoint)
             self._engine = engine = await asyncio.to_thread(Engine, loaded, s.device)
+            await asyncio.to_thread(engine.warmup, s.window_frames)
             self.metrics.build_info.labels(self.version, loaded.meta.version).set(1)
             model = ModelRef(
                 name=loaded.meta.name, version=loaded.meta.version, sha256=loaded.sha256
@@ -123,9 +126,9 @@ class Service:
     def _make_sinks(self) -> list[Sink]:
         kind = self.settings.sink
         if kind == "stdout":
-            return [StdoutSink()]
+            return [StdoutSink(), *self.extra_sinks]
         if kind == "none":
-            return []
+            return list(self.extra_sinks)
         raise ConfigError("setting DFM_SINK=kafka: the Kafka sink is not in this build; use stdout")
 
     async def _start_http(self, stack: AsyncExitStack) -> None:

@@ -100,6 +100,9 @@ class SourceWorker:
         self.initial_attempts = initial_attempts
         self.state = SourceState.STARTING
         self.reason: str | None = None
+        # CPU seconds of this thread per stage, for benchmarks: decode, faces, crop.
+        self.cpu_s = {"decode": 0.0, "faces": 0.0, "crop": 0.0}
+        self.tracker: FaceTracker | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"source-{stream_id}", daemon=True)
 
@@ -122,15 +125,32 @@ class SourceWorker:
         log.info("stream %s: source %s%s", self.stream_id, state, f" ({reason})" if reason else "")
         self.on_state(state, reason)
 
+    def stage_cpu_s(self) -> dict[str, float]:
+        """CPU seconds per stage so far, the live tracker included."""
+        out = dict(self.cpu_s)
+        if self.tracker is not None:
+            out["faces"] += self.tracker.detect_s
+            out["crop"] += self.tracker.crop_s
+        return out
+
+    def _add_tracker_times(self, tracker: FaceTracker) -> None:
+        self.cpu_s["faces"] += tracker.detect_s
+        self.cpu_s["crop"] += tracker.crop_s
+        tracker.detect_s = tracker.crop_s = 0.0
+
     def _run(self) -> None:
         attempt = 0
         has_run = False
-        tracker = self.tracker_factory()
+        tracker = self.tracker = self.tracker_factory()
         try:
             while not self._stop.is_set():
                 try:
-                    for frame in self.opener.open():
-                        if self._stop.is_set():
+                    frames = self.opener.open()
+                    while True:
+                        t0 = time.thread_time()
+                        frame = next(frames, None)
+                        self.cpu_s["decode"] += time.thread_time() - t0
+                        if frame is None or self._stop.is_set():
                             break
                         if self.state != SourceState.RUNNING:
                             self._set(SourceState.RUNNING)
@@ -159,12 +179,15 @@ class SourceWorker:
                     break
                 self.on_reconnect()
                 # A new connection starts new face tracks.
-                tracker = self.tracker_factory()
+                self._add_tracker_times(tracker)
+                tracker = self.tracker = self.tracker_factory()
         except Exception as exc:  # a bug must not pass silently, nor take other streams down
             log.exception("stream %s: source worker crashed", self.stream_id)
             self._set(SourceState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
             return
         finally:
+            self._add_tracker_times(tracker)
+            self.tracker = None
             close = getattr(tracker.detector, "close", None)
             if close is not None:
                 close()

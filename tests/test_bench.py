@@ -1,0 +1,27 @@
+"""`deepfake-monitor bench --quick` keeps working (a smoke test, not a measurement)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import run_cli
+
+
+def test_bench_quick_measures_all_three_parts(tmp_path, photos_dir):
+    out = tmp_path / "bench.json"
+    result = run_cli("bench", "--quick", "--out", str(out), "--work", str(tmp_path / "clips"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    for heading in ("engine on", "baseline on", "pipeline on"):
+        assert heading in result.stdout
+    data = json.loads(out.read_text())
+    engine = data["engine"]
+    assert engine["flops"]["backbone_flops_per_frame"] > 1e9  # about 2.2 GFLOP at 112x112
+    assert {r["stage"] for r in engine["rows"]} == {"backbone", "head"}
+    assert all(r["items_per_s"] > 0 for r in engine["rows"])
+    base = data["baseline"]["results"][0]
+    assert base["naive_backbone_frames_per_verdict"] == 150
+    assert base["ours_backbone_frames_per_verdict"] == base["hop"]
+    assert base["ratio_ours_over_naive"] > 1
+    run = data["pipeline"]["configs"][0]["runs"][0]
+    assert run["frames_per_s"] > 0 and run["verdicts_per_s"] > 0
+    assert set(run["cpu_s_per_s"]) >= {"decode", "faces", "crop", "backbone_wall", "head_wall"}
