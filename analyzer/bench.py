@@ -101,7 +101,7 @@ def engine_bench(device: str, *, batches: list[int], quick: bool) -> dict[str, A
     rng = np.random.default_rng(0)
     repeats = 2 if quick else 3
     rows: list[EngineRow] = []
-    variants = [("float32", False)]
+    variants = [("float32", False), ("float32", True)]
     if dev.type == "cuda":
         variants = [("float32", False), ("bfloat16", False), ("bfloat16", True)]
 
