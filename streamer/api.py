@@ -20,8 +20,9 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from streamer.config import StreamSpec
+from streamer.config import STREAM_ID, StreamSpec
 from streamer.manager import StreamRejected
+from streamer.sources.webrtc import WhipError
 
 if TYPE_CHECKING:
     from streamer.service import Service
@@ -110,6 +111,49 @@ def create_app(service: Service) -> FastAPI:
         _runner(service, stream_id)
         recent = service.recent.recent(stream_id, limit)
         return {"stream_id": stream_id, "verdicts": [v.model_dump(by_alias=True) for v in recent]}
+
+    @app.options("/v1/whip/{stream_id}")
+    async def whip_options(stream_id: str) -> Response:
+        headers = {"Accept-Post": "application/sdp", "Allow": "OPTIONS, POST"}
+        for url in service.settings.whip_ice_servers:
+            headers.setdefault("Link", f'<{url}>; rel="ice-server"')
+        return Response(status_code=204, headers=headers)
+
+    @app.post("/v1/whip/{stream_id}", dependencies=secured)
+    async def whip_post(stream_id: str, request: Request) -> Response:
+        if not STREAM_ID.match(stream_id):
+            raise ApiError(422, "stream id must be 1-64 characters of A-Z a-z 0-9 . _ -")
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if ctype != "application/sdp":
+            raise ApiError(415, f"WHIP offers are Content-Type application/sdp, not {ctype!r}")
+        limit = service.settings.whip_max_sdp_bytes
+        if int(request.headers.get("content-length") or 0) > limit:
+            raise ApiError(413, f"SDP offer larger than {limit} bytes (DFM_WHIP_MAX_SDP_BYTES)")
+        body = await request.body()
+        if len(body) > limit:
+            raise ApiError(413, f"SDP offer larger than {limit} bytes (DFM_WHIP_MAX_SDP_BYTES)")
+        if not body.strip():
+            raise ApiError(400, "empty body: send the SDP offer")
+        try:
+            sdp = body.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(400, "the SDP offer is not UTF-8 text") from None
+        try:
+            session = await service.whip.offer(stream_id, sdp)
+        except (WhipError, StreamRejected) as exc:
+            raise ApiError(exc.status, exc.reason) from None
+        return Response(
+            session.pc.localDescription.sdp,
+            201,
+            media_type="application/sdp",
+            headers={"Location": session.location},
+        )
+
+    @app.delete("/v1/whip/{stream_id}/{session_id}", dependencies=secured)
+    async def whip_delete(stream_id: str, session_id: str) -> Response:
+        if not await service.whip.delete(stream_id, session_id):
+            raise ApiError(404, f"no WHIP session {session_id!r} for stream {stream_id!r}")
+        return Response(status_code=200)
 
     return app
 

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     reconnect_max_s: float = Field(30.0, gt=0)
     drain_grace_s: float = Field(10.0, ge=0, description="SIGTERM: time to finish due windows")
     verdict_ring: int = Field(100, ge=1, le=10000, description="recent verdicts kept per stream")
+    whip_max_sessions: int = Field(8, ge=0, le=1024, description="concurrent WHIP publishers")
+    whip_max_sdp_bytes: int = Field(65536, ge=1024, le=1 << 20, description="largest SDP offer")
+    whip_ice_servers: list[str] = Field(
+        default_factory=list, description="STUN/TURN URLs for the service's own candidates"
+    )
+    whip_timeout_s: float = Field(10.0, gt=0, description="no frame this long: publisher gone")
     slow_engine_ms: float = Field(0.0, ge=0, description="testing only: delay per engine call")
 
 

@@ -323,6 +323,20 @@ class StreamManager:
         raise StreamRejected(422, f"unsupported URL scheme {scheme or '(none)'!r}; use {allowed}")
 
     async def add(self, spec: StreamSpec) -> StreamRunner:
+        """Watch a stream given by URL (``POST /v1/streams``, ``DFM_SOURCES``)."""
+        try:
+            options = StreamOptions.model_validate(spec.options)
+        except ValueError as exc:
+            raise StreamRejected(422, f"bad options: {_first_error(exc)}") from None
+        return await self._start(spec, options, self.opener_for(spec, options))
+
+    async def add_with_opener(self, spec: StreamSpec, opener: Opener) -> StreamRunner:
+        """Watch a stream whose frames arrive another way (a WHIP session)."""
+        return await self._start(spec, StreamOptions(), opener)
+
+    async def _start(
+        self, spec: StreamSpec, options: StreamOptions, opener: Opener
+    ) -> StreamRunner:
         async with self._lock:
             if spec.id in self.streams:
                 raise StreamRejected(409, f"stream {spec.id!r} exists; DELETE it first")
@@ -330,11 +344,6 @@ class StreamManager:
                 raise StreamRejected(
                     429, f"already watching {len(self.streams)} streams (DFM_MAX_STREAMS)"
                 )
-            try:
-                options = StreamOptions.model_validate(spec.options)
-            except ValueError as exc:
-                raise StreamRejected(422, f"bad options: {_first_error(exc)}") from None
-            opener = self.opener_for(spec, options)
             runner = StreamRunner(
                 spec,
                 options,

@@ -30,6 +30,7 @@ from streamer.manager import StreamManager
 from streamer.metrics import Metrics
 from streamer.sinks.base import Sink
 from streamer.sinks.stdout import RecentVerdicts, StdoutSink
+from streamer.sources.webrtc import WhipGateway
 from streamer.verdict import ModelRef
 
 log = logging.getLogger(__name__)
@@ -61,11 +62,17 @@ class Service:
         self._stack: AsyncExitStack | None = None
         self._engine: Engine | None = None
         self._manager: StreamManager | None = None
+        self._whip: WhipGateway | None = None
 
     @property
     def manager(self) -> StreamManager:
         assert self._manager is not None, "service not started"
         return self._manager
+
+    @property
+    def whip(self) -> WhipGateway:
+        assert self._whip is not None, "service not started"
+        return self._whip
 
     def readiness(self) -> dict[str, bool]:
         return {
@@ -111,6 +118,8 @@ class Service:
                 s, batcher, self.sinks, self.recent, self.metrics, model, _detector
             )
             await stack.enter_async_context(self._manager)
+            self._whip = WhipGateway(s, self._manager)
+            await stack.enter_async_context(self._whip)
             await self._start_http(stack)
         except BaseException:
             await stack.aclose()

@@ -203,3 +203,63 @@ class Service:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class WhipPublisher:
+    """An aiortc WHIP publisher in its own process (so a test can kill it outright)."""
+
+    def __init__(self, url: str, video: Path, token: str | None = None) -> None:
+        self.url, self.video, self.token = url, video, token
+        self.proc: subprocess.Popen[str] | None = None
+        self.location: str | None = None
+        self.first_sent: float | None = None
+
+    def start(self) -> WhipPublisher:
+        args = [sys.executable, str(HERE / "whip_client.py"), self.url, str(self.video)]
+        if self.token:
+            args += ["--token", self.token]
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline().split()
+        if not line or line[0] != "PUBLISHING":
+            self.kill()
+            raise AssertionError(f"WHIP publisher did not start: {' '.join(line)}")
+        self.location, self.first_sent = line[1], float(line[2])
+        return self
+
+    def stop(self) -> int:
+        """End politely: the publisher DELETEs its session."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        code = self.proc.wait(30)
+        self._close()
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._close()
+
+    def _close(self) -> None:
+        if self.proc is not None:
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+
+    def __enter__(self) -> WhipPublisher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
+def thread_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/task"))

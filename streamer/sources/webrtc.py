@@ -1,0 +1,221 @@
+"""WebRTC ingest over WHIP (RFC 9725): one aiortc peer connection per publisher.
+
+``POST /v1/whip/{id}`` hands the SDP offer to :meth:`WhipGateway.offer`, which answers
+it (ICE candidates included: aiortc gathers before answering, so no trickle is needed)
+and registers the stream. Frames from the video track are received on the event loop
+and passed, still encoded as ``av.VideoFrame``, to the stream's source worker thread
+through a small drop-oldest queue: conversion, resampling and face detection happen
+there, as for every other source. Timestamps come from the RTP clock.
+
+A session ends on ``DELETE`` of its Location, when the peer connection fails or closes,
+or when no frame arrives for ``whip_timeout_s`` (a publisher that vanished); its stream
+is then removed and the same stream id may publish again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import MediaStreamError
+
+from streamer.config import Settings, StreamSpec
+from streamer.sources.base import Opener
+from streamer.sources.decode import VideoFrame, resample
+
+if TYPE_CHECKING:
+    from streamer.manager import StreamManager
+
+log = logging.getLogger(__name__)
+
+_END = object()
+
+
+class WhipError(Exception):
+    """A WHIP request the service will not take; ``status`` is the HTTP status."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+class WhipOpener(Opener):
+    """Frames pushed by the event loop, pulled by the source worker thread."""
+
+    ends = True  # a finished session is a finished stream
+
+    def __init__(self, fps: float, timeout_s: float, size: int = 8) -> None:
+        self.fps = fps
+        self.timeout_s = timeout_s
+        self.frames: queue.Queue[Any] = queue.Queue(maxsize=size)
+        self.dropped = 0
+
+    def push(self, item: Any) -> None:
+        """Called on the event loop; never blocks: a full queue loses its oldest frame."""
+        while True:
+            try:
+                self.frames.put_nowait(item)
+                return
+            except queue.Full:
+                with contextlib.suppress(queue.Empty):
+                    self.frames.get_nowait()
+                    self.dropped += 1
+
+    def close(self) -> None:
+        self.push(_END)
+
+    def _decoded(self) -> Iterator[tuple[float, Any]]:
+        first: float | None = None
+        while True:
+            try:
+                item = self.frames.get(timeout=self.timeout_s)
+            except queue.Empty:
+                log.warning("WHIP publisher sent no frame for %.0f s", self.timeout_s)
+                return
+            if item is _END:
+                return
+            t = float(item.pts * item.time_base) if item.pts is not None else 0.0
+            first = t if first is None else first
+            yield t - first, item.to_ndarray(format="rgb24")
+
+    def open(self) -> Iterator[VideoFrame]:
+        return resample(self._decoded(), self.fps)
+
+
+@dataclass
+class WhipSession:
+    stream_id: str
+    id: str
+    pc: RTCPeerConnection
+    opener: WhipOpener
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    closed: bool = False
+
+    @property
+    def location(self) -> str:
+        return f"/v1/whip/{self.stream_id}/{self.id}"
+
+
+class WhipGateway:
+    def __init__(self, settings: Settings, manager: StreamManager) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.sessions: dict[str, WhipSession] = {}  # by stream id
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        """Close every session. Safe to call twice."""
+        for session in list(self.sessions.values()):
+            await self._end(session, "service stopping")
+
+    async def __aenter__(self) -> WhipGateway:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def offer(self, stream_id: str, sdp: str) -> WhipSession:
+        """Answer a publisher's offer; the answer is ``session.pc.localDescription``."""
+        s = self.settings
+        if "m=video" not in sdp:
+            raise WhipError(422, "the SDP offer has no video media section (m=video)")
+        async with self._lock:
+            if stream_id in self.sessions or stream_id in self.manager.streams:
+                raise WhipError(409, f"stream {stream_id!r} is already live; DELETE it first")
+            if len(self.sessions) >= s.whip_max_sessions:
+                raise WhipError(
+                    503, f"{len(self.sessions)} WHIP sessions already (DFM_WHIP_MAX_SESSIONS)"
+                )
+            config = RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in s.whip_ice_servers])
+            pc = RTCPeerConnection(configuration=config)
+            opener = WhipOpener(s.fps, s.whip_timeout_s)
+            session = WhipSession(stream_id, uuid.uuid4().hex, pc, opener)
+            try:
+                await self._negotiate(session, sdp)
+            except WhipError:
+                await pc.close()
+                raise
+            except Exception as exc:  # aiortc raises ValueError and others for bad SDP
+                await pc.close()
+                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                raise WhipError(400, f"cannot use this SDP offer: {reason[:200]}") from None
+            spec = StreamSpec(id=stream_id, url=f"whip:{session.id}")
+            try:
+                await self.manager.add_with_opener(spec, opener)
+            except Exception:
+                await pc.close()
+                raise
+            self.sessions[stream_id] = session
+        log.info("stream %s: WHIP session %s connected", stream_id, session.id)
+        return session
+
+    async def _negotiate(self, session: WhipSession, sdp: str) -> None:
+        pc = session.pc
+
+        @pc.on("track")
+        def on_track(track: Any) -> None:
+            if track.kind == "video":
+                self._spawn(session, self._receive(session, track))
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            state = pc.connectionState
+            log.info("stream %s: WebRTC connection %s", session.stream_id, state)
+            if state in ("failed", "closed"):
+                self._spawn(session, self._end(session, f"connection {state}"))
+
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
+        if not any(t.kind == "video" for t in pc.getTransceivers()):
+            raise WhipError(422, "the SDP offer has no video track")
+        answer = await pc.createAnswer()
+        await pc.setLocalDescription(answer)
+
+    @staticmethod
+    def _spawn(session: WhipSession, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        session.tasks.add(task)
+        task.add_done_callback(session.tasks.discard)
+
+    async def _receive(self, session: WhipSession, track: Any) -> None:
+        try:
+            while True:
+                frame = await asyncio.wait_for(track.recv(), self.settings.whip_timeout_s)
+                session.opener.push(frame)
+        except (MediaStreamError, TimeoutError):
+            reason = "publisher stopped sending"
+        except asyncio.CancelledError:
+            return
+        await self._end(session, reason)
+
+    async def delete(self, stream_id: str, session_id: str) -> bool:
+        session = self.sessions.get(stream_id)
+        if session is None or session.id != session_id:
+            return False
+        await self._end(session, "DELETE by the publisher")
+        return True
+
+    async def _end(self, session: WhipSession, reason: str) -> None:
+        if session.closed:
+            return
+        session.closed = True
+        log.info("stream %s: WHIP session %s ends: %s", session.stream_id, session.id, reason)
+        if self.sessions.get(session.stream_id) is session:
+            del self.sessions[session.stream_id]
+        session.opener.close()
+        current = asyncio.current_task()
+        for task in list(session.tasks):
+            if task is not current:
+                task.cancel()
+        await session.pc.close()
+        await self.manager.remove(session.stream_id)
