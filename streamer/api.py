@@ -115,8 +115,9 @@ def create_app(service: Service) -> FastAPI:
     @app.options("/v1/whip/{stream_id}")
     async def whip_options(stream_id: str) -> Response:
         headers = {"Accept-Post": "application/sdp", "Allow": "OPTIONS, POST"}
-        for url in service.settings.whip_ice_servers:
-            headers.setdefault("Link", f'<{url}>; rel="ice-server"')
+        links = [f'<{i.urls}>; rel="ice-server"' for i in service.settings.whip_ice_servers]
+        if links:
+            headers["Link"] = ", ".join(links)
         return Response(status_code=204, headers=headers)
 
     @app.post("/v1/whip/{stream_id}", dependencies=secured)

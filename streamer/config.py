@@ -47,6 +47,16 @@ class StreamOptions(BaseModel):
     max_faces: int | None = Field(None, ge=1, le=16)
 
 
+class IceServer(BaseModel):
+    """A STUN or TURN server, as in RTCIceServer: ``{"urls": "turn:host:3478", ...}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    urls: str = Field(pattern=r"^(stun|stuns|turn|turns):")
+    username: str | None = None
+    credential: str | None = None
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DFM_", extra="forbid", validate_default=True)
 
@@ -83,8 +93,8 @@ class Settings(BaseSettings):
     verdict_ring: int = Field(100, ge=1, le=10000, description="recent verdicts kept per stream")
     whip_max_sessions: int = Field(8, ge=0, le=1024, description="concurrent WHIP publishers")
     whip_max_sdp_bytes: int = Field(65536, ge=1024, le=1 << 20, description="largest SDP offer")
-    whip_ice_servers: list[str] = Field(
-        default_factory=list, description="STUN/TURN URLs for the service's own candidates"
+    whip_ice_servers: list[IceServer] = Field(
+        default_factory=list, description="STUN/TURN servers for the service's own candidates"
     )
     whip_timeout_s: float = Field(10.0, gt=0, description="no frame this long: publisher gone")
     slow_engine_ms: float = Field(0.0, ge=0, description="testing only: delay per engine call")

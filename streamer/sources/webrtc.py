@@ -137,7 +137,12 @@ class WhipGateway:
                 raise WhipError(
                     503, f"{len(self.sessions)} WHIP sessions already (DFM_WHIP_MAX_SESSIONS)"
                 )
-            config = RTCConfiguration(iceServers=[RTCIceServer(urls=u) for u in s.whip_ice_servers])
+            config = RTCConfiguration(
+                iceServers=[
+                    RTCIceServer(urls=i.urls, username=i.username, credential=i.credential)
+                    for i in s.whip_ice_servers
+                ]
+            )
             pc = RTCPeerConnection(configuration=config)
             opener = WhipOpener(s.fps, s.whip_timeout_s)
             session = WhipSession(stream_id, uuid.uuid4().hex, pc, opener)

@@ -183,6 +183,7 @@ class Service:
         code = self.proc.wait(timeout)
         if self._reader is not None:
             self._reader.join(10)
+        assert "Traceback" not in self.log(), self.log()[-3000:]
         return code
 
     def stop(self) -> None:
