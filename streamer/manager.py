@@ -286,8 +286,18 @@ class StreamManager:
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
-        for spec in self.settings.sources:
-            await self.add(spec)
+        # With Kafka, DFM_SOURCES go to the cluster's directory instead (streamer/cluster.py).
+        if not self.settings.kafka_bootstrap:
+            for spec in self.settings.sources:
+                await self.add(spec)
+
+    def check(self, spec: StreamSpec) -> None:
+        """Raise StreamRejected when ``spec`` could never run (bad scheme or options)."""
+        try:
+            options = StreamOptions.model_validate(spec.options)
+        except ValueError as exc:
+            raise StreamRejected(422, f"bad options: {_first_error(exc)}") from None
+        self.opener_for(spec, options)
 
     async def stop(self) -> None:
         """Drain every stream within the grace period. Safe to call twice."""
@@ -324,10 +334,8 @@ class StreamManager:
 
     async def add(self, spec: StreamSpec) -> StreamRunner:
         """Watch a stream given by URL (``POST /v1/streams``, ``DFM_SOURCES``)."""
-        try:
-            options = StreamOptions.model_validate(spec.options)
-        except ValueError as exc:
-            raise StreamRejected(422, f"bad options: {_first_error(exc)}") from None
+        self.check(spec)
+        options = StreamOptions.model_validate(spec.options)
         return await self._start(spec, options, self.opener_for(spec, options))
 
     async def add_with_opener(self, spec: StreamSpec, opener: Opener) -> StreamRunner:

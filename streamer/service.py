@@ -15,6 +15,7 @@ import signal
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -32,6 +33,9 @@ from streamer.sinks.base import Sink
 from streamer.sinks.stdout import RecentVerdicts, StdoutSink
 from streamer.sources.webrtc import WhipGateway
 from streamer.verdict import ModelRef
+
+if TYPE_CHECKING:
+    from streamer.cluster import SourceDirectory
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,7 @@ class Service:
         self._engine: Engine | None = None
         self._manager: StreamManager | None = None
         self._whip: WhipGateway | None = None
+        self.directory: SourceDirectory | None = None
 
     @property
     def manager(self) -> StreamManager:
@@ -118,6 +123,13 @@ class Service:
                 s, batcher, self.sinks, self.recent, self.metrics, model, _detector
             )
             await stack.enter_async_context(self._manager)
+            if s.kafka_bootstrap:
+                from streamer.cluster import SourceDirectory
+
+                self.directory = SourceDirectory(s, self._manager)
+                await stack.enter_async_context(self.directory)
+                for spec in s.sources:
+                    await self.directory.put(spec)
             self._whip = WhipGateway(s, self._manager)
             await stack.enter_async_context(self._whip)
             await self._start_http(stack)
@@ -138,7 +150,12 @@ class Service:
             return [StdoutSink(), *self.extra_sinks]
         if kind == "none":
             return list(self.extra_sinks)
-        raise ConfigError("setting DFM_SINK=kafka: the Kafka sink is not in this build; use stdout")
+        from streamer.sinks.kafka import KafkaSink
+
+        return [
+            KafkaSink(self.settings, self.metrics, flush_timeout_s=self.settings.drain_grace_s),
+            *self.extra_sinks,
+        ]
 
     async def _start_http(self, stack: AsyncExitStack) -> None:
         s = self.settings

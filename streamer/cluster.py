@@ -1,0 +1,168 @@
+"""Which replica watches which stream: Kafka's consumer group on ``deepfake.sources``.
+
+The compacted topic holds one record per stream id: the stream spec, or a tombstone once
+deleted. Every replica joins one consumer group on it; the partitions Kafka assigns to a
+replica decide the streams it ingests. On assignment a replica reads its partitions from
+the beginning (the compacted state) and starts their streams; on revocation it stops
+them; a new record starts, restarts or stops a stream. No scheduler of our own: the
+group protocol spreads streams over replicas and moves them when replicas come and go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from streamer.config import Settings, StreamSpec
+from streamer.kafka_common import client_options
+from streamer.manager import StreamManager, StreamRejected
+
+log = logging.getLogger(__name__)
+
+
+class _Listener(ConsumerRebalanceListener):
+    def __init__(self, directory: SourceDirectory) -> None:
+        self.directory = directory
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.directory.revoked({tp.partition for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.directory.assigned(list(assigned))
+
+
+class SourceDirectory:
+    def __init__(self, settings: Settings, manager: StreamManager) -> None:
+        self.settings = settings
+        self.manager = manager
+        self.topic = settings.kafka_sources_topic
+        self.owned: dict[str, int] = {}  # stream id -> partition, for streams running here
+        self.partitions: set[int] = set()
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        opts = client_options(self.settings)
+        await self._ensure_topic(opts)
+        self._producer = AIOKafkaProducer(**opts, acks="all", enable_idempotence=True)
+        await self._producer.start()
+        self._consumer = AIOKafkaConsumer(
+            **opts,
+            group_id=f"{self.settings.kafka_group}.sources",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=10000,
+            heartbeat_interval_ms=1000,
+        )
+        self._consumer.subscribe([self.topic], listener=_Listener(self))
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._run(), name="source-directory")
+
+    async def _ensure_topic(self, opts: dict[str, Any]) -> None:
+        admin = AIOKafkaAdminClient(**opts)
+        await admin.start()
+        try:
+            topic = NewTopic(
+                self.topic,
+                num_partitions=self.settings.kafka_sources_partitions,
+                replication_factor=self.settings.kafka_replication_factor,
+                topic_configs={"cleanup.policy": "compact"},
+            )
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([topic])
+        finally:
+            await admin.close()
+
+    async def stop(self) -> None:
+        """Leave the group (its streams move to other replicas). Safe to call twice."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        for client in (self._consumer, self._producer):
+            if client is not None:
+                with contextlib.suppress(KafkaError):
+                    await client.stop()
+        self._consumer = self._producer = None
+
+    async def __aenter__(self) -> SourceDirectory:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- writes (the API) --------------------------------------------------------------
+    async def put(self, spec: StreamSpec) -> None:
+        assert self._producer is not None
+        await self._producer.send_and_wait(
+            self.topic, spec.model_dump_json().encode(), key=spec.id.encode()
+        )
+
+    async def delete(self, stream_id: str) -> None:
+        assert self._producer is not None
+        await self._producer.send_and_wait(self.topic, None, key=stream_id.encode())
+
+    # -- group membership --------------------------------------------------------------
+    def assigned(self, partitions: list[TopicPartition]) -> None:
+        assert self._consumer is not None
+        self.partitions = {tp.partition for tp in partitions}
+        log.info("sources: assigned partitions %s", sorted(self.partitions))
+        # The compacted topic is the desired state: read it whole on every assignment.
+        self._consumer.seek_to_beginning(*partitions)
+
+    async def revoked(self, partitions: set[int]) -> None:
+        gone = [sid for sid, p in self.owned.items() if p in partitions]
+        log.info("sources: partitions %s revoked; stopping %s", sorted(partitions), gone)
+        for sid in gone:
+            del self.owned[sid]
+            await self.manager.remove(sid)
+        self.partitions -= partitions
+
+    async def _run(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=1000)
+            desired: dict[str, tuple[int, StreamSpec | None]] = {}
+            for tp, records in batches.items():
+                for rec in records:
+                    if rec.key is None:
+                        continue
+                    sid = rec.key.decode(errors="replace")
+                    desired[sid] = (tp.partition, self._parse(sid, rec.value, rec.offset))
+            for sid, (partition, spec) in desired.items():
+                await self._apply(sid, partition, spec)
+
+    def _parse(self, sid: str, value: bytes | None, offset: int) -> StreamSpec | None:
+        if value is None:
+            return None
+        try:
+            spec = StreamSpec.model_validate(json.loads(value))
+        except (ValueError, UnicodeDecodeError) as exc:
+            log.error("sources: bad spec for %s at offset %d: %s", sid, offset, exc)
+            return None
+        return spec if spec.id == sid else None
+
+    async def _apply(self, sid: str, partition: int, spec: StreamSpec | None) -> None:
+        if partition not in self.partitions:
+            return
+        running = self.manager.streams.get(sid)
+        if running is not None and (spec is None or running.spec != spec):
+            self.owned.pop(sid, None)
+            await self.manager.remove(sid)
+        if spec is not None and (running is None or running.spec != spec):
+            try:
+                await self.manager.add(spec)
+            except StreamRejected as exc:
+                log.error("sources: cannot start %s: %s", sid, exc.reason)
+                return
+            self.owned[sid] = partition

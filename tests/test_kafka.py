@@ -1,0 +1,137 @@
+"""Kafka against the real Apache Kafka (KRaft): the verdict sink, broker outages, and
+streams spread over replicas by the consumer group on deepfake.sources."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+from aiokafka import AIOKafkaConsumer
+
+from analyzer.synthetic import synthesize
+from tests.conftest import SCHEMA_FILE
+from tests.servers import Service, wait_until
+from tests.servers.kafka import KafkaBroker
+
+FAST = {"DFM_FPS": "10", "DFM_WINDOW_FRAMES": "20", "DFM_HOP_FRAMES": "10", "DFM_LOG_LEVEL": "INFO"}
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory, photos_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("kafka-clip")
+    spec = synthesize(out, videos=1, frames=150, seed=6, size=(320, 240), identities=["astronaut"])[
+        0
+    ]
+    return out / spec.file
+
+
+@pytest.fixture
+def broker(tmp_path: Path):
+    with KafkaBroker(tmp_path / "kafka") as b:
+        yield b
+
+
+def read_verdicts(bootstrap: str, topic: str, until: int, timeout: float = 60) -> list:
+    """Every record of ``topic`` from the start, until ``until`` records or the timeout."""
+
+    async def run() -> list:
+        consumer = AIOKafkaConsumer(
+            topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest", group_id=None
+        )
+        await consumer.start()
+        got: list = []
+        try:
+            deadline = time.monotonic() + timeout
+            while len(got) < until and time.monotonic() < deadline:
+                batches = await consumer.getmany(timeout_ms=500)
+                for records in batches.values():
+                    got.extend(records)
+        finally:
+            await consumer.stop()
+        return got
+
+    return asyncio.run(run())
+
+
+def kafka_env(broker: KafkaBroker, **extra: str) -> dict[str, str]:
+    return {
+        **FAST,
+        "DFM_KAFKA_BOOTSTRAP": broker.bootstrap,
+        "DFM_SINK": "kafka",
+        "DFM_ALLOW_FILE_SOURCES": "true",
+        **extra,
+    }
+
+
+def test_verdicts_arrive_in_kafka_keyed_and_valid(broker, clip, tmp_path):
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    with Service(kafka_env(broker), tmp_path) as svc:
+        spec = {"id": "cam-k", "url": f"file://{clip}", "options": {"loop": True}}
+        assert svc.client.post("/v1/streams", json=spec).status_code == 202
+        wait_until(lambda: svc.metric("deepfake_verdicts_total", stream="cam-k", label="REAL")
+                   or svc.metric("deepfake_verdicts_total", stream="cam-k", label="FAKE"),
+                   60, "verdicts")  # fmt: skip
+        records = read_verdicts(broker.bootstrap, "deepfake.verdicts", until=5)
+        assert len(records) >= 5
+        assert {r.key for r in records} == {b"cam-k"}
+        values = [json.loads(r.value) for r in records]
+        for v in values:
+            validator.validate(v)
+        assert [v["seq"] for v in values] == list(range(len(values)))
+        assert svc.client.get("/readyz").status_code == 200
+        assert svc.terminate() == 0
+
+
+def test_broker_outage_holds_verdicts_and_delivers_each_once_in_order(broker, clip, tmp_path):
+    with Service(kafka_env(broker), tmp_path) as svc:
+        spec = {"id": "cam-o", "url": f"file://{clip}", "options": {"loop": True}}
+        assert svc.client.post("/v1/streams", json=spec).status_code == 202
+        wait_until(lambda: svc.metric("deepfake_queue_depth", queue="kafka_verdicts") is not None,
+                   60, "the first verdicts")  # fmt: skip
+        frames_before = svc.metric("deepfake_frames_decoded_total", stream="cam-o")
+        broker.stop()
+        time.sleep(12)
+        # The service kept ingesting and kept its verdicts while Kafka was away.
+        assert svc.metric("deepfake_frames_decoded_total", stream="cam-o") > frames_before + 60
+        assert svc.metric("deepfake_queue_depth", queue="kafka_verdicts") > 3
+        assert svc.client.get("/readyz").status_code == 503
+        broker.start()
+        wait_until(lambda: svc.metric("deepfake_queue_depth", queue="kafka_verdicts") == 0, 60,
+                   "the held verdicts to go out")  # fmt: skip
+        produced = int(sum(svc.metric("deepfake_verdicts_total", stream="cam-o", label=lb) or 0
+                           for lb in ("REAL", "FAKE", "NO_FACE")))  # fmt: skip
+        records = read_verdicts(broker.bootstrap, "deepfake.verdicts", until=produced)
+        seqs = [json.loads(r.value)["seq"] for r in records]
+        assert seqs == list(range(len(seqs))) and len(seqs) >= produced
+        assert svc.metric("deepfake_kafka_publish_errors_total") == 0
+        assert svc.terminate() == 0
+
+
+def test_streams_are_spread_over_replicas_and_move_when_one_leaves(broker, clip, tmp_path):
+    env = kafka_env(broker, DFM_SINK="stdout", DFM_FPS="5", DFM_WINDOW_FRAMES="10",
+                    DFM_HOP_FRAMES="5")  # fmt: skip
+    with Service(env, tmp_path) as one, Service(env, tmp_path) as two:
+        ids = [f"s{i}" for i in range(6)]
+        for sid in ids:
+            spec = {"id": sid, "url": f"file://{clip}", "options": {"loop": True}}
+            assert one.client.post("/v1/streams", json=spec).status_code == 202
+
+        def running(svc: Service) -> set[str]:
+            return {s["id"] for s in svc.client.get("/v1/streams").json()["streams"]}
+
+        wait_until(lambda: len(running(one) | running(two)) == 6, 60, "all six to run")
+        a, b = running(one), running(two)
+        assert not a & b, (a, b)
+        assert a and b, "both replicas got streams"
+        started = time.monotonic()
+        assert one.terminate() == 0
+        wait_until(lambda: running(two) == set(ids), 30, "the streams to move")
+        moved_after = time.monotonic() - started
+        counts = {sid: len(two.verdicts(sid)) for sid in a}
+        wait_until(lambda: all(len(two.verdicts(s)) > counts[s] for s in a), 30, "verdicts resume")
+        print(f"streams running elsewhere {moved_after:.1f} s after SIGTERM to their replica")
+        assert two.terminate() == 0
