@@ -17,11 +17,10 @@ import logging
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import KafkaError
 
 from streamer.config import Settings, StreamSpec
-from streamer.kafka_common import client_options
+from streamer.kafka_common import client_options, ensure_topic
 from streamer.manager import StreamManager, StreamRejected
 
 log = logging.getLogger(__name__)
@@ -35,7 +34,7 @@ class _Listener(ConsumerRebalanceListener):
         await self.directory.revoked({tp.partition for tp in revoked})
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        self.directory.assigned(list(assigned))
+        await self.directory.assigned(list(assigned))
 
 
 class SourceDirectory:
@@ -51,7 +50,8 @@ class SourceDirectory:
 
     async def start(self) -> None:
         opts = client_options(self.settings)
-        await self._ensure_topic(opts)
+        s = self.settings
+        await ensure_topic(s, self.topic, s.kafka_sources_partitions, compact=True)
         self._producer = AIOKafkaProducer(**opts, acks="all", enable_idempotence=True)
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
@@ -65,21 +65,6 @@ class SourceDirectory:
         self._consumer.subscribe([self.topic], listener=_Listener(self))
         await self._consumer.start()
         self._task = asyncio.create_task(self._run(), name="source-directory")
-
-    async def _ensure_topic(self, opts: dict[str, Any]) -> None:
-        admin = AIOKafkaAdminClient(**opts)
-        await admin.start()
-        try:
-            topic = NewTopic(
-                self.topic,
-                num_partitions=self.settings.kafka_sources_partitions,
-                replication_factor=self.settings.kafka_replication_factor,
-                topic_configs={"cleanup.policy": "compact"},
-            )
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics([topic])
-        finally:
-            await admin.close()
 
     async def stop(self) -> None:
         """Leave the group (its streams move to other replicas). Safe to call twice."""
@@ -113,12 +98,13 @@ class SourceDirectory:
         await self._producer.send_and_wait(self.topic, None, key=stream_id.encode())
 
     # -- group membership --------------------------------------------------------------
-    def assigned(self, partitions: list[TopicPartition]) -> None:
+    async def assigned(self, partitions: list[TopicPartition]) -> None:
         assert self._consumer is not None
         self.partitions = {tp.partition for tp in partitions}
         log.info("sources: assigned partitions %s", sorted(self.partitions))
         # The compacted topic is the desired state: read it whole on every assignment.
-        self._consumer.seek_to_beginning(*partitions)
+        if partitions:
+            await self._consumer.seek_to_beginning(*partitions)
 
     async def revoked(self, partitions: set[int]) -> None:
         gone = [sid for sid, p in self.owned.items() if p in partitions]

@@ -80,6 +80,7 @@ class Settings(BaseSettings):
     kafka_video_topic: str = "deepfake.video"
     kafka_sources_topic: str = "deepfake.sources"
     kafka_group: str = Field("deepfake-monitor", description="consumer group of all replicas")
+    kafka_idle_s: float = Field(30.0, gt=0, description="a Kafka video key this quiet ends")
     kafka_sources_partitions: int = Field(
         12, ge=1, le=1000, description="when it creates the topic"
     )

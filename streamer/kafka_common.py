@@ -27,3 +27,26 @@ def client_options(settings: Settings) -> dict[str, Any]:
         opts["sasl_plain_username"] = settings.kafka_sasl_username
         opts["sasl_plain_password"] = settings.kafka_sasl_password
     return opts
+
+
+async def ensure_topic(settings: Settings, name: str, partitions: int, *, compact: bool) -> None:
+    """Create ``name`` if it does not exist yet (idempotent across replicas)."""
+    import contextlib
+
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    admin = AIOKafkaAdminClient(**client_options(settings))
+    await admin.start()
+    try:
+        configs = {"cleanup.policy": "compact"} if compact else {}
+        topic = NewTopic(
+            name,
+            num_partitions=partitions,
+            replication_factor=settings.kafka_replication_factor,
+            topic_configs=configs,
+        )
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics([topic])
+    finally:
+        await admin.close()

@@ -130,6 +130,9 @@ class Service:
                 await stack.enter_async_context(self.directory)
                 for spec in s.sources:
                     await self.directory.put(spec)
+                from streamer.sources.kafka import KafkaVideoIngest
+
+                await stack.enter_async_context(KafkaVideoIngest(s, self._manager, self.metrics))
             self._whip = WhipGateway(s, self._manager)
             await stack.enter_async_context(self._whip)
             await self._start_http(stack)

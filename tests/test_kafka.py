@@ -135,3 +135,83 @@ def test_streams_are_spread_over_replicas_and_move_when_one_leaves(broker, clip,
         wait_until(lambda: all(len(two.verdicts(s)) > counts[s] for s in a), 30, "verdicts resume")
         print(f"streams running elsewhere {moved_after:.1f} s after SIGTERM to their replica")
         assert two.terminate() == 0
+
+
+def ts_bytes(clip: Path) -> bytes:
+    """The clip remuxed into one MPEG-TS byte stream."""
+    import io
+
+    import av
+
+    out = io.BytesIO()
+    with av.open(str(clip)) as src, av.open(out, "w", format="mpegts") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is None:
+                continue
+            packet.stream = stream
+            dst.mux(packet)
+    return out.getvalue()
+
+
+def jpeg_frames(clip: Path, count: int) -> list[tuple[float, bytes]]:
+    import cv2
+
+    from streamer.sources.decode import decode
+
+    out = []
+    for t, rgb in decode(str(clip)):
+        ok, data = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+        assert ok
+        out.append((t, data.tobytes()))
+        if len(out) == count:
+            break
+    return out
+
+
+def test_video_from_kafka_ts_and_jpeg_with_bad_messages_skipped(broker, clip, tmp_path):
+    from aiokafka import AIOKafkaProducer
+
+    env = kafka_env(broker, DFM_SINK="stdout", DFM_KAFKA_IDLE_S="30", DFM_FRAME_QUEUE="600")
+    ts = ts_bytes(clip)
+    chunk = 188 * 40
+    pieces = [ts[i : i + chunk] for i in range(0, len(ts), chunk)]
+    jpegs = jpeg_frames(clip, 60)
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+        try:
+            topic = "deepfake.video"
+            ct_ts = [("content-type", b"video/mp2t")]
+            half = len(pieces) // 2
+            for piece in pieces[:half]:
+                await producer.send_and_wait(topic, piece, key=b"ts-cam", headers=ct_ts)
+            # Four bad messages in the middle of the stream.
+            await producer.send_and_wait(topic, b"\x47" + bytes(range(187)) * 3, key=b"ts-cam",
+                                         headers=ct_ts)  # fmt: skip
+            await producer.send_and_wait(topic, b"", key=b"ts-cam", headers=ct_ts)
+            await producer.send_and_wait(topic, b"hello", key=b"ts-cam",
+                                         headers=[("content-type", b"text/plain")])  # fmt: skip
+            await producer.send_and_wait(topic, pieces[half][:1000], key=b"ts-cam", headers=ct_ts)
+            for piece in pieces[half:]:
+                await producer.send_and_wait(topic, piece, key=b"ts-cam", headers=ct_ts)
+            for t, data in jpegs:
+                headers = [("content-type", b"image/jpeg"), ("pts", f"{t:.4f}".encode())]
+                await producer.send_and_wait(topic, data, key=b"jpg-cam", headers=headers)
+        finally:
+            await producer.stop()
+
+    with Service(env, tmp_path) as svc:
+        asyncio.run(produce())
+        # 150 frames at 30 fps are 50 at 10 fps: (50 - 20) / 10 + 1 = 4 windows; 60 JPEGs: 1.
+        wait_until(lambda: len(svc.verdicts("ts-cam")) >= 3 and len(svc.verdicts("jpg-cam")) >= 1,
+                   90, "verdicts from both keys")  # fmt: skip
+        for sid in ("ts-cam", "jpg-cam"):
+            seqs = [v["seq"] for v in svc.verdicts(sid)]
+            assert seqs == list(range(len(seqs)))
+            assert any(v["faces"] for v in svc.verdicts(sid))
+        bad = svc.metric("deepfake_frames_dropped_total", stream="ts-cam", reason="bad_message")
+        assert bad == 4
+        assert "offset" in svc.log() and "not whole 188-byte MPEG-TS packets" in svc.log()
+        assert svc.terminate() == 0

@@ -73,3 +73,35 @@ async def test_inbox_drops_the_oldest_frames_and_counts_them():
 def test_passwords_never_leave_the_service():
     assert redact("rtsp://admin:hunter2@10.0.0.5:554/live") == "rtsp://admin:***@10.0.0.5:554/live"
     assert redact("rtsp://cam/live") == "rtsp://cam/live"
+
+
+def test_offsets_are_committable_only_up_to_the_first_unfinished_message():
+    from streamer.sources.kafka import OffsetTracker
+
+    t = OffsetTracker()
+    for off in (10, 11, 12):
+        t.started(0, off)
+    t.started(1, 5)
+    assert t.committable() == {0: 10, 1: 5}
+    t.done(0, 11)
+    assert t.committable()[0] == 10  # 10 still in flight: 11 must not be committed
+    t.done(0, 10)
+    assert t.committable()[0] == 12
+    t.done(0, 12)
+    t.done(1, 5)
+    assert t.committable() == {0: 13, 1: 6}
+
+
+def test_kafka_messages_are_checked_against_their_content_type():
+    from streamer.sources.kafka import Message, _check
+
+    ts = b"\x47" + bytes(187)
+    assert _check("video/mp2t", Message(0, 0, ts * 3)) is None
+    assert "188-byte" in _check("video/mp2t", Message(0, 0, ts[:100]))
+    assert "188-byte" in _check("video/mp2t", Message(0, 0, bytes(188)))
+    assert "empty" in _check("video/mp2t", Message(0, 0, b""))
+    jpeg = b"\xff\xd8" + bytes(10) + b"\xff\xd9"
+    assert _check("image/jpeg", Message(0, 0, jpeg, 1.5)) is None
+    assert "pts" in _check("image/jpeg", Message(0, 0, jpeg, None))
+    assert "not a JPEG" in _check("image/jpeg", Message(0, 0, b"GIF89a", 1.0))
+    assert "unsupported" in _check("text/plain", Message(0, 0, b"x"))
