@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
+import uuid
 from pathlib import Path
 
 import jsonschema
@@ -29,10 +31,36 @@ def clip(tmp_path_factory: pytest.TempPathFactory, photos_dir: Path) -> Path:
     return out / spec.file
 
 
+class ExternalBroker:
+    """A broker the tests did not start (DFM_TEST_KAFKA_BOOTSTRAP): it cannot be stopped."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+
+    def stop(self) -> None:
+        pytest.skip("the broker of DFM_TEST_KAFKA_BOOTSTRAP cannot be stopped by a test")
+
+
 @pytest.fixture
 def broker(tmp_path: Path):
+    external = os.environ.get("DFM_TEST_KAFKA_BOOTSTRAP")
+    if external:
+        yield ExternalBroker(external)
+        return
     with KafkaBroker(tmp_path / "kafka") as b:
         yield b
+
+
+@pytest.fixture
+def topics() -> dict[str, str]:
+    """Topic and group names of this test alone, so tests can share a broker."""
+    tag = uuid.uuid4().hex[:8]
+    return {
+        "DFM_KAFKA_VERDICTS_TOPIC": f"verdicts.{tag}",
+        "DFM_KAFKA_VIDEO_TOPIC": f"video.{tag}",
+        "DFM_KAFKA_SOURCES_TOPIC": f"sources.{tag}",
+        "DFM_KAFKA_GROUP": f"dfm.{tag}",
+    }
 
 
 def read_verdicts(bootstrap: str, topic: str, until: int, timeout: float = 60) -> list:
@@ -57,9 +85,10 @@ def read_verdicts(bootstrap: str, topic: str, until: int, timeout: float = 60) -
     return asyncio.run(run())
 
 
-def kafka_env(broker: KafkaBroker, **extra: str) -> dict[str, str]:
+def kafka_env(broker: KafkaBroker, topics: dict[str, str], **extra: str) -> dict[str, str]:
     return {
         **FAST,
+        **topics,
         "DFM_KAFKA_BOOTSTRAP": broker.bootstrap,
         "DFM_SINK": "kafka",
         "DFM_ALLOW_FILE_SOURCES": "true",
@@ -67,15 +96,15 @@ def kafka_env(broker: KafkaBroker, **extra: str) -> dict[str, str]:
     }
 
 
-def test_verdicts_arrive_in_kafka_keyed_and_valid(broker, clip, tmp_path):
+def test_verdicts_arrive_in_kafka_keyed_and_valid(broker, topics, clip, tmp_path):
     validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
-    with Service(kafka_env(broker), tmp_path) as svc:
+    with Service(kafka_env(broker, topics), tmp_path) as svc:
         spec = {"id": "cam-k", "url": f"file://{clip}", "options": {"loop": True}}
         assert svc.client.post("/v1/streams", json=spec).status_code == 202
         wait_until(lambda: svc.metric("deepfake_verdicts_total", stream="cam-k", label="REAL")
                    or svc.metric("deepfake_verdicts_total", stream="cam-k", label="FAKE"),
                    60, "verdicts")  # fmt: skip
-        records = read_verdicts(broker.bootstrap, "deepfake.verdicts", until=5)
+        records = read_verdicts(broker.bootstrap, topics["DFM_KAFKA_VERDICTS_TOPIC"], until=5)
         assert len(records) >= 5
         assert {r.key for r in records} == {b"cam-k"}
         values = [json.loads(r.value) for r in records]
@@ -86,8 +115,10 @@ def test_verdicts_arrive_in_kafka_keyed_and_valid(broker, clip, tmp_path):
         assert svc.terminate() == 0
 
 
-def test_broker_outage_holds_verdicts_and_delivers_each_once_in_order(broker, clip, tmp_path):
-    with Service(kafka_env(broker), tmp_path) as svc:
+def test_broker_outage_holds_verdicts_and_delivers_each_once_in_order(
+    broker, topics, clip, tmp_path
+):
+    with Service(kafka_env(broker, topics), tmp_path) as svc:
         spec = {"id": "cam-o", "url": f"file://{clip}", "options": {"loop": True}}
         assert svc.client.post("/v1/streams", json=spec).status_code == 202
         wait_until(lambda: svc.metric("deepfake_queue_depth", queue="kafka_verdicts") is not None,
@@ -104,15 +135,17 @@ def test_broker_outage_holds_verdicts_and_delivers_each_once_in_order(broker, cl
                    "the held verdicts to go out")  # fmt: skip
         produced = int(sum(svc.metric("deepfake_verdicts_total", stream="cam-o", label=lb) or 0
                            for lb in ("REAL", "FAKE", "NO_FACE")))  # fmt: skip
-        records = read_verdicts(broker.bootstrap, "deepfake.verdicts", until=produced)
+        records = read_verdicts(
+            broker.bootstrap, topics["DFM_KAFKA_VERDICTS_TOPIC"], until=produced
+        )
         seqs = [json.loads(r.value)["seq"] for r in records]
         assert seqs == list(range(len(seqs))) and len(seqs) >= produced
         assert svc.metric("deepfake_kafka_publish_errors_total") == 0
         assert svc.terminate() == 0
 
 
-def test_streams_are_spread_over_replicas_and_move_when_one_leaves(broker, clip, tmp_path):
-    env = kafka_env(broker, DFM_SINK="stdout", DFM_FPS="5", DFM_WINDOW_FRAMES="10",
+def test_streams_are_spread_over_replicas_and_move_when_one_leaves(broker, topics, clip, tmp_path):
+    env = kafka_env(broker, topics, DFM_SINK="stdout", DFM_FPS="5", DFM_WINDOW_FRAMES="10",
                     DFM_HOP_FRAMES="5")  # fmt: skip
     with Service(env, tmp_path) as one, Service(env, tmp_path) as two:
         ids = [f"s{i}" for i in range(6)]
@@ -169,10 +202,10 @@ def jpeg_frames(clip: Path, count: int) -> list[tuple[float, bytes]]:
     return out
 
 
-def test_video_from_kafka_ts_and_jpeg_with_bad_messages_skipped(broker, clip, tmp_path):
+def test_video_from_kafka_ts_and_jpeg_with_bad_messages_skipped(broker, topics, clip, tmp_path):
     from aiokafka import AIOKafkaProducer
 
-    env = kafka_env(broker, DFM_SINK="stdout", DFM_KAFKA_IDLE_S="30", DFM_FRAME_QUEUE="600")
+    env = kafka_env(broker, topics, DFM_SINK="stdout", DFM_KAFKA_IDLE_S="30", DFM_FRAME_QUEUE="600")
     ts = ts_bytes(clip)
     chunk = 188 * 40
     pieces = [ts[i : i + chunk] for i in range(0, len(ts), chunk)]
@@ -182,7 +215,7 @@ def test_video_from_kafka_ts_and_jpeg_with_bad_messages_skipped(broker, clip, tm
         producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
         await producer.start()
         try:
-            topic = "deepfake.video"
+            topic = topics["DFM_KAFKA_VIDEO_TOPIC"]
             ct_ts = [("content-type", b"video/mp2t")]
             half = len(pieces) // 2
             for piece in pieces[:half]:
