@@ -40,7 +40,7 @@ if [ ! -f "$venv/.complete" ]; then
   touch "$venv/.complete"
 fi
 # Keep the two newest virtualenvs (this lock's and the one before); each is gigabytes.
-ls -dt "$CACHE"/venv-* 2>/dev/null | tail -n +3 | grep -v -x "$venv" | xargs -r rm -rf
+ls -dt "$CACHE"/venv-* 2>/dev/null | tail -n +3 | { grep -v -x "$venv" || true; } | xargs -r rm -rf
 if [ "$(readlink .venv 2>/dev/null || true)" != "$venv" ]; then
   rm -rf .venv
   ln -s "$venv" .venv

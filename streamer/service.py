@@ -1,9 +1,11 @@
 """Composition root: builds the service's components, starts them in order, stops them in
 reverse (an ``AsyncExitStack``), and turns SIGTERM/SIGINT into a drain.
 
-Start order: metrics, model + engine, batcher, sinks, streams, HTTP. On a signal the
-HTTP server closes, streams stop taking frames and finish their due windows (within
-``drain_grace_s``), sinks flush, the engine thread ends.
+Start order: metrics, model + engine (warmed up), batcher, sinks, streams, and with Kafka
+the stream directory (``deepfake.sources``) and the video ingest (``deepfake.video``),
+then the WHIP gateway and HTTP. On a signal the HTTP server closes, WHIP sessions end,
+Kafka consumers leave their groups, streams stop taking frames and finish their due
+windows (within ``drain_grace_s``), sinks flush, the engine thread ends.
 """
 
 from __future__ import annotations
