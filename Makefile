@@ -6,7 +6,7 @@ export DFM_PHOTOS_DIR ?= $(CACHE)/photos
 BIN := .venv/bin
 SAMPLE := $(CACHE)/sample
 
-.PHONY: setup run test lint format schema lock clean
+.PHONY: setup run test lint format schema k8s-rules lock clean
 
 setup:
 	@scripts/bootstrap.sh
@@ -40,6 +40,10 @@ format: setup
 ## schema: regenerate the verdict JSON Schema from the pydantic model.
 schema: setup
 	$(BIN)/deepfake-monitor schema > deploy/schemas/verdict.v1.json
+
+## k8s-rules: regenerate the PrometheusRule in k8s/ from deploy/prometheus/rules.yml.
+k8s-rules: setup
+	$(BIN)/python scripts/prometheusrule.py
 
 ## lock: re-pin requirements.lock from the current .venv.
 lock:

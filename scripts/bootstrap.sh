@@ -90,7 +90,17 @@ if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && [ ! -f "$kafka_jars/.complete" ]; then
   touch "$kafka_jars/.complete"
 fi
 
-# 7. face photographs for `deepfake-monitor synth` (MIT; fetched, never committed)
+# 7. validators for the custom resources in k8s/ (npm kubernetes-models), cached
+models="$CACHE/k8s-models"
+if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && ! cmp -s tests/k8s_models/package-lock.json "$models/package-lock.json"; then
+  command -v npm >/dev/null || apt_install npm
+  say "installing the kubernetes-models validators into $models"
+  rm -rf "$models" && mkdir -p "$models"
+  cp tests/k8s_models/package.json tests/k8s_models/package-lock.json "$models/"
+  (cd "$models" && npm ci --silent --no-audit --no-fund >/dev/null)
+fi
+
+# 8. face photographs for `deepfake-monitor synth` (MIT; fetched, never committed)
 photos="$CACHE/photos"
 if [ ! -f "$photos/sample6.jpg" ]; then
   command -v npm >/dev/null || apt_install npm

@@ -3,6 +3,9 @@ kubernetes-validate --strict (no API server exists here to apply them to)."""
 
 from __future__ import annotations
 
+import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,14 +29,17 @@ def render(target: str) -> list[dict]:
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
+CUSTOM = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
+
+
 @pytest.mark.parametrize("target", ["k8s/base", "k8s/overlays/gpu"])
 def test_manifests_render_and_validate_strictly(target, tmp_path):
     docs = render(target)
     assert {d["kind"] for d in docs} >= {
         "Namespace", "ConfigMap", "Deployment", "Service", "PodDisruptionBudget", "NetworkPolicy",
-    }  # fmt: skip
+    } | CUSTOM  # fmt: skip
     path = tmp_path / "rendered.yaml"
-    path.write_text(yaml.safe_dump_all(docs))
+    path.write_text(yaml.safe_dump_all([d for d in docs if d["kind"] not in CUSTOM]))
     check = subprocess.run(
         [str(BIN / "kubernetes-validate"), "--strict", "--quiet", str(path)],
         capture_output=True,
@@ -70,3 +76,33 @@ def test_the_gpu_overlay_asks_for_a_gpu_node():
     assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     assert {"name": "DFM_DEVICE", "value": "cuda"} in container["env"]
     assert "nvidia.com/gpu" not in str(deployment("k8s/base"))
+
+
+def test_custom_resources_validate_against_their_schemas(tmp_path):
+    """KEDA and Prometheus Operator objects, checked by npm kubernetes-models validators."""
+    models = Path(os.environ.get("DFM_CACHE", Path.home() / ".cache" / "deepfake-monitor"))
+    modules = models / "k8s-models" / "node_modules"
+    assert modules.is_dir(), f"{modules} missing: run 'make setup'"
+    (tmp_path / "node_modules").symlink_to(modules)
+    shutil.copy(REPO / "tests" / "k8s_models" / "validate.mjs", tmp_path)
+    custom = [d for d in render("k8s/overlays/gpu") if d["kind"] in CUSTOM]
+    assert {d["kind"] for d in custom} == CUSTOM
+    (tmp_path / "objects.json").write_text(json.dumps(custom))
+    check = subprocess.run(
+        ["node", "validate.mjs", "objects.json"], cwd=tmp_path, capture_output=True, text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert check.stdout.count("valid ") == 3
+    # A broken object is caught: the validators are really at work.
+    broken = [{**custom[0], "spec": {"bogus": True}}]
+    (tmp_path / "broken.json").write_text(json.dumps(broken))
+    bad = subprocess.run(["node", "validate.mjs", "broken.json"], cwd=tmp_path, capture_output=True,
+                         text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 1 and "INVALID" in bad.stdout
+
+
+def test_prometheusrule_is_generated_from_the_rule_file():
+    spec = yaml.safe_load((REPO / "k8s/base/prometheusrule.yaml").read_text())["spec"]
+    rules = yaml.safe_load((REPO / "deploy/prometheus/rules.yml").read_text())
+    assert spec["groups"] == rules["groups"], "run 'make k8s-rules'"
