@@ -100,7 +100,17 @@ if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && ! cmp -s tests/k8s_models/package-lock.
   (cd "$models" && npm ci --silent --no-audit --no-fund >/dev/null)
 fi
 
-# 8. face photographs for `deepfake-monitor synth` (MIT; fetched, never committed)
+# 8. checkov, the manifests' policy check, in a virtualenv of its own (its pins clash)
+checkov_venv="$CACHE/checkov-3.3.30"
+if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && [ ! -f "$checkov_venv/.complete" ]; then
+  say "installing checkov into $checkov_venv"
+  rm -rf "$checkov_venv"
+  "$PY" -m venv "$checkov_venv"
+  "$checkov_venv/bin/python" -m pip install -q checkov==3.3.30
+  touch "$checkov_venv/.complete"
+fi
+
+# 9. face photographs for `deepfake-monitor synth` (MIT; fetched, never committed)
 photos="$CACHE/photos"
 if [ ! -f "$photos/sample6.jpg" ]; then
   command -v npm >/dev/null || apt_install npm

@@ -7,6 +7,7 @@ import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,26 @@ def test_dashboards_and_rules_name_only_exported_metrics(exported):
                 assert name in recorded, f"{name} is no recording rule"
             else:
                 assert name in exported, f"{name} in {expr!r} is not exported by the service"
+
+
+def test_dockerfile_passes_hadolint_and_runs_as_non_root():
+    hadolint = Path(shutil.which("hadolint", path=str(Path(sys.executable).parent)) or "hadolint")
+    result = subprocess.run([str(hadolint), str(REPO / "deploy/Dockerfile")], capture_output=True,
+                            text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    text = (REPO / "deploy/Dockerfile").read_text()
+    assert "USER 10001:10001" in text and "HEALTHCHECK" in text
+    for source in re.findall(r"^COPY (?!--from)(\S+)", text, re.M):
+        assert (REPO / source).exists(), f"COPY {source}: no such path in the repository"
+
+
+def test_compose_stack_mounts_files_that_exist():
+    compose = yaml.safe_load((REPO / "deploy/compose.yaml").read_text())
+    assert set(compose["services"]) == {"kafka", "deepfake-monitor", "prometheus", "grafana"}
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            if source.startswith("."):
+                assert (REPO / "deploy" / source).exists(), f"{name}: {source} missing"
+    app = compose["services"]["deepfake-monitor"]
+    assert app["read_only"] is True and app["environment"]["DFM_KAFKA_BOOTSTRAP"] == "kafka:9092"
