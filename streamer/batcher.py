@@ -24,6 +24,7 @@ import numpy as np
 
 from analyzer.engine import Engine
 from streamer.metrics import Metrics
+from streamer.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,8 @@ class Batcher:
 
     async def stop(self) -> None:
         """Finish nothing new; fail what waits. Safe to call twice."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for queue in (self._crops, self._heads):
             while not queue.empty():
                 req = queue.get_nowait()

@@ -23,6 +23,7 @@ import torch
 from analyzer.synthetic import synthesize
 from streamer.config import StreamSpec, load_settings
 from streamer.service import Service
+from streamer.sinks.base import InMemorySink
 from streamer.verdict import Verdict
 
 log = logging.getLogger(__name__)
@@ -32,26 +33,16 @@ PHOTO_FOR_FACES = {1: "astronaut", 2: "sample3", 3: "sample1", 4: "sample6"}
 SIZES = {"480p": (854, 480), "720p": (1280, 720)}
 
 
-class _Collect:
-    """A sink that keeps verdicts in memory."""
+class _Collect(InMemorySink):
+    """Keeps every verdict with the time it came out."""
 
     name = "collect"
 
     def __init__(self) -> None:
         self.verdicts: list[tuple[float, Verdict]] = []
 
-    @property
-    def ready(self) -> bool:
-        return True
-
-    async def start(self) -> None:
-        return None
-
     async def publish(self, verdict: Verdict) -> None:
         self.verdicts.append((time.monotonic(), verdict))
-
-    async def stop(self) -> None:
-        return None
 
 
 @dataclass

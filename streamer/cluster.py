@@ -22,6 +22,7 @@ from aiokafka.errors import KafkaError
 from streamer.config import Settings, StreamSpec
 from streamer.kafka_common import client_options, ensure_topic
 from streamer.manager import StreamManager, StreamRejected
+from streamer.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +69,8 @@ class SourceDirectory:
 
     async def stop(self) -> None:
         """Leave the group (its streams move to other replicas). Safe to call twice."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         for client in (self._consumer, self._producer):
             if client is not None:
                 with contextlib.suppress(KafkaError):

@@ -13,6 +13,22 @@ from typing import Protocol
 from streamer.verdict import Verdict
 
 
+class InMemorySink:
+    """Base of sinks that keep verdicts in this process: nothing to start, stop or wait for."""
+
+    name = "memory"
+
+    @property
+    def ready(self) -> bool:
+        return True
+
+    async def start(self) -> None:
+        return None
+
+    async def stop(self) -> None:
+        return None
+
+
 class Sink(Protocol):
     name: str
 

@@ -21,6 +21,7 @@ from aiokafka.errors import KafkaError
 from streamer.config import Settings
 from streamer.kafka_common import client_options
 from streamer.metrics import Metrics
+from streamer.tasks import cancel_and_wait
 from streamer.verdict import Verdict
 
 log = logging.getLogger(__name__)
@@ -154,9 +155,7 @@ class KafkaSink:
         if self._buffer:
             log.error("kafka: %d verdicts not delivered at shutdown", len(self._buffer))
             self.metrics.kafka_publish_errors.inc(len(self._buffer))
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
+        await cancel_and_wait(self._task)
         self._task = None
         if self._producer is not None:
             with contextlib.suppress(KafkaError):

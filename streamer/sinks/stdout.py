@@ -6,6 +6,7 @@ import sys
 from collections import deque
 from typing import TextIO
 
+from streamer.sinks.base import InMemorySink
 from streamer.verdict import Verdict
 
 
@@ -36,7 +37,7 @@ class StdoutSink:
             self._started = False
 
 
-class RecentVerdicts:
+class RecentVerdicts(InMemorySink):
     """The last ``size`` verdicts of each stream, for ``GET /v1/streams/{id}/verdicts``."""
 
     name = "recent"
@@ -45,19 +46,9 @@ class RecentVerdicts:
         self.size = size
         self._rings: dict[str, deque[Verdict]] = {}
 
-    @property
-    def ready(self) -> bool:
-        return True
-
-    async def start(self) -> None:
-        return None
-
     async def publish(self, verdict: Verdict) -> None:
         ring = self._rings.setdefault(verdict.stream_id, deque(maxlen=self.size))
         ring.append(verdict)
-
-    async def stop(self) -> None:
-        return None
 
     def recent(self, stream_id: str, limit: int | None = None) -> list[Verdict]:
         ring = list(self._rings.get(stream_id, ()))

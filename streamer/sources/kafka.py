@@ -38,6 +38,7 @@ from streamer.kafka_common import client_options, ensure_topic
 from streamer.metrics import Metrics
 from streamer.sources.base import Opener
 from streamer.sources.decode import VideoFrame, resample
+from streamer.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -224,9 +225,7 @@ class KafkaVideoIngest:
     async def stop(self) -> None:
         """Stop consuming, commit what is done. Safe to call twice."""
         for task in self._tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_and_wait(task)
         self._tasks = []
         if self._consumer is not None:
             with contextlib.suppress(KafkaError):
