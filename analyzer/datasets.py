@@ -120,9 +120,9 @@ def read_csv(path: Path) -> list[Item]:
         rows = list(csv.DictReader(fh))
     if not rows:
         raise DataError(f"{path} has no rows")
-    key = next((k for k in ("file", "path", "id") if k in rows[0]), None)
+    key = next((k for k in ("clip", "file", "path", "id") if k in rows[0]), None)
     if key is None or "label" not in rows[0]:
-        raise DataError(f"{path} needs the columns id (or file/path) and label")
+        raise DataError(f"{path} needs the columns id (or clip/file/path) and label")
     items = []
     for n, row in enumerate(rows, start=2):
         name = row[key]
@@ -130,7 +130,7 @@ def read_csv(path: Path) -> list[Item]:
         if not video.suffix:
             video = video.with_suffix(".mp4")
         label = _label(row["label"], f"{path}:{n}")
-        group = row.get("identity") or Path(name).stem
+        group = row.get("identity") or row.get("group") or Path(name).stem
         items.append(Item(video, label, group, row.get("method") or "none"))
     return items
 

@@ -74,6 +74,14 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--photos", type=Path, default=None, help="folder of the face photos")
 
+    pre = sub.add_parser("preprocess", help="labelled videos -> 112x112 face clips + manifest")
+    pre.add_argument(
+        "source", type=Path, metavar="SRC", help="DFDC / FF++ / real+fake folder / CSV"
+    )
+    pre.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    pre.add_argument("--frames", type=_positive_int, default=150, help="face frames per clip")
+    pre.add_argument("--workers", type=_positive_int, default=max(1, (os.cpu_count() or 2) - 1))
+
     serve = sub.add_parser("serve", help="run the live service (settings: DFM_* env vars)")
     serve.add_argument("--config", type=Path, default=None, help="YAML file of settings")
 
@@ -287,6 +295,30 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from analyzer.clips import preprocess
+    from analyzer.datasets import read_any
+
+    items = read_any(args.source)
+    bar = _progress(total=len(items), desc="preprocess", unit="video")
+    try:
+        done, skipped = preprocess(
+            items,
+            args.out_dir,
+            frames=args.frames,
+            workers=args.workers,
+            progress=bar.update if bar else None,
+        )
+    finally:
+        if bar:
+            bar.close()
+    print(
+        f"{len(done)} clips in {args.out_dir / 'manifest.csv'}; "
+        f"{len(skipped)} videos skipped (reasons in {args.out_dir / 'skipped.csv'})"
+    )
+    return 0
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from streamer.verdict import json_schema_text
 
@@ -306,6 +338,7 @@ def _progress(**kwargs: Any) -> Any:
 COMMANDS = {
     "scan": _cmd_scan,
     "synth": _cmd_synth,
+    "preprocess": _cmd_preprocess,
     "serve": _cmd_serve,
     "bench": _cmd_bench,
     "schema": _cmd_schema,
