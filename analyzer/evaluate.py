@@ -1,0 +1,135 @@
+"""Video-level evaluation: accuracy, ROC AUC, EER, log loss, confusion matrix, plots.
+
+:func:`metrics` takes the true labels and P(FAKE) per video; :func:`write_report` writes
+``metrics.json``, ``confusion_matrix.png``, ``roc.png`` and, from a checkpoint's training
+history, ``loss.png`` and ``accuracy.png`` (train against validation). Scores per
+manipulation method come out when the data names the method.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def roc_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False and true positive rates (FAKE is positive) at every distinct threshold."""
+    order = np.argsort(-p, kind="mergesort")
+    y, p = y[order], p[order]
+    distinct = np.r_[np.flatnonzero(np.diff(p)), len(p) - 1]
+    tp = np.cumsum(y)[distinct]
+    fp = (distinct + 1) - tp
+    pos, neg = max(1, int(y.sum())), max(1, int(len(y) - y.sum()))
+    return np.r_[0.0, fp / neg], np.r_[0.0, tp / pos]
+
+
+def metrics(
+    labels: Sequence[str],
+    p_fake: Sequence[float],
+    *,
+    threshold: float = 0.5,
+    methods: Sequence[str] | None = None,
+) -> dict[str, Any]:
+    y = np.array([1 if lb == "FAKE" else 0 for lb in labels])
+    p = np.clip(np.asarray(p_fake, dtype=np.float64), 1e-7, 1 - 1e-7)
+    if len(y) == 0:
+        raise ValueError("no predictions to evaluate")
+    pred = (p >= threshold).astype(int)
+    tp = int(((pred == 1) & (y == 1)).sum())
+    tn = int(((pred == 0) & (y == 0)).sum())
+    fp = int(((pred == 1) & (y == 0)).sum())
+    fn = int(((pred == 0) & (y == 1)).sum())
+    out: dict[str, Any] = {
+        "videos": int(len(y)),
+        "accuracy": (tp + tn) / len(y),
+        "log_loss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))),
+        "threshold": threshold,
+        # Rows: true label, columns: predicted label, in the order REAL, FAKE.
+        "confusion_matrix": {"labels": ["REAL", "FAKE"], "matrix": [[tn, fp], [fn, tp]]},
+    }
+    if 0 < y.sum() < len(y):
+        fpr, tpr = roc_curve(y, p)
+        out["roc_auc"] = float(np.trapezoid(tpr, fpr))
+        fnr = 1 - tpr
+        i = int(np.argmin(np.abs(fnr - fpr)))
+        out["eer"] = float((fpr[i] + fnr[i]) / 2)
+    else:
+        out["roc_auc"] = out["eer"] = math.nan  # one class only: undefined
+    if methods is not None:
+        per: dict[str, Any] = {}
+        for method in sorted(set(methods) - {"none"}):
+            idx = [i for i, m in enumerate(methods) if m == method or y[i] == 0]
+            sub = metrics([labels[i] for i in idx], [float(p[i]) for i in idx], threshold=threshold)
+            per[method] = {k: sub[k] for k in ("videos", "accuracy", "roc_auc", "eer")}
+        out["per_method"] = per
+    return out
+
+
+def write_report(
+    out: Path,
+    labels: Sequence[str],
+    p_fake: Sequence[float],
+    *,
+    history: Sequence[dict[str, float]] = (),
+    methods: Sequence[str] | None = None,
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    result = metrics(labels, p_fake, threshold=threshold, methods=methods)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+
+    cm = np.array(result["confusion_matrix"]["matrix"])
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.imshow(cm, cmap="Blues")
+    for (r, c), v in np.ndenumerate(cm):
+        dark = v > cm.max() / 2
+        ax.text(
+            c, r, str(v), ha="center", va="center", fontsize=14, color="white" if dark else "black"
+        )
+    ax.set_xticks([0, 1], ["REAL", "FAKE"])
+    ax.set_yticks([0, 1], ["REAL", "FAKE"])
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"accuracy {result['accuracy']:.3f}")
+    fig.tight_layout()
+    fig.savefig(out / "confusion_matrix.png", dpi=100)
+    plt.close(fig)
+
+    y = np.array([1 if lb == "FAKE" else 0 for lb in labels])
+    fig, ax = plt.subplots(figsize=(4, 4))
+    if 0 < y.sum() < len(y):
+        fpr, tpr = roc_curve(y, np.asarray(p_fake, dtype=np.float64))
+        ax.plot(fpr, tpr, label=f"AUC {result['roc_auc']:.3f}")
+    ax.plot([0, 1], [0, 1], "--", color="grey")
+    ax.set_xlabel("false positive rate")
+    ax.set_ylabel("true positive rate")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out / "roc.png", dpi=100)
+    plt.close(fig)
+
+    for key in ("loss", "accuracy"):
+        if not history or f"train_{key}" not in history[0]:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        epochs = range(1, len(history) + 1)
+        for split in ("train", "val"):
+            values = [h.get(f"{split}_{key}", math.nan) for h in history]
+            ax.plot(epochs, values, marker="o", label=split)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(key)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(out / f"{key}.png", dpi=100)
+        plt.close(fig)
+    return result

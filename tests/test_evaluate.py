@@ -1,0 +1,56 @@
+"""Evaluation metrics against hand-computed values; the report's images."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from analyzer.evaluate import metrics, write_report
+
+# Six videos. At threshold 0.5: REAL 0.1 0.4 0.6 -> TN TN FP; FAKE 0.35 0.8 0.9 -> FN TP TP.
+LABELS = ["REAL", "REAL", "REAL", "FAKE", "FAKE", "FAKE"]
+P_FAKE = [0.1, 0.4, 0.6, 0.35, 0.8, 0.9]
+
+
+def test_metrics_match_hand_computed_values():
+    m = metrics(LABELS, P_FAKE)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["confusion_matrix"]["matrix"] == [[2, 1], [1, 2]]
+    # Pairs (FAKE score > REAL score): 0.35 beats 0.1; 0.8 and 0.9 beat all three: 7 of 9.
+    assert m["roc_auc"] == pytest.approx(7 / 9)
+    expected = -np.mean(
+        [math.log(0.9), math.log(0.6), math.log(0.4), math.log(0.35), math.log(0.8), math.log(0.9)]
+    )
+    assert m["log_loss"] == pytest.approx(expected)
+    assert 0 < m["eer"] < 0.5
+
+
+def test_perfect_and_inverted_scores():
+    assert metrics(["REAL", "FAKE"], [0.2, 0.7])["roc_auc"] == 1.0
+    assert metrics(["REAL", "FAKE"], [0.7, 0.2])["roc_auc"] == 0.0
+    assert metrics(["REAL", "FAKE"], [0.2, 0.7])["eer"] == 0.0
+
+
+def test_scores_per_method_compare_each_method_with_the_real_videos():
+    methods = ["none", "none", "none", "faceswap", "deepfakes", "deepfakes"]
+    per = metrics(LABELS, P_FAKE, methods=methods)["per_method"]
+    assert set(per) == {"faceswap", "deepfakes"}
+    assert per["deepfakes"]["videos"] == 5 and per["deepfakes"]["roc_auc"] == 1.0
+    assert per["faceswap"]["roc_auc"] == pytest.approx(1 / 3)
+
+
+def test_report_writes_metrics_and_non_empty_images(tmp_path):
+    from PIL import Image
+
+    history = [
+        {"train_loss": 0.7, "val_loss": 0.69, "train_accuracy": 0.5, "val_accuracy": 0.52},
+        {"train_loss": 0.4, "val_loss": 0.45, "train_accuracy": 0.8, "val_accuracy": 0.75},
+    ]
+    write_report(tmp_path, LABELS, P_FAKE, history=history)
+    assert json.loads((tmp_path / "metrics.json").read_text())["videos"] == 6
+    for name in ("confusion_matrix.png", "roc.png", "loss.png", "accuracy.png"):
+        image = np.asarray(Image.open(tmp_path / name).convert("L"))
+        assert image.shape[0] > 100 and image.std() > 5, name  # drawn, not blank
