@@ -82,6 +82,21 @@ def _build_parser() -> argparse.ArgumentParser:
     pre.add_argument("--frames", type=_positive_int, default=150, help="face frames per clip")
     pre.add_argument("--workers", type=_positive_int, default=max(1, (os.cpu_count() or 2) - 1))
 
+    tr = sub.add_parser("train", help="train the ResNeXt50-LSTM on a preprocess manifest")
+    tr.add_argument("manifest", type=Path, metavar="MANIFEST", help="manifest.csv of preprocess")
+    tr.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="checkpoints and history")
+    tr.add_argument("--epochs", type=_positive_int, default=20)
+    tr.add_argument("--batch", type=_positive_int, default=4)
+    tr.add_argument("--lr", type=float, default=1e-5)
+    tr.add_argument("--weight-decay", type=float, default=1e-5)
+    tr.add_argument("--frames", type=_positive_int, default=150, help="frames per window")
+    tr.add_argument("--patience", type=_positive_int, default=5, help="early stopping")
+    tr.add_argument("--seed", type=int, default=0, help="split and training seed")
+    tr.add_argument("--no-augment", action="store_true")
+    tr.add_argument("--imagenet", type=Path, default=None, help="torchvision ResNeXt50 weights")
+    tr.add_argument("--device", default=os.environ.get("DFM_DEVICE", "auto"))
+    tr.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+
     serve = sub.add_parser("serve", help="run the live service (settings: DFM_* env vars)")
     serve.add_argument("--config", type=Path, default=None, help="YAML file of settings")
 
@@ -319,6 +334,41 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from analyzer.datasets import read_csv, split
+    from analyzer.train import TrainConfig, train
+
+    items = read_csv(args.manifest)
+    parts = split(items, seed=args.seed, balance=False)
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch=args.batch,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        frames=args.frames,
+        patience=args.patience,
+        seed=args.seed,
+        augment=not args.no_augment,
+        device=args.device,
+        imagenet=args.imagenet,
+        training_data=f"{args.manifest} (train {len(parts['train'])}, val {len(parts['val'])})",
+    )
+
+    def report(row: dict[str, float]) -> None:
+        print(
+            f"epoch {row['epoch']:.0f}/{args.epochs}  train loss {row['train_loss']:.4f} "
+            f"acc {row['train_accuracy']:.3f}  |  val loss {row['val_loss']:.4f} "
+            f"acc {row['val_accuracy']:.3f}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    history = train(parts["train"], parts["val"], args.out_dir, config, resume=args.resume,
+                    progress=report)  # fmt: skip
+    print(f"{len(history)} epochs; checkpoints in {args.out_dir} (best.pt, last.pt)")
+    return 0
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from streamer.verdict import json_schema_text
 
@@ -339,6 +389,7 @@ COMMANDS = {
     "scan": _cmd_scan,
     "synth": _cmd_synth,
     "preprocess": _cmd_preprocess,
+    "train": _cmd_train,
     "serve": _cmd_serve,
     "bench": _cmd_bench,
     "schema": _cmd_schema,

@@ -1,0 +1,43 @@
+"""`deepfake-monitor train`: the loss goes down, checkpoints load, resume continues."""
+
+from __future__ import annotations
+
+import pytest
+
+from analyzer.model import load_checkpoint
+from tests.conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def manifest(synth_clips, tmp_path_factory):
+    out = tmp_path_factory.mktemp("clips")
+    result = run_cli("preprocess", str(synth_clips), str(out), "--frames", "12", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    return out / "manifest.csv"
+
+
+def test_short_training_lowers_the_loss_and_resumes(manifest, tmp_path):
+    out = tmp_path / "run"
+    common = ["--frames", "6", "--batch", "2", "--lr", "1e-4", "--no-augment", "--device", "cpu"]
+    first = run_cli("train", str(manifest), str(out), "--epochs", "3", *common, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "epoch 3/3" in first.stderr
+    loaded = load_checkpoint(out / "last.pt")
+    history = loaded.meta.history
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert loaded.meta.window_frames == 6 and loaded.meta.version == "trained"
+    assert (out / "epoch-001.pt").is_file() and (out / "best.pt").is_file()
+
+    again = run_cli("train", str(manifest), str(out), "--epochs", "4", "--resume", *common,
+                    timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "epoch 4/4" in again.stderr and "epoch 1/4" not in again.stderr
+    assert [h["epoch"] for h in load_checkpoint(out / "last.pt").meta.history] == [1, 2, 3, 4]
+
+
+def test_augmented_training_runs(manifest, tmp_path):
+    result = run_cli("train", str(manifest), str(tmp_path / "aug"), "--epochs", "1", "--frames",
+                     "4", "--batch", "2", "--device", "cpu", timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert load_checkpoint(tmp_path / "aug" / "last.pt").meta.history[0]["train_loss"] > 0
