@@ -133,3 +133,37 @@ def write_report(
         fig.savefig(out / f"{key}.png", dpi=100)
         plt.close(fig)
     return result
+
+
+def evaluate_checkpoint(
+    checkpoint: Path,
+    items: Sequence[Any],
+    out: Path,
+    *,
+    device: str = "auto",
+    threshold: float = 0.5,
+) -> dict[str, Any]:
+    """Score each clip's first window with the whole model; write the report to ``out``."""
+    from analyzer.engine import Engine
+    from analyzer.model import load_checkpoint
+    from analyzer.train import read_clip
+
+    loaded = load_checkpoint(checkpoint)
+    engine = Engine(loaded, device)
+    frames = loaded.meta.window_frames
+    scores = []
+    for item in items:
+        clip = read_clip(item.path)[:frames]
+        scores.append(float(engine.score_clips(clip[None])[0]))
+    result = write_report(
+        out,
+        [i.label for i in items],
+        scores,
+        history=loaded.meta.history,
+        methods=[i.method for i in items],
+        threshold=threshold,
+    )
+    rows = ["clip,label,method,p_fake"]
+    rows += [f"{i.path},{i.label},{i.method},{s:.6f}" for i, s in zip(items, scores, strict=True)]
+    (out / "predictions.csv").write_text("\n".join(rows) + "\n")
+    return result

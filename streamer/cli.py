@@ -97,6 +97,15 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--device", default=os.environ.get("DFM_DEVICE", "auto"))
     tr.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
 
+    ev = sub.add_parser("evaluate", help="test-split report of a checkpoint: metrics and plots")
+    ev.add_argument("manifest", type=Path, metavar="MANIFEST", help="manifest.csv of preprocess")
+    ev.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
+    ev.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="report folder")
+    ev.add_argument("--seed", type=int, default=0, help="the split seed used for training")
+    ev.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
+    ev.add_argument("--threshold", type=float, default=0.5)
+    ev.add_argument("--device", default=os.environ.get("DFM_DEVICE", "auto"))
+
     serve = sub.add_parser("serve", help="run the live service (settings: DFM_* env vars)")
     serve.add_argument("--config", type=Path, default=None, help="YAML file of settings")
 
@@ -369,6 +378,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from analyzer.datasets import read_csv, split
+    from analyzer.evaluate import evaluate_checkpoint
+
+    items = read_csv(args.manifest)
+    if args.split != "all":
+        items = split(items, seed=args.seed, balance=False)[args.split]
+    if not items:
+        raise UsageError(f"the {args.split} split of {args.manifest} is empty; try --split all")
+    result = evaluate_checkpoint(
+        args.checkpoint, items, args.out_dir, device=args.device, threshold=args.threshold
+    )
+    print(
+        f"{result['videos']} videos: accuracy {result['accuracy']:.4f}, "
+        f"AUC {result['roc_auc']:.4f}, EER {result['eer']:.4f}, "
+        f"log loss {result['log_loss']:.4f}; report in {args.out_dir}"
+    )
+    return 0
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from streamer.verdict import json_schema_text
 
@@ -390,6 +419,7 @@ COMMANDS = {
     "synth": _cmd_synth,
     "preprocess": _cmd_preprocess,
     "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
     "serve": _cmd_serve,
     "bench": _cmd_bench,
     "schema": _cmd_schema,

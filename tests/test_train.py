@@ -41,3 +41,21 @@ def test_augmented_training_runs(manifest, tmp_path):
                      "4", "--batch", "2", "--device", "cpu", timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert load_checkpoint(tmp_path / "aug" / "last.pt").meta.history[0]["train_loss"] > 0
+
+
+def test_evaluate_writes_a_report_for_a_trained_checkpoint(manifest, tmp_path):
+    run = tmp_path / "run"
+    trained = run_cli("train", str(manifest), str(run), "--epochs", "1", "--frames", "6",
+                      "--batch", "2", "--no-augment", "--device", "cpu", timeout=600)  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    report = tmp_path / "report"
+    result = run_cli("evaluate", str(manifest), str(run / "last.pt"), str(report), "--split", "all",
+                     "--device", "cpu", timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 videos: accuracy" in result.stdout
+    for name in ("metrics.json", "confusion_matrix.png", "roc.png", "loss.png", "predictions.csv"):
+        assert (report / name).stat().st_size > 0, name
+    # Four clips of two identities: the 70/20/10 split leaves the test part empty.
+    empty = run_cli("evaluate", str(manifest), str(run / "last.pt"), str(report), "--split",
+                    "test", "--device", "cpu")  # fmt: skip
+    assert empty.returncode == 2 and "split" in empty.stderr
