@@ -103,7 +103,7 @@ def preprocess(
     *,
     frames: int = 150,
     workers: int = 1,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> tuple[list[Done], list[Skipped]]:
     """Preprocess every item; writes ``manifest.csv`` and ``skipped.csv`` into ``out``."""
     out.mkdir(parents=True, exist_ok=True)

@@ -342,7 +342,7 @@ def synthesize(
     size: tuple[int, int] = (480, 360),
     identities: Sequence[str] = PHOTO_NAMES,
     photos_dir: Path | None = None,
-    progress: Callable[[int], None] | None = None,
+    progress: Callable[[int], object] | None = None,
 ) -> list[ClipSpec]:
     """Write ``videos`` clips, REAL and FAKE alternating, plus ``labels.csv``."""
     if size[0] % 2 or size[1] % 2:

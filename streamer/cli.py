@@ -6,11 +6,12 @@ Errors the user can fix print one line, ``deepfake-monitor: error: ...``, and ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import re
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     from analyzer.engine import Engine
     from analyzer.faces import BlazeFaceDetector
     from analyzer.model import load_checkpoint, random_model
+    from streamer.config import checkpoint_path
     from streamer.scan import ScanOptions, open_frames, scan, stream_id_for
 
     if args.hop > args.window:
@@ -166,25 +168,20 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         batch_size=args.batch,
         timeout_s=args.timeout,
     )
-    checkpoint = None if args.random_weights else (args.checkpoint or _default_checkpoint())
+    checkpoint = checkpoint_path(args.checkpoint, random_weights=args.random_weights)
     frames = open_frames(args.source, options)
     loaded = random_model() if checkpoint is None else load_checkpoint(checkpoint)
     engine = Engine(loaded, args.device)
-    bar = _progress(desc="scan", unit="frame")
-    with BlazeFaceDetector() as detector:
-        try:
-            summary = scan(
-                frames,
-                engine,
-                detector,
-                lambda v: print(v.to_json(), flush=True),
-                options,
-                stream_id=stream_id,
-                on_frame=(lambda: bar.update(1)) if bar else None,
-            )
-        finally:
-            if bar:
-                bar.close()
+    with BlazeFaceDetector() as detector, _progress(desc="scan", unit="frame") as tick:
+        summary = scan(
+            frames,
+            engine,
+            detector,
+            lambda v: print(v.to_json(), flush=True),
+            options,
+            stream_id=stream_id,
+            on_frame=(lambda: tick(1)) if tick else None,
+        )
     log.info(
         "%s: %d frames, %d face crops, %d verdicts",
         stream_id,
@@ -193,20 +190,6 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         summary.verdicts,
     )
     return 0
-
-
-def _default_checkpoint() -> Path:
-    from analyzer.model import BUNDLED_CHECKPOINT
-
-    env = os.environ.get("DFM_CHECKPOINT")
-    if env:
-        return Path(env)
-    if BUNDLED_CHECKPOINT.is_file():
-        return BUNDLED_CHECKPOINT
-    raise UsageError(
-        "no checkpoint: this build has no bundled demo checkpoint yet; pass --checkpoint PATH "
-        "(or set DFM_CHECKPOINT), or --random-weights for a smoke test"
-    )
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
@@ -233,8 +216,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     if width < 64 or height < 64 or width % 2 or height % 2:
         raise UsageError(f"--size {args.size} must be even numbers of at least 64")
     names = args.identities.split(",") if args.identities else PHOTO_NAMES
-    bar = _progress(total=args.videos, desc="synth", unit="video")
-    try:
+    with _progress(total=args.videos, desc="synth", unit="video") as tick:
         specs = synthesize(
             args.out_dir,
             videos=args.videos,
@@ -244,11 +226,8 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             size=(width, height),
             identities=[n.strip() for n in names if n.strip()],
             photos_dir=args.photos,
-            progress=bar.update if bar else None,
+            progress=tick,
         )
-    finally:
-        if bar:
-            bar.close()
     fakes = sum(s.label == "FAKE" for s in specs)
     real = len(specs) - fakes
     print(f"wrote {len(specs)} clips ({real} REAL, {fakes} FAKE) and labels.csv to {args.out_dir}")
@@ -324,18 +303,10 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
     from analyzer.datasets import read_any
 
     items = read_any(args.source)
-    bar = _progress(total=len(items), desc="preprocess", unit="video")
-    try:
+    with _progress(total=len(items), desc="preprocess", unit="video") as tick:
         done, skipped = preprocess(
-            items,
-            args.out_dir,
-            frames=args.frames,
-            workers=args.workers,
-            progress=bar.update if bar else None,
+            items, args.out_dir, frames=args.frames, workers=args.workers, progress=tick
         )
-    finally:
-        if bar:
-            bar.close()
     print(
         f"{len(done)} clips in {args.out_dir / 'manifest.csv'}; "
         f"{len(skipped)} videos skipped (reasons in {args.out_dir / 'skipped.csv'})"
@@ -405,13 +376,16 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def _progress(**kwargs: Any) -> Any:
-    """A tqdm bar on stderr when it is a terminal, else None."""
+@contextlib.contextmanager
+def _progress(**kwargs: Any) -> Iterator[Callable[[int], object] | None]:
+    """Yields a bar's ``update`` on a terminal's stderr, else None; closes the bar."""
     if not sys.stderr.isatty():
-        return None
+        yield None
+        return
     from tqdm import tqdm
 
-    return tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs)
+    with tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs) as bar:
+        yield bar.update
 
 
 COMMANDS = {

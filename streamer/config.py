@@ -119,6 +119,23 @@ class Settings(BaseSettings):
     slow_engine_ms: float = Field(0.0, ge=0, description="testing only: delay per engine call")
 
 
+def checkpoint_path(explicit: Path | None, *, random_weights: bool) -> Path | None:
+    """The checkpoint to load (given, DFM_CHECKPOINT, or the bundled demo); None: random."""
+    from analyzer.model import BUNDLED_CHECKPOINT
+
+    if random_weights:
+        return None
+    env = os.environ.get("DFM_CHECKPOINT")
+    if explicit is not None or env:
+        return explicit or Path(str(env))
+    if BUNDLED_CHECKPOINT.is_file():
+        return BUNDLED_CHECKPOINT
+    raise ConfigError(
+        "no checkpoint: this build bundles no demo checkpoint yet; pass --checkpoint PATH "
+        "(or set DFM_CHECKPOINT), or --random-weights (DFM_RANDOM_WEIGHTS=true) for a smoke test"
+    )
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
     """Settings from the environment, a YAML file (``DFM_CONFIG``) and ``overrides``."""
     path = config_file or (Path(os.environ["DFM_CONFIG"]) if os.environ.get("DFM_CONFIG") else None)

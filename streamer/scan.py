@@ -75,7 +75,7 @@ def scan(
     options: ScanOptions,
     *,
     stream_id: str,
-    on_frame: Callable[[], None] | None = None,
+    on_frame: Callable[[], object] | None = None,
 ) -> ScanSummary:
     """Score resampled ``frames`` (see :func:`open_frames`) window by window."""
     sid = stream_id

@@ -16,18 +16,17 @@ import logging
 import signal
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvicorn
 
 from analyzer.engine import Engine
 from analyzer.faces import BlazeFaceDetector, Detector
-from analyzer.model import BUNDLED_CHECKPOINT, LoadedModel, load_checkpoint, random_model
+from analyzer.model import LoadedModel, load_checkpoint, random_model
 from streamer import __version__
 from streamer.api import Server, create_app
 from streamer.batcher import Batcher
-from streamer.config import Settings
+from streamer.config import Settings, checkpoint_path
 from streamer.errors import ConfigError
 from streamer.manager import StreamManager
 from streamer.metrics import Metrics
@@ -40,20 +39,6 @@ if TYPE_CHECKING:
     from streamer.cluster import SourceDirectory
 
 log = logging.getLogger(__name__)
-
-
-def resolve_checkpoint(settings: Settings) -> Path | None:
-    """The checkpoint to load, or None for random weights."""
-    if settings.random_weights:
-        return None
-    if settings.checkpoint is not None:
-        return settings.checkpoint
-    if BUNDLED_CHECKPOINT.is_file():
-        return BUNDLED_CHECKPOINT
-    raise ConfigError(
-        "no checkpoint: this build bundles no demo checkpoint yet; set DFM_CHECKPOINT to a "
-        "checkpoint file, or DFM_RANDOM_WEIGHTS=true for a smoke test"
-    )
 
 
 class Service:
@@ -93,7 +78,7 @@ class Service:
         stack = AsyncExitStack()
         self._stack = stack
         try:
-            checkpoint = resolve_checkpoint(s)
+            checkpoint = checkpoint_path(s.checkpoint, random_weights=s.random_weights)
             loaded: LoadedModel
             if checkpoint is None:
                 loaded = await asyncio.to_thread(random_model)
