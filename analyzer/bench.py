@@ -17,7 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from analyzer.engine import Engine
-from analyzer.model import FEATURES, ResNeXtLSTM, random_model
+from analyzer.model import FEATURES, VideoClassifier, random_model
 
 WINDOW = 150
 
@@ -117,7 +117,7 @@ def engine_bench(device: str, *, batches: list[int], quick: bool) -> dict[str, A
                 x = x.contiguous(memory_format=torch.channels_last)
 
             def run(
-                x: torch.Tensor = x, dtype: torch.dtype = dtype, model: ResNeXtLSTM = model
+                x: torch.Tensor = x, dtype: torch.dtype = dtype, model: VideoClassifier = model
             ) -> None:
                 with (
                     torch.inference_mode(),

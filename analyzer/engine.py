@@ -36,6 +36,7 @@ class Engine:
         self.sha256 = loaded.sha256
         self.model = loaded.model.to(self.device).eval()
         self.fake_index = loaded.meta.fake_index
+        self.feature_dim = loaded.meta.feature_dim
         self.cuda = self.device.type == "cuda"
         if self.cuda:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -62,7 +63,7 @@ class Engine:
     def input_size(self) -> int:
         return self.meta.input_size
 
-    def _prepare(self, crops: np.ndarray) -> Tensor:
+    def prepare(self, crops: np.ndarray) -> Tensor:
         """(N, H, W, 3) uint8 RGB -> (N, 3, H, W) float, normalised, model colour order."""
         if crops.ndim != 4 or crops.shape[-1] != 3 or crops.dtype != np.uint8:
             raise ValueError(f"crops must be (N, H, W, 3) uint8, got {crops.shape} {crops.dtype}")
@@ -83,16 +84,16 @@ class Engine:
 
     @torch.inference_mode()
     def backbone(self, crops: np.ndarray) -> np.ndarray:
-        """(N, H, W, 3) uint8 RGB crops -> (N, 2048) float32 features."""
+        """(N, H, W, 3) uint8 RGB crops -> (N, F) float32 features."""
         if len(crops) == 0:
-            return np.zeros((0, 2048), np.float32)
+            return np.zeros((0, self.feature_dim), np.float32)
         with self._autocast():
-            feats = self.model.features(self._prepare(crops))
+            feats = self.model.features(self.prepare(crops))
         return feats.float().cpu().numpy()
 
     @torch.inference_mode()
     def head(self, windows: Sequence[np.ndarray]) -> np.ndarray:
-        """Windows of cached features, each (T_i, 2048) -> P(FAKE) per window.
+        """Windows of cached features, each (T_i, F) -> P(FAKE) per window.
 
         Windows of equal length run as one batch; unequal lengths run in groups.
         """
@@ -117,7 +118,7 @@ class Engine:
         The way the study scores a clip; the server uses backbone + head instead.
         """
         b, t = clips.shape[:2]
-        x = self._prepare(clips.reshape(b * t, *clips.shape[2:]))
+        x = self.prepare(clips.reshape(b * t, *clips.shape[2:]))
         x = x.view(b, t, *x.shape[1:])
         with self._autocast():
             logits = self.model(x)

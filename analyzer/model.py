@@ -1,4 +1,11 @@
-"""The ResNeXt50-LSTM video classifier and its checkpoints.
+"""The backbone-LSTM video classifier and its checkpoints.
+
+The study's architecture is a ResNeXt50_32x4d per frame and an LSTM of 2048 units over
+the frames of a window; that is the default for training and for every checkpoint that
+does not say otherwise. The same head design also runs on a light backbone
+(``mobilenet_v3_small``, 576 features, LSTM of 256), which is what the bundled demo
+checkpoint uses so that it fits in the repository. Which one a checkpoint holds is in its
+:class:`ModelMeta` (``backbone``, ``lstm_hidden``).
 
 Two layouts load here:
 
@@ -22,7 +29,7 @@ from typing import Any, Literal
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
-from torchvision.models import resnext50_32x4d
+from torchvision.models import mobilenet_v3_small, resnext50_32x4d
 
 from analyzer.errors import CheckpointError
 
@@ -30,7 +37,9 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "deepfake-monitor/checkpoint/v1"
 MODEL_NAME = "resnext50-lstm"
-FEATURES = 2048
+# Backbone -> width of its pooled features.
+BACKBONE_FEATURES = {"resnext50_32x4d": 2048, "mobilenet_v3_small": 576}
+FEATURES = BACKBONE_FEATURES["resnext50_32x4d"]
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 RANDOM_VERSION = "random-init"
@@ -52,7 +61,9 @@ class ModelMeta(BaseModel):
     colour_order: Literal["RGB", "BGR"] = "RGB"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    backbone: str = "resnext50_32x4d"
+    backbone: Literal["resnext50_32x4d", "mobilenet_v3_small"] = "resnext50_32x4d"
+    # LSTM units; None means as many as the backbone has features (the study's choice).
+    lstm_hidden: int | None = Field(None, ge=1)
     # "lstm-mean": batch-first LSTM over the window, outputs averaged over time.
     # "legacy-last-frame": the reference project's serving behaviour.
     head: Literal["lstm-mean", "legacy-last-frame"] = "lstm-mean"
@@ -74,33 +85,70 @@ class ModelMeta(BaseModel):
     def legacy(self) -> bool:
         return self.head == "legacy-last-frame"
 
+    @property
+    def feature_dim(self) -> int:
+        return BACKBONE_FEATURES[self.backbone]
 
-class ResNeXtLSTM(nn.Module):
-    """ResNeXt50_32x4d per frame, then an LSTM over the frames of a window.
+    @property
+    def hidden(self) -> int:
+        return self.lstm_hidden or self.feature_dim
+
+
+def _backbone(name: str) -> nn.Sequential:
+    """The convolutional part of a torchvision classifier, without pooling and classifier."""
+    if name == "resnext50_32x4d":
+        # conv1, bn1, relu, maxpool, layer1..layer4 (the reference's `model.0` .. `model.7`).
+        return nn.Sequential(*list(resnext50_32x4d(weights=None).children())[:-2])
+    if name == "mobilenet_v3_small":
+        return nn.Sequential(*mobilenet_v3_small(weights=None).features)
+    raise CheckpointError(f"unknown backbone {name!r}; use one of {sorted(BACKBONE_FEATURES)}")
+
+
+class VideoClassifier(nn.Module):
+    """A CNN per frame, then an LSTM over the frames of a window.
 
     ``features`` works on single frames and ``head`` on sequences of their features, so a
     server can run the backbone once per frame and the head once per window; in eval mode
     that gives the same score as ``forward`` on the whole clip.
     """
 
-    def __init__(self, *, legacy: bool = False, num_classes: int = 2, dropout: float = 0.4):
+    def __init__(
+        self,
+        *,
+        backbone: str = "resnext50_32x4d",
+        hidden: int | None = None,
+        legacy: bool = False,
+        num_classes: int = 2,
+        dropout: float = 0.4,
+    ):
         super().__init__()
-        resnext = resnext50_32x4d(weights=None)
-        # Without avgpool and fc: conv1, bn1, relu, maxpool, layer1..layer4.
-        self.backbone = nn.Sequential(*list(resnext.children())[:-2])
+        self.backbone = _backbone(backbone)
+        self.feature_dim = BACKBONE_FEATURES[backbone]
+        hidden = hidden or self.feature_dim
         self.pool = nn.AdaptiveAvgPool2d(1)
         # The reference passes False as nn.LSTM's 4th positional argument, which is `bias`.
-        self.lstm = nn.LSTM(FEATURES, FEATURES, num_layers=1, bias=not legacy, batch_first=True)
+        self.lstm = nn.LSTM(
+            self.feature_dim, hidden, num_layers=1, bias=not legacy, batch_first=True
+        )
         self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(FEATURES, num_classes)
+        self.classifier = nn.Linear(hidden, num_classes)
         self.legacy = legacy
 
+    @classmethod
+    def for_meta(cls, meta: ModelMeta) -> VideoClassifier:
+        return cls(
+            backbone=meta.backbone,
+            hidden=meta.lstm_hidden,
+            legacy=meta.legacy,
+            num_classes=len(meta.class_names),
+        )
+
     def features(self, frames: Tensor) -> Tensor:
-        """(N, 3, H, W) normalised frames -> (N, 2048) features."""
+        """(N, 3, H, W) normalised frames -> (N, F) features."""
         return self.pool(self.backbone(frames)).flatten(1)
 
     def head(self, feats: Tensor) -> Tensor:
-        """(B, T, 2048) features of B windows -> (B, classes) logits."""
+        """(B, T, F) features of B windows -> (B, classes) logits."""
         if self.legacy:
             # The reference feeds (1, T, F) to a time-major LSTM: T sequences of one step
             # each, from a zero state, and keeps the output of the last one. So only the
@@ -121,7 +169,7 @@ class ResNeXtLSTM(nn.Module):
 class LoadedModel:
     """A model in eval mode with the facts about where it came from."""
 
-    model: ResNeXtLSTM
+    model: VideoClassifier
     meta: ModelMeta
     sha256: str | None = None
     path: Path | None = None
@@ -132,14 +180,14 @@ def random_model(seed: int = 0) -> LoadedModel:
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(seed)
     try:
-        model = ResNeXtLSTM()
+        model = VideoClassifier()
     finally:
         torch.random.set_rng_state(gen_state)
     meta = ModelMeta(version=RANDOM_VERSION, training_data="none: random weights")
     return LoadedModel(model.eval(), meta)
 
 
-def save_checkpoint(path: Path, model: ResNeXtLSTM, meta: ModelMeta) -> str:
+def save_checkpoint(path: Path, model: VideoClassifier, meta: ModelMeta) -> str:
     """Write weights and metadata to ``path``; returns the file's sha256."""
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {
@@ -190,15 +238,19 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Loa
             f"(first keys: {keys})"
         )
 
-    model = ResNeXtLSTM(legacy=meta.legacy, num_classes=len(meta.class_names))
-    _check_fits(path, model, state)
+    model = VideoClassifier.for_meta(meta)
+    _check_fits(path, model, state, meta)
     model.load_state_dict(state)
     model.to(map_location)
     return LoadedModel(model.eval(), meta, file_sha256(path), path)
 
 
-def load_imagenet_backbone(model: ResNeXtLSTM, path: Path) -> None:
-    """Load torchvision's ImageNet ``resnext50_32x4d`` weights into the backbone."""
+def load_imagenet_backbone(model: VideoClassifier, path: Path) -> None:
+    """Load torchvision's ImageNet weights of the model's backbone from a local file.
+
+    ``resnext50_32x4d-*.pth`` for the study's model, ``mobilenet_v3_small-*.pth`` for the
+    compact one; nothing is downloaded.
+    """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -210,6 +262,8 @@ def load_imagenet_backbone(model: ResNeXtLSTM, path: Path) -> None:
         head, _, rest = key.partition(".")
         if head in index:
             mapped[f"{index[head]}.{rest}"] = value
+        elif head == "features":  # MobileNet: features.N.* -> N.*
+            mapped[rest] = value
     missing, _ = model.backbone.load_state_dict(mapped, strict=False)
     if missing:
         raise CheckpointError(f"{path} lacks backbone weights such as {missing[0]}")
@@ -257,15 +311,16 @@ def _legacy_meta(path: Path) -> ModelMeta:
     )
 
 
-def _check_fits(path: Path, model: nn.Module, state: dict[str, Tensor]) -> None:
+def _check_fits(path: Path, model: nn.Module, state: dict[str, Tensor], meta: ModelMeta) -> None:
+    arch = f"{meta.backbone}-LSTM{meta.hidden}"
     expected = model.state_dict()
     for key, tensor in expected.items():
         if key not in state:
-            raise CheckpointError(f"checkpoint {path} lacks weight '{key}'; it is not this model")
+            raise CheckpointError(f"checkpoint {path} lacks weight '{key}' of the {arch}")
         got = tuple(state[key].shape)
         if got != tuple(tensor.shape):
             raise CheckpointError(
-                f"checkpoint {path} does not fit the ResNeXt50-LSTM: '{key}' has shape "
+                f"checkpoint {path} does not fit the {arch}: '{key}' has shape "
                 f"{list(got)} in the file, the model needs {list(tensor.shape)}"
             )
     extra = [k for k in state if k not in expected]

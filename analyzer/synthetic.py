@@ -285,8 +285,13 @@ def make_clip(
     frames: int = 240,
     fps: float = 30.0,
     size: tuple[int, int] = (480, 360),
+    swap_all: bool = False,
 ) -> ClipSpec:
-    """Write clip number ``index`` (its photo chosen round-robin) and describe it."""
+    """Write clip number ``index`` (its photo chosen round-robin) and describe it.
+
+    A FAKE clip swaps one or two of the photo's faces, or every face with ``swap_all``
+    (clean labels for one-face-per-clip training).
+    """
     rng = np.random.default_rng([seed, index])
     photo = photos[(index // 2) % len(photos)]
     swaps: list[_Swap] = []
@@ -297,6 +302,8 @@ def make_clip(
         if not others:  # one photo only: swap faces within it
             others = [(photo, f) for f in photo.faces]
         count = int(rng.integers(1, min(2, len(photo.faces)) + 1))
+        if swap_all:
+            count = len(photo.faces)
         targets = [photo.faces[i] for i in rng.choice(len(photo.faces), count, replace=False)]
         shown = []
         for face in targets:
@@ -341,6 +348,7 @@ def synthesize(
     fps: float = 30.0,
     size: tuple[int, int] = (480, 360),
     identities: Sequence[str] = PHOTO_NAMES,
+    swap_all: bool = False,
     photos_dir: Path | None = None,
     progress: Callable[[int], object] | None = None,
 ) -> list[ClipSpec]:
@@ -354,7 +362,17 @@ def synthesize(
     specs = []
     for i in range(videos):
         specs.append(
-            make_clip(out, photos, i, fake=i % 2 == 1, seed=seed, frames=frames, fps=fps, size=size)
+            make_clip(
+                out,
+                photos,
+                i,
+                fake=i % 2 == 1,
+                seed=seed,
+                frames=frames,
+                fps=fps,
+                size=size,
+                swap_all=swap_all,
+            )
         )
         if progress is not None:
             progress(1)

@@ -18,6 +18,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import av
 import numpy as np
@@ -29,7 +30,7 @@ from analyzer.engine import pick_device
 from analyzer.errors import DataError
 from analyzer.model import (
     ModelMeta,
-    ResNeXtLSTM,
+    VideoClassifier,
     load_checkpoint,
     load_imagenet_backbone,
     save_checkpoint,
@@ -50,6 +51,8 @@ class TrainConfig:
     augment: bool = True
     device: str = "auto"
     imagenet: Path | None = None
+    backbone: Literal["resnext50_32x4d", "mobilenet_v3_small"] = "resnext50_32x4d"
+    lstm_hidden: int | None = None
     training_data: str = ""
     version: str = "trained"
     history: list[dict[str, float]] = field(default_factory=list)
@@ -114,8 +117,13 @@ def train(
     *,
     resume: bool = False,
     progress: Callable[[dict[str, float]], None] | None = None,
+    on_batch: Callable[[int, float, float], None] | None = None,
 ) -> list[dict[str, float]]:
-    """Train; returns the per-epoch history (also stored in every checkpoint)."""
+    """Train; returns the per-epoch history (also stored in every checkpoint).
+
+    ``progress`` gets each epoch's history row; ``on_batch`` gets, after each training
+    batch, its number of clips and the epoch's running loss and accuracy.
+    """
     out.mkdir(parents=True, exist_ok=True)
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
@@ -127,8 +135,10 @@ def train(
         version=config.version,
         window_frames=config.frames,
         training_data=config.training_data,
+        backbone=config.backbone,
+        lstm_hidden=config.lstm_hidden,
     )
-    model = ResNeXtLSTM()
+    model = VideoClassifier.for_meta(meta)
     if config.imagenet is not None:
         load_imagenet_backbone(model, config.imagenet)
     history: list[dict[str, float]] = []
@@ -136,6 +146,11 @@ def train(
     start_epoch = 0
     if resume and (out / "last.pt").is_file():
         loaded = load_checkpoint(out / "last.pt")
+        if (loaded.meta.backbone, loaded.meta.hidden) != (meta.backbone, meta.hidden):
+            raise DataError(
+                f"{out / 'last.pt'} holds a {loaded.meta.backbone} LSTM{loaded.meta.hidden}; "
+                f"resume with --backbone {loaded.meta.backbone} --lstm-hidden {loaded.meta.hidden}"
+            )
         model.load_state_dict(loaded.model.state_dict())
         history = list(loaded.meta.history)
         state = torch.load(out / "train_state.pt", map_location="cpu", weights_only=True)
@@ -185,6 +200,8 @@ def train(
             loss_sum += float(loss) * len(idx)
             correct += int((logits.argmax(1) == y).sum())
             total += len(idx)
+            if on_batch is not None:
+                on_batch(len(idx), loss_sum / total, correct / total)
         val_loss, val_acc = _evaluate(model, val_set, loss_fn, device, mean, std)
         row = {
             "epoch": float(epoch + 1),

@@ -97,7 +97,7 @@ class Batcher:
             self.metrics.queue_depth.labels("engine_crops").set(self._inflight)
 
     def backbone(self, crops: list[np.ndarray]) -> asyncio.Future[np.ndarray]:
-        """Queue crops (already reserved) for the backbone; the future gets (N, 2048)."""
+        """Queue crops (already reserved) for the backbone; the future gets (N, F) features."""
         fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
         self._crops.put_nowait(_Request(crops, fut))
         self._wake.set()

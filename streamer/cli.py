@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from analyzer.errors import AnalyzerError
+from analyzer.errors import AnalyzerError, DataError
 from streamer.errors import StreamerError
 from streamer.nativelog import route_native_stderr
 
@@ -73,6 +73,9 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated photos to use (sample1..sample6, astronaut); default all",
     )
+    synth.add_argument(
+        "--swap-all", action="store_true", help="FAKE clips swap every face, not one or two"
+    )
     synth.add_argument("--photos", type=Path, default=None, help="folder of the face photos")
 
     pre = sub.add_parser("preprocess", help="labelled videos -> 112x112 face clips + manifest")
@@ -94,7 +97,18 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--patience", type=_positive_int, default=5, help="early stopping")
     tr.add_argument("--seed", type=int, default=0, help="split and training seed")
     tr.add_argument("--no-augment", action="store_true")
-    tr.add_argument("--imagenet", type=Path, default=None, help="torchvision ResNeXt50 weights")
+    tr.add_argument(
+        "--imagenet", type=Path, default=None, help="torchvision ImageNet weights of the backbone"
+    )
+    tr.add_argument(
+        "--backbone",
+        choices=["resnext50_32x4d", "mobilenet_v3_small"],
+        default="resnext50_32x4d",
+        help="per-frame CNN (the study's ResNeXt50 or the compact demo's MobileNetV3-Small)",
+    )
+    tr.add_argument("--lstm-hidden", type=_positive_int, default=None, help="LSTM units")
+    tr.add_argument("--model-version", default="trained", help="version written in verdicts")
+    tr.add_argument("--training-data", default=None, help="what the data was, for the metadata")
     tr.add_argument("--device", default=os.environ.get("DFM_DEVICE", "auto"))
     tr.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
 
@@ -106,6 +120,17 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
     ev.add_argument("--threshold", type=float, default=0.5)
     ev.add_argument("--device", default=os.environ.get("DFM_DEVICE", "auto"))
+
+    ex = sub.add_parser("explain", help="Grad-CAM heat maps of a video's face windows (PNG)")
+    ex.add_argument("source", metavar="VIDEO")
+    ex.add_argument("--checkpoint", type=Path, default=None, help="model checkpoint (.pt)")
+    ex.add_argument("--random-weights", action="store_true", help="untrained weights (smoke test)")
+    ex.add_argument("--out", type=Path, default=None, help="folder (default: explain-<video>)")
+    ex.add_argument("--windows", type=_positive_int, default=1, help="windows to explain")
+    ex.add_argument(
+        "--window", type=_positive_int, default=None, help="frames per window (checkpoint's)"
+    )
+    ex.add_argument("--device", default=os.environ.get("DFM_DEVICE", "auto"))
 
     serve = sub.add_parser("serve", help="run the live service (settings: DFM_* env vars)")
     serve.add_argument("--config", type=Path, default=None, help="YAML file of settings")
@@ -226,6 +251,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             size=(width, height),
             identities=[n.strip() for n in names if n.strip()],
             photos_dir=args.photos,
+            swap_all=args.swap_all,
             progress=tick,
         )
     fakes = sum(s.label == "FAKE" for s in specs)
@@ -331,7 +357,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         augment=not args.no_augment,
         device=args.device,
         imagenet=args.imagenet,
-        training_data=f"{args.manifest} (train {len(parts['train'])}, val {len(parts['val'])})",
+        backbone=args.backbone,
+        lstm_hidden=args.lstm_hidden,
+        version=args.model_version,
+        training_data=(args.training_data + "; " if args.training_data else "")
+        + f"{args.manifest} (train {len(parts['train'])}, val {len(parts['val'])})",
     )
 
     def report(row: dict[str, float]) -> None:
@@ -343,8 +373,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
             flush=True,
         )
 
-    history = train(parts["train"], parts["val"], args.out_dir, config, resume=args.resume,
-                    progress=report)  # fmt: skip
+    steps = len(parts["train"]) * args.epochs
+    with _progress(total=steps, desc="train", unit="clip") as tick:
+
+        def on_batch(n: int, loss: float, acc: float) -> None:
+            if tick is not None:
+                tick(n, loss=f"{loss:.4f}", acc=f"{acc:.3f}")
+
+        history = train(
+            parts["train"],
+            parts["val"],
+            args.out_dir,
+            config,
+            resume=args.resume,
+            progress=report,
+            on_batch=on_batch,
+        )
     print(f"{len(history)} epochs; checkpoints in {args.out_dir} (best.pt, last.pt)")
     return 0
 
@@ -369,6 +413,39 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_explain(args: argparse.Namespace) -> int:
+    from analyzer.engine import Engine
+    from analyzer.explain import face_windows, grad_cam, write_explanation
+    from analyzer.faces import BlazeFaceDetector
+    from analyzer.model import load_checkpoint, random_model
+    from streamer.config import checkpoint_path
+    from streamer.scan import ScanOptions, open_frames, stream_id_for
+
+    checkpoint = checkpoint_path(args.checkpoint, random_weights=args.random_weights)
+    loaded = random_model() if checkpoint is None else load_checkpoint(checkpoint)
+    window = args.window or loaded.meta.window_frames
+    frames = open_frames(args.source, ScanOptions(fps=loaded.meta.fps))
+    engine = Engine(loaded, args.device)
+    out = args.out or Path(f"explain-{stream_id_for(args.source)}")
+    title = Path(args.source).name
+    written = 0
+    with BlazeFaceDetector() as detector, _progress(total=args.windows, desc="explain") as tick:
+        rgb = (f.rgb for f in frames)
+        for i, crops in enumerate(face_windows(rgb, detector, window, args.windows)):
+            exp = grad_cam(engine, crops)
+            sheet = write_explanation(out, i, exp, title)
+            print(f"window {i}: P(FAKE) {exp.score:.3f}  {sheet}")
+            written += 1
+            if tick:
+                tick(1)
+    if written == 0:
+        raise DataError(
+            f"{args.source} has fewer than {window} frames with a face; "
+            "nothing to explain (try --window with a smaller number)"
+        )
+    return 0
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from streamer.verdict import json_schema_text
 
@@ -377,15 +454,21 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 
 
 @contextlib.contextmanager
-def _progress(**kwargs: Any) -> Iterator[Callable[[int], object] | None]:
-    """Yields a bar's ``update`` on a terminal's stderr, else None; closes the bar."""
+def _progress(**kwargs: Any) -> Iterator[Callable[..., object] | None]:
+    """Yields ``tick(n, **postfix)`` for a bar on a terminal's stderr, else None."""
     if not sys.stderr.isatty():
         yield None
         return
     from tqdm import tqdm
 
     with tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs) as bar:
-        yield bar.update
+
+        def tick(n: int = 1, **postfix: str) -> None:
+            if postfix:
+                bar.set_postfix(postfix, refresh=False)
+            bar.update(n)
+
+        yield tick
 
 
 COMMANDS = {
@@ -394,6 +477,7 @@ COMMANDS = {
     "preprocess": _cmd_preprocess,
     "train": _cmd_train,
     "evaluate": _cmd_evaluate,
+    "explain": _cmd_explain,
     "serve": _cmd_serve,
     "bench": _cmd_bench,
     "schema": _cmd_schema,

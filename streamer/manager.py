@@ -124,6 +124,7 @@ class StreamRunner:
             hop=settings.hop_frames,
             fps=settings.fps,
             threshold=settings.threshold,
+            feature_dim=batcher.engine.feature_dim,
         )
         self.source_state = SourceState.STARTING
         self.reason: str | None = None

@@ -80,7 +80,12 @@ def scan(
     """Score resampled ``frames`` (see :func:`open_frames`) window by window."""
     sid = stream_id
     state = StreamState(
-        sid, window=options.window, hop=options.hop, fps=options.fps, threshold=options.threshold
+        sid,
+        window=options.window,
+        hop=options.hop,
+        fps=options.fps,
+        threshold=options.threshold,
+        feature_dim=engine.feature_dim,
     )
     tracker = FaceTracker(detector, max_tracks=options.max_faces, detect_every=options.detect_every)
     ref = model_ref(engine)

@@ -4,7 +4,8 @@ A :class:`StreamState` is fed one resampled frame at a time with that frame's fa
 crops. Each crop goes into its track's ring and waits for its backbone features; every
 ``hop`` frames, once ``window`` frames have been seen, a window is due and the head runs
 over the cached features of each track that has enough frames in it. Memory per track
-is fixed: ``window`` crops (112x112x3 bytes each) and ``window`` feature rows (2048 float32).
+is fixed: ``window`` crops (112x112x3 bytes each) and ``window`` feature rows (2048
+float32 each for the study's model).
 """
 
 from __future__ import annotations
@@ -83,7 +84,7 @@ class WindowJob:
     end_pts_s: float
     last_arrival: float
     track_ids: list[int]
-    sequences: list[np.ndarray]  # (T_i, 2048) per track
+    sequences: list[np.ndarray]  # (T_i, F) per track
     boxes: list[list[float]]
 
 

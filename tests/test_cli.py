@@ -138,7 +138,8 @@ def test_checkpoint_of_the_wrong_shape(synth_clips, tmp_path):
     # The legacy notice is a log line; the error is the last line and the only error.
     errors = [ln for ln in result.stderr.splitlines() if "error" in ln]
     assert result.returncode == 2 and len(errors) == 1 and "Traceback" not in result.stderr
-    assert "does not fit the ResNeXt50-LSTM" in errors[0] and "backbone.0.weight" in errors[0]
+    assert "does not fit the resnext50_32x4d-LSTM2048" in errors[0]
+    assert "backbone.0.weight" in errors[0]
 
 
 def test_bad_options_are_rejected(synth_clips):

@@ -15,7 +15,7 @@ from analyzer.engine import Engine
 from analyzer.errors import CheckpointError
 from analyzer.model import (
     ModelMeta,
-    ResNeXtLSTM,
+    VideoClassifier,
     load_checkpoint,
     random_model,
     save_checkpoint,
@@ -134,6 +134,25 @@ def test_native_checkpoint_round_trip(tmp_path):
     np.testing.assert_allclose(a, b, atol=0)
 
 
+def test_compact_checkpoint_round_trip_and_cached_features(tmp_path):
+    torch.manual_seed(0)
+    model = VideoClassifier(backbone="mobilenet_v3_small", hidden=256).eval()
+    meta = ModelMeta(version="compact-1", backbone="mobilenet_v3_small", lstm_hidden=256)
+    save_checkpoint(tmp_path / "c.pt", model, meta)
+    loaded = load_checkpoint(tmp_path / "c.pt")
+    assert loaded.model.lstm.hidden_size == 256 and loaded.meta.feature_dim == 576
+    engine = Engine(loaded, "cpu")
+    clip = np.random.default_rng(1).integers(0, 256, (5, 112, 112, 3), dtype=np.uint8)
+    feats = engine.backbone(clip)
+    assert feats.shape == (5, 576) and engine.backbone(clip[:0]).shape == (0, 576)
+    np.testing.assert_allclose(engine.head([feats]), engine.score_clips(clip[None]), atol=1e-5)
+    # The study's architecture cannot read it, and says which architecture it is.
+    meta_big = meta.model_copy(update={"backbone": "resnext50_32x4d", "lstm_hidden": None})
+    save_checkpoint(tmp_path / "mixed.pt", model, meta_big)
+    with pytest.raises(CheckpointError, match="resnext50_32x4d-LSTM2048"):
+        load_checkpoint(tmp_path / "mixed.pt")
+
+
 def test_model_is_correct_for_any_batch_size():
     model = random_model(seed=4).model
     torch.manual_seed(0)
@@ -169,6 +188,6 @@ def test_missing_checkpoint(tmp_path):
 
 
 def test_native_model_has_lstm_biases_and_batch_first():
-    model = ResNeXtLSTM()
+    model = VideoClassifier()
     assert model.lstm.batch_first and model.lstm.bias
-    assert ResNeXtLSTM(legacy=True).lstm.bias is False
+    assert VideoClassifier(legacy=True).lstm.bias is False

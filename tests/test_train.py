@@ -36,11 +36,19 @@ def test_short_training_lowers_the_loss_and_resumes(manifest, tmp_path):
     assert [h["epoch"] for h in load_checkpoint(out / "last.pt").meta.history] == [1, 2, 3, 4]
 
 
-def test_augmented_training_runs(manifest, tmp_path):
+def test_augmented_training_of_the_compact_model(manifest, tmp_path):
     result = run_cli("train", str(manifest), str(tmp_path / "aug"), "--epochs", "1", "--frames",
-                     "4", "--batch", "2", "--device", "cpu", timeout=600)  # fmt: skip
+                     "4", "--batch", "2", "--device", "cpu", "--backbone", "mobilenet_v3_small",
+                     "--lstm-hidden", "32", "--model-version", "tiny-1", timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert load_checkpoint(tmp_path / "aug" / "last.pt").meta.history[0]["train_loss"] > 0
+    meta = load_checkpoint(tmp_path / "aug" / "last.pt").meta
+    assert meta.history[0]["train_loss"] > 0 and meta.version == "tiny-1"
+    assert (meta.backbone, meta.hidden) == ("mobilenet_v3_small", 32)
+    # Resuming with another architecture is refused with the options that would fit.
+    again = run_cli("train", str(manifest), str(tmp_path / "aug"), "--epochs", "2", "--frames",
+                    "4", "--device", "cpu", "--resume")  # fmt: skip
+    assert again.returncode == 2
+    assert "--backbone mobilenet_v3_small --lstm-hidden 32" in again.stderr
 
 
 def test_evaluate_writes_a_report_for_a_trained_checkpoint(manifest, tmp_path):
