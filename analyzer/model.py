@@ -100,7 +100,14 @@ def _backbone(name: str) -> nn.Sequential:
         # conv1, bn1, relu, maxpool, layer1..layer4 (the reference's `model.0` .. `model.7`).
         return nn.Sequential(*list(resnext50_32x4d(weights=None).children())[:-2])
     if name == "mobilenet_v3_small":
-        return nn.Sequential(*mobilenet_v3_small(weights=None).features)
+        features = nn.Sequential(*mobilenet_v3_small(weights=None).features)
+        # torchvision builds it with BatchNorm momentum 0.01, tuned for ImageNet's many
+        # steps; on a small data set the running statistics then stay near their initial
+        # values and the model in eval mode scores every clip alike. 0.1 is the default.
+        for module in features.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = 0.1
+        return features
     raise CheckpointError(f"unknown backbone {name!r}; use one of {sorted(BACKBONE_FEATURES)}")
 
 

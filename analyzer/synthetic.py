@@ -20,9 +20,11 @@ the same files.
 from __future__ import annotations
 
 import csv
+import functools
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -349,6 +351,7 @@ def synthesize(
     size: tuple[int, int] = (480, 360),
     identities: Sequence[str] = PHOTO_NAMES,
     swap_all: bool = False,
+    workers: int = 1,
     photos_dir: Path | None = None,
     progress: Callable[[int], object] | None = None,
 ) -> list[ClipSpec]:
@@ -359,23 +362,30 @@ def synthesize(
     if not photos:
         raise AssetsMissingError("no face found in the chosen photos; choose other identities")
     out.mkdir(parents=True, exist_ok=True)
-    specs = []
-    for i in range(videos):
-        specs.append(
-            make_clip(
-                out,
-                photos,
-                i,
-                fake=i % 2 == 1,
-                seed=seed,
-                frames=frames,
-                fps=fps,
-                size=size,
-                swap_all=swap_all,
-            )
-        )
-        if progress is not None:
-            progress(1)
+    clip = functools.partial(
+        make_clip,
+        out,
+        photos,
+        seed=seed,
+        frames=frames,
+        fps=fps,
+        size=size,
+        swap_all=swap_all,
+    )
+    specs: list[ClipSpec] = []
+    if workers <= 1:
+        for i in range(videos):
+            specs.append(clip(i, fake=i % 2 == 1))
+            if progress is not None:
+                progress(1)
+    else:
+        # Each clip draws from its own generator, so the files do not depend on workers.
+        with ProcessPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(clip, i, fake=i % 2 == 1) for i in range(videos)]
+            for fut in futures:
+                specs.append(fut.result())
+                if progress is not None:
+                    progress(1)
     with open(out / LABELS_CSV, "w", newline="") as fh:
         writer = csv.DictWriter(fh, CSV_FIELDS)
         writer.writeheader()

@@ -29,6 +29,7 @@ from analyzer.datasets import Item
 from analyzer.engine import pick_device
 from analyzer.errors import DataError
 from analyzer.model import (
+    MODEL_NAME,
     ModelMeta,
     VideoClassifier,
     load_checkpoint,
@@ -131,7 +132,9 @@ def train(
     train_set = ClipSet(train_items, config.frames)
     val_set = ClipSet(val_items, config.frames)
 
+    compact = config.backbone == "mobilenet_v3_small"
     meta = ModelMeta(
+        name=f"mobilenetv3s-lstm{config.lstm_hidden or 576}" if compact else MODEL_NAME,
         version=config.version,
         window_frames=config.frames,
         training_data=config.training_data,
@@ -197,11 +200,12 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == y).sum())
             total += len(idx)
             if on_batch is not None:
                 on_batch(len(idx), loss_sum / total, correct / total)
+        _recalibrate_batchnorm(model, train_set, device, mean, std, rng)
         val_loss, val_acc = _evaluate(model, val_set, loss_fn, device, mean, std)
         row = {
             "epoch": float(epoch + 1),
@@ -230,6 +234,40 @@ def train(
                 log.info("early stop: validation loss has not improved for %d epochs", stale)
                 break
     return history
+
+
+@torch.no_grad()
+def _recalibrate_batchnorm(
+    model: nn.Module,
+    data: ClipSet,
+    device: torch.device,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    rng: random.Random,
+    clips: int = 32,
+) -> None:
+    """Recompute BatchNorm running statistics as exact averages over training clips.
+
+    The running averages kept during training lag behind the weights, far behind with a
+    small momentum (MobileNetV3's is 0.01) or few steps, and a model in eval mode with
+    stale statistics can score every clip alike. So before validation and before each
+    checkpoint, the statistics are measured afresh ("precise BN").
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the batches below
+    model.train()
+    picks = rng.sample(range(len(data)), min(clips, len(data)))
+    for i in picks:
+        x = (_to_tensor(data.window(i, None)[None], device) - mean) / std
+        model.features(x.flatten(0, 1))  # type: ignore[operator]
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
 
 
 @torch.inference_mode()

@@ -79,6 +79,11 @@ if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && ! command -v promtool >/dev/null; then
   apt_install prometheus
 fi
 
+# 5b. headless Chromium for the web page's browser tests (driven by Playwright)
+if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && ! [ -x /usr/bin/chromium ]; then
+  apt_install chromium fonts-dejavu-core
+fi
+
 # 6. the Apache Kafka broker's jars for the tests (Maven Central), cached per version
 kafka_version=$(sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' tests/kafka/pom.xml)
 kafka_jars="$CACHE/kafka-$kafka_version"

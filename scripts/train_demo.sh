@@ -12,15 +12,15 @@ cd "$(dirname "$0")/.."
 WORK=${1:-demo-work}
 DFM=${DFM:-.venv/bin/deepfake-monitor}
 EPOCHS=${EPOCHS:-12}
-TRAIN_VIDEOS=${TRAIN_VIDEOS:-200}
+TRAIN_VIDEOS=${TRAIN_VIDEOS:-800}
 TEST_VIDEOS=${TEST_VIDEOS:-60}
 ASSETS=analyzer/assets
 VERSION=synthetic-demo-1
 
 mkdir -p "$WORK"
-"$DFM" synth "$WORK/videos-train" --videos "$TRAIN_VIDEOS" --frames 180 --seed 101 --swap-all \
+"$DFM" synth "$WORK/videos-train" --videos "$TRAIN_VIDEOS" --frames 180 --seed 101 --swap-all --workers 2 \
     --identities sample1,sample2,sample4,sample5,sample6
-"$DFM" synth "$WORK/videos-test" --videos "$TEST_VIDEOS" --frames 180 --seed 202 --swap-all \
+"$DFM" synth "$WORK/videos-test" --videos "$TEST_VIDEOS" --frames 180 --seed 202 --swap-all --workers 2 \
     --identities sample3,astronaut
 "$DFM" preprocess "$WORK/videos-train" "$WORK/clips-train"
 "$DFM" preprocess "$WORK/videos-test" "$WORK/clips-test"
@@ -29,5 +29,4 @@ mkdir -p "$WORK"
     --epochs "$EPOCHS" --batch 8 --lr 1e-3 --weight-decay 1e-5 --patience 4 --seed 0 \
     --model-version "$VERSION" \
     --training-data "SYNTHETIC face swaps only (deepfake-monitor synth, photos sample1,2,4,5,6); not a real-world detector"
-"$DFM" evaluate "$WORK/clips-test/manifest.csv" "$WORK/run/best.pt" "$WORK/report" --split all
-.venv/bin/python scripts/finish_demo.py "$WORK/run/best.pt" "$WORK/report" "$ASSETS"
+.venv/bin/python scripts/finish_demo.py "$WORK/run/best.pt" "$WORK/clips-test/manifest.csv" "$ASSETS" "$WORK/report"

@@ -1,33 +1,47 @@
-"""HTTP API (FastAPI): health, metrics, stream control, recent verdicts.
+"""HTTP API (FastAPI): health, metrics, stream control, recent verdicts, uploads, web page.
 
 Runs on uvicorn inside the service's event loop. When ``DFM_API_TOKEN`` is set, every
-route but ``/healthz``, ``/readyz`` and ``/metrics`` needs ``Authorization: Bearer``.
+route but ``/healthz``, ``/readyz``, ``/metrics`` and the web page's static files needs
+``Authorization: Bearer`` (the page asks for the token and sends it on each call).
 Every 4xx carries ``{"error": "<one line saying what is wrong>"}``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hmac
+import json
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import uvicorn
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from streamer.config import STREAM_ID, StreamSpec
-from streamer.manager import StreamRejected
+from streamer.manager import StreamRejected, redact
 from streamer.sources.webrtc import WhipError
+from streamer.uploads import UploadRejected
 
 if TYPE_CHECKING:
     from streamer.service import Service
 
 log = logging.getLogger(__name__)
+
+WEB = Path(__file__).parent / "web"
+STATIC = {
+    "app.js": "text/javascript; charset=utf-8",
+    "app.css": "text/css; charset=utf-8",
+    "icon.svg": "image/svg+xml",
+}
+SPARKLINE_POINTS = 60
 
 
 class ApiError(Exception):
@@ -83,6 +97,65 @@ def create_app(service: Service) -> FastAPI:
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     secured = [Depends(auth)]
+
+    @app.get("/", include_in_schema=False)
+    async def index() -> FileResponse:
+        return FileResponse(WEB / "index.html", media_type="text/html; charset=utf-8")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str) -> FileResponse:
+        if name not in STATIC:
+            raise ApiError(404, f"no static file {name!r}")
+        return FileResponse(WEB / name, media_type=STATIC[name])
+
+    @app.get("/v1/info", dependencies=secured)
+    async def info() -> dict[str, Any]:
+        """The model being served and the settings an uploader needs to know."""
+        s = service.settings
+        meta = service.engine.meta
+        return {
+            "version": service.version,
+            "model": {
+                "name": meta.name,
+                "version": meta.version,
+                "sha256": service.engine.sha256,
+                "training_data": meta.training_data,
+            },
+            "threshold": s.threshold,
+            "window_frames": s.window_frames,
+            "hop_frames": s.hop_frames,
+            "fps": s.fps,
+            "scan_max_bytes": s.scan_max_bytes,
+        }
+
+    @app.post("/v1/scan", dependencies=secured)
+    async def scan_upload(
+        request: Request, name: str = Query("upload", max_length=200)
+    ) -> StreamingResponse:
+        """Score one uploaded video (the request body); NDJSON events as windows finish."""
+        uploads = service.uploads
+        try:
+            if uploads.busy():
+                raise UploadRejected(
+                    503,
+                    "the service is busy scanning other uploads; try again in a minute",
+                    {"Retry-After": "30"},
+                )
+            path, size = await uploads.receive(request)
+            events = await uploads.events(path, name, size)
+        except UploadRejected as exc:
+            service.metrics.uploads.labels("rejected").inc()
+            raise ApiError(exc.status, exc.reason, exc.headers) from None
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        return StreamingResponse(events, media_type="application/x-ndjson", headers=headers)
+
+    @app.get("/v1/events", dependencies=secured)
+    async def events(request: Request) -> StreamingResponse:
+        """Server-Sent Events: ``streams`` snapshots (state, last score, recent scores)."""
+        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
+        return StreamingResponse(
+            _snapshots(service, request), media_type="text/event-stream", headers=headers
+        )
 
     @app.get("/v1/streams", dependencies=secured)
     async def list_streams() -> dict[str, Any]:
@@ -166,6 +239,45 @@ def create_app(service: Service) -> FastAPI:
         return Response(status_code=200)
 
     return app
+
+
+def stream_cards(service: Service) -> list[dict[str, Any]]:
+    """What the web page shows of each stream, with its recent scores for a sparkline."""
+    cards = []
+    for runner in service.manager.streams.values():
+        last = runner.last_verdict
+        recent = service.recent.recent(runner.id, SPARKLINE_POINTS)
+        cards.append(
+            {
+                "id": runner.id,
+                "url": redact(runner.spec.url),
+                "state": str(runner.source_state),
+                "reason": runner.reason,
+                "label": last.label if last else None,
+                "score": last.score if last else None,
+                "smoothed_score": last.smoothed_score if last else None,
+                "seq": last.seq if last else None,
+                "threshold": service.settings.threshold,
+                "scores": [v.smoothed_score for v in recent],
+            }
+        )
+    return cards
+
+
+async def _snapshots(service: Service, request: Request) -> AsyncIterator[str]:
+    interval = service.settings.events_interval_s
+    last, sent_at = "", 0.0
+    yield "retry: 3000\n\n"
+    while not await request.is_disconnected():
+        snapshot = json.dumps({"streams": stream_cards(service)}, separators=(",", ":"))
+        now = time.monotonic()
+        if snapshot != last:
+            yield f"event: streams\ndata: {snapshot}\n\n"
+            last, sent_at = snapshot, now
+        elif now - sent_at > 15:
+            yield ": keep-alive\n\n"
+            sent_at = now
+        await asyncio.sleep(interval)
 
 
 def _runner(service: Service, stream_id: str) -> Any:

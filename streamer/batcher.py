@@ -17,8 +17,10 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from streamer.metrics import Metrics
 from streamer.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -109,6 +112,11 @@ class Batcher:
         self._heads.put_nowait(_Request(windows, fut))
         self._wake.set()
         return await fut
+
+    async def call(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run ``fn(*args)`` in the engine thread, between batches (e.g. a Grad-CAM pass)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, fn, *args)
 
     async def _run(self) -> None:
         while True:

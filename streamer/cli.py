@@ -73,6 +73,7 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated photos to use (sample1..sample6, astronaut); default all",
     )
+    synth.add_argument("--workers", type=_positive_int, default=1, help="parallel processes")
     synth.add_argument(
         "--swap-all", action="store_true", help="FAKE clips swap every face, not one or two"
     )
@@ -252,6 +253,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             identities=[n.strip() for n in names if n.strip()],
             photos_dir=args.photos,
             swap_all=args.swap_all,
+            workers=args.workers,
             progress=tick,
         )
     fakes = sum(s.label == "FAKE" for s in specs)

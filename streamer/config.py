@@ -116,6 +116,11 @@ class Settings(BaseSettings):
         default_factory=list, description="STUN/TURN servers for the service's own candidates"
     )
     whip_timeout_s: float = Field(10.0, gt=0, description="no frame this long: publisher gone")
+    scan_max_bytes: int = Field(
+        256 << 20, ge=1024, le=16 << 30, description="largest video POST /v1/scan accepts"
+    )
+    scan_concurrency: int = Field(1, ge=1, le=64, description="uploads scanned at once")
+    events_interval_s: float = Field(1.0, gt=0, le=60, description="web page stream updates")
     slow_engine_ms: float = Field(0.0, ge=0, description="testing only: delay per engine call")
 
 

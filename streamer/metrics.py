@@ -75,6 +75,15 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.uploads_active = Gauge(
+            "deepfake_uploads_active", "Uploaded videos being scanned (POST /v1/scan)", registry=r
+        )
+        self.uploads = Counter(
+            "deepfake_uploads_total",
+            "Uploads by outcome (done, rejected, failed, cancelled)",
+            ["result"],
+            registry=r,
+        )
         self.queue_depth = Gauge("deepfake_queue_depth", "Items waiting", ["queue"], registry=r)
         self.kafka_publish_errors = Counter(
             "deepfake_kafka_publish_errors_total", "Verdicts Kafka did not take", registry=r

@@ -11,14 +11,15 @@ import itertools
 import logging
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
-from analyzer.engine import Engine
 from analyzer.faces import Detector, FaceTracker
+from analyzer.model import ModelMeta
 from streamer.sources.decode import VideoFrame, decode, resample
 from streamer.streams import PendingCrop, StreamState
 from streamer.verdict import ModelRef, Verdict
@@ -37,12 +38,35 @@ class ScanOptions:
     batch_size: int = 32
     timeout_s: float = 10.0
 
+    keep_top: bool = False  # keep the crops of the highest-scoring window (ScanSummary.top)
+
+
+@dataclass
+class TopWindow:
+    seq: int
+    score: float
+    track_id: int
+    crops: np.ndarray  # (T, H, W, 3) uint8 RGB
+
 
 @dataclass
 class ScanSummary:
     frames: int = 0
     verdicts: int = 0
     crops: int = 0
+    top: TopWindow | None = None
+
+
+class FeatureEngine(Protocol):
+    """What ``scan`` needs of an engine: :class:`Engine`, or one reached through a queue."""
+
+    meta: ModelMeta
+    sha256: str | None
+    feature_dim: int
+
+    def backbone(self, crops: np.ndarray) -> np.ndarray: ...
+
+    def head(self, windows: Sequence[np.ndarray]) -> np.ndarray: ...
 
 
 def stream_id_for(source: str) -> str:
@@ -62,14 +86,14 @@ def open_frames(source: str, options: ScanOptions) -> Iterator[VideoFrame]:
     return itertools.chain([first], frames)
 
 
-def model_ref(engine: Engine) -> ModelRef:
+def model_ref(engine: FeatureEngine) -> ModelRef:
     meta = engine.meta
     return ModelRef(name=meta.name, version=meta.version, sha256=engine.sha256)
 
 
 def scan(
     frames: Iterable[VideoFrame],
-    engine: Engine,
+    engine: FeatureEngine,
     detector: Detector,
     emit: Callable[[Verdict], None],
     options: ScanOptions,
@@ -102,7 +126,14 @@ def scan(
     def run_window(partial: bool = False) -> None:
         job = state.build_window(partial=partial)
         scores = [float(s) for s in engine.head(job.sequences)] if job.sequences else []
-        emit(state.make_verdict(job, scores, ref, time.monotonic()))
+        verdict = state.make_verdict(job, scores, ref, time.monotonic())
+        if options.keep_top and scores:
+            best = int(np.argmax(scores))
+            if summary.top is None or scores[best] > summary.top.score:
+                track = job.track_ids[best]
+                crops = state.window_crops(job, track)
+                summary.top = TopWindow(verdict.seq, scores[best], track, crops)
+        emit(verdict)
         summary.verdicts += 1
 
     for frame in frames:

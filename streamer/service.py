@@ -33,6 +33,7 @@ from streamer.metrics import Metrics
 from streamer.sinks.base import Sink
 from streamer.sinks.stdout import RecentVerdicts, StdoutSink
 from streamer.sources.webrtc import WhipGateway
+from streamer.uploads import UploadScanner
 from streamer.verdict import ModelRef
 
 if TYPE_CHECKING:
@@ -54,6 +55,7 @@ class Service:
         self._engine: Engine | None = None
         self._manager: StreamManager | None = None
         self._whip: WhipGateway | None = None
+        self._uploads: UploadScanner | None = None
         self.directory: SourceDirectory | None = None
 
     @property
@@ -65,6 +67,16 @@ class Service:
     def whip(self) -> WhipGateway:
         assert self._whip is not None, "service not started"
         return self._whip
+
+    @property
+    def engine(self) -> Engine:
+        assert self._engine is not None, "service not started"
+        return self._engine
+
+    @property
+    def uploads(self) -> UploadScanner:
+        assert self._uploads is not None, "service not started"
+        return self._uploads
 
     def readiness(self) -> dict[str, bool]:
         return {
@@ -100,6 +112,7 @@ class Service:
                 slow_ms=s.slow_engine_ms,
             )
             await stack.enter_async_context(batcher)
+            self._uploads = UploadScanner(s, batcher, self.metrics)
 
             self.sinks = self._make_sinks()
             for sink in self.sinks:

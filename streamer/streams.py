@@ -190,6 +190,12 @@ class StreamState:
             boxes=boxes,
         )
 
+    def window_crops(self, job: WindowJob, track_id: int) -> np.ndarray:
+        """(T, H, W, 3) crops of one track over ``job``'s frames; valid until the next frame."""
+        track = self.tracks[track_id]
+        slots = track.slots_in(job.first_frame, job.last_frame)
+        return track.crops[slots[track.has_feat[slots]]].copy()
+
     def make_verdict(
         self, job: WindowJob, scores: Sequence[float], model: ModelRef, now: float
     ) -> Verdict:

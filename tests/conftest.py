@@ -45,3 +45,13 @@ def synth_clips(tmp_path_factory: pytest.TempPathFactory, photos_dir: Path) -> P
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def live_clip(tmp_path_factory: pytest.TempPathFactory, photos_dir: Path) -> Path:
+    """A 30-second single-face clip for the RTSP server to stream."""
+    out = tmp_path_factory.mktemp("live")
+    from analyzer.synthetic import synthesize
+
+    spec = synthesize(out, videos=1, frames=900, seed=2, identities=["astronaut"])[0]
+    return out / spec.file

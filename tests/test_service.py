@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import jsonschema
 import pytest
 
-from analyzer.synthetic import synthesize
 from tests.conftest import SCHEMA_FILE, run_cli
 from tests.servers import RtspServer, Service, SilentServer, wait_until
 
@@ -21,14 +19,6 @@ FAST = {
     "DFM_RECONNECT_INITIAL_S": "0.3",
     "DFM_RECONNECT_MAX_S": "1",
 }
-
-
-@pytest.fixture(scope="module")
-def live_clip(tmp_path_factory: pytest.TempPathFactory, photos_dir: Path) -> Path:
-    """A 30-second single-face clip for the RTSP server to stream."""
-    out = tmp_path_factory.mktemp("live")
-    spec = synthesize(out, videos=1, frames=900, seed=2, identities=["astronaut"])[0]
-    return out / spec.file
 
 
 def gapless(verdicts: list[dict]) -> bool:

@@ -1,0 +1,295 @@
+"""``POST /v1/scan``: one uploaded video, scored window by window while the client waits.
+
+The upload is spooled to a temporary file (at most ``DFM_SCAN_MAX_BYTES``), opened once to
+prove it is a video, then run through the same path as ``deepfake-monitor scan`` in a
+worker thread. Its backbone and head work goes through the service's :class:`Batcher`, so
+uploads share the engine with the live streams instead of competing for it. Events go back
+as JSON lines (``application/x-ndjson``), one per line, as they happen:
+
+* ``{"event": "started", "name", "bytes", "fps", "window", "hop", "threshold", "model"}``
+* ``{"event": "verdict", "verdict": {...}}`` for each window (verdict v1)
+* ``{"event": "done", "label", "windows", "frames", "max_score", "top"}``: the overall
+  label is the label of the highest-scoring window (FAKE when any window reaches the
+  threshold), ``NO_FACE`` when no window had a face; ``top`` holds that window's face
+  crops and, from Grad-CAM, its heat-map contact sheet, as data URLs
+* ``{"event": "error", "error": "..."}`` when the scan fails part-way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import cv2
+import numpy as np
+
+from analyzer.errors import AnalyzerError
+from streamer.errors import StreamerError
+from streamer.scan import ScanOptions, ScanSummary, TopWindow, model_ref, open_frames, scan
+from streamer.verdict import Verdict
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+    from streamer.batcher import Batcher
+    from streamer.config import Settings
+    from streamer.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+VIDEO_HINT = "upload a video file such as MP4, MOV, MKV or WebM"
+
+
+class UploadRejected(Exception):
+    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(reason)
+        self.status, self.reason, self.headers = status, reason, headers
+
+
+class _Cancelled(Exception):
+    """The client went away; stop scanning."""
+
+
+class BatcherEngine:
+    """The engine as ``scan`` sees it, each call queued on the service's batcher.
+
+    Called from a worker thread; blocks that thread until the event loop's batcher has
+    run the work.
+    """
+
+    def __init__(self, batcher: Batcher, loop: asyncio.AbstractEventLoop) -> None:
+        self.batcher = batcher
+        self.loop = loop
+        self.meta = batcher.engine.meta
+        self.sha256 = batcher.engine.sha256
+        self.feature_dim = batcher.engine.feature_dim
+
+    def backbone(self, crops: np.ndarray) -> np.ndarray:
+        async def run() -> np.ndarray:
+            await self.batcher.reserve(len(crops))
+            return await self.batcher.backbone(list(crops))
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result()
+
+    def head(self, windows: Sequence[np.ndarray]) -> np.ndarray:
+        return asyncio.run_coroutine_threadsafe(
+            self.batcher.head(list(windows)), self.loop
+        ).result()
+
+
+class UploadScanner:
+    def __init__(self, settings: Settings, batcher: Batcher, metrics: Metrics) -> None:
+        self.settings = settings
+        self.batcher = batcher
+        self.metrics = metrics
+        self._slots = asyncio.Semaphore(settings.scan_concurrency)
+
+    async def receive(self, request: Request) -> tuple[Path, int]:
+        """Spool the request body to a temporary file; 413/400 for a bad upload."""
+        limit = self.settings.scan_max_bytes
+        too_large = (
+            f"the video is larger than {limit // (1 << 20)} MiB, this service's limit "
+            "(DFM_SCAN_MAX_BYTES); upload a shorter clip"
+        )
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise UploadRejected(413, too_large)
+        fd, name = tempfile.mkstemp(prefix="dfm-upload-", suffix=".bin")
+        path = Path(name)
+        size = 0
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise UploadRejected(413, too_large)
+                    fh.write(chunk)
+            if size == 0:
+                raise UploadRejected(400, f"the upload is empty; {VIDEO_HINT}")
+        except BaseException:
+            _remove(path)
+            raise
+        return path, size
+
+    def busy(self) -> bool:
+        return self._slots.locked()
+
+    async def events(self, path: Path, name: str, size: int) -> AsyncIterator[bytes]:
+        """Start scanning ``path``; returns its NDJSON event stream. Deletes ``path``.
+
+        The scan runs as a task of its own, which releases its slot and the file when it
+        ends, whether or not anyone still reads; a reader that goes away stops it.
+        """
+        if self._slots.locked():
+            _remove(path)
+            raise UploadRejected(
+                503,
+                "the service is busy scanning other uploads; try again in a minute",
+                {"Retry-After": "30"},
+            )
+        await self._slots.acquire()
+        options = ScanOptions(
+            window=self.settings.window_frames,
+            hop=min(self.settings.hop_frames, self.settings.window_frames),
+            fps=self.settings.fps,
+            threshold=self.settings.threshold,
+            max_faces=self.settings.max_faces,
+            detect_every=self.settings.detect_every,
+            batch_size=min(32, self.settings.max_batch),
+            timeout_s=self.settings.open_timeout_s,
+            keep_top=True,
+        )
+        try:
+            frames = await asyncio.to_thread(open_frames, str(path), options)
+        except BaseException as exc:
+            self._slots.release()
+            _remove(path)
+            if isinstance(exc, (StreamerError, AnalyzerError, StopIteration, OSError)):
+                log.info("upload %s is not a video: %s", name, exc)
+                    raise UploadRejected(
+                    415, f"{name} is not a video this service can decode; {VIDEO_HINT}"
+                ) from None
+            raise
+        lines: asyncio.Queue[bytes | None] = asyncio.Queue()
+        stop = threading.Event()
+        task = asyncio.create_task(self._produce(path, name, size, frames, options, lines, stop))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return self._consume(lines, stop)
+
+    async def _consume(
+        self, lines: asyncio.Queue[bytes | None], stop: threading.Event
+    ) -> AsyncIterator[bytes]:
+        try:
+            while (line := await lines.get()) is not None:
+                yield line
+        finally:
+            stop.set()
+
+    async def _produce(
+        self,
+        path: Path,
+        name: str,
+        size: int,
+        frames: Any,
+        options: ScanOptions,
+        lines: asyncio.Queue[bytes | None],
+        stop: threading.Event,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        engine = BatcherEngine(self.batcher, loop)
+        verdicts: list[Verdict] = []
+
+        def emit(verdict: Verdict) -> None:
+            verdicts.append(verdict)
+            line = _line({"event": "verdict", "verdict": verdict.model_dump(by_alias=True)})
+            loop.call_soon_threadsafe(lines.put_nowait, line)
+
+        def check() -> None:
+            if stop.is_set():
+                raise _Cancelled
+
+        def work() -> ScanSummary:
+            from analyzer.faces import BlazeFaceDetector
+
+            with BlazeFaceDetector() as detector:
+                return scan(
+                    frames, engine, detector, emit, options, stream_id="upload", on_frame=check
+                )
+
+        self.metrics.uploads_active.inc()
+        result = "failed"
+        try:
+            started = {
+                "event": "started",
+                "name": name,
+                "bytes": size,
+                "fps": options.fps,
+                "window": options.window,
+                "hop": options.hop,
+                "threshold": options.threshold,
+                "model": model_ref(engine).model_dump(),
+            }
+            lines.put_nowait(_line(started))
+            try:
+                summary = await asyncio.to_thread(work)
+            except _Cancelled:
+                log.info("upload %s: the client went away; scan stopped", name)
+                result = "cancelled"
+                return
+            except Exception as exc:
+                log.warning("upload %s: scan failed: %s", name, exc)
+                lines.put_nowait(_line({"event": "error", "error": f"the scan stopped: {exc}"}))
+                return
+            lines.put_nowait(_line(await self._done(verdicts, summary, options)))
+            result = "done"
+        finally:
+            self.metrics.uploads_active.dec()
+            self.metrics.uploads.labels(result).inc()
+            lines.put_nowait(None)
+            self._slots.release()
+            _remove(path)
+
+    async def _done(
+        self, verdicts: list[Verdict], summary: ScanSummary, options: ScanOptions
+    ) -> dict[str, Any]:
+        scored = [v.score for v in verdicts if v.score is not None]
+        if not scored:
+            label = "NO_FACE"
+        else:
+            label = "FAKE" if max(scored) >= options.threshold else "REAL"
+        top = None
+        if summary.top is not None and len(summary.top.crops):
+            top = await self._top(summary.top)
+        return {
+            "event": "done",
+            "label": label,
+            "windows": len(verdicts),
+            "frames": summary.frames,
+            "max_score": max(scored) if scored else None,
+            "top": top,
+        }
+
+    async def _top(self, top: TopWindow) -> dict[str, Any]:
+        from analyzer.explain import contact_sheet, grad_cam
+
+        picks = np.linspace(0, len(top.crops) - 1, min(8, len(top.crops))).round().astype(int)
+        heatmap = None
+        try:
+            exp = await self.batcher.call(grad_cam, self.batcher.engine, top.crops)
+            heatmap = _data_url(contact_sheet(exp, tiles=8, columns=4), ".png")
+        except Exception as exc:  # the verdicts stand without the picture
+            log.warning("heat map failed: %s", exc)
+        return {
+            "seq": top.seq,
+            "score": round(top.score, 6),
+            "track_id": top.track_id,
+            "crops": [_data_url(top.crops[i], ".jpg") for i in picks],
+            "heatmap": heatmap,
+        }
+
+
+def _remove(path: Path) -> None:
+    """Delete a spooled upload (a local unlink: quick enough for the event loop)."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, separators=(",", ":")) + "\n").encode()
+
+
+def _data_url(rgb: np.ndarray, ext: str) -> str:
+    ok, buf = cv2.imencode(ext, cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+    if not ok:
+        raise ValueError(f"cannot encode an image as {ext}")
+    mime = "image/png" if ext == ".png" else "image/jpeg"
+    return f"data:{mime};base64,{base64.b64encode(buf.tobytes()).decode()}"
