@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 WORK=${1:-demo-work}
 DFM=${DFM:-.venv/bin/deepfake-monitor}
 EPOCHS=${EPOCHS:-12}
-TRAIN_VIDEOS=${TRAIN_VIDEOS:-800}
+TRAIN_VIDEOS=${TRAIN_VIDEOS:-560}
 TEST_VIDEOS=${TEST_VIDEOS:-60}
 ASSETS=analyzer/assets
 VERSION=synthetic-demo-1

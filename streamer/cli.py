@@ -35,6 +35,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 1.0) > 1e-6:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not three fractions adding up to 1, such as 0.7,0.2,0.1"
+        )
+    return parts[0], parts[1], parts[2]
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Live deepfake detection for video.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -97,6 +109,9 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--frames", type=_positive_int, default=150, help="frames per window")
     tr.add_argument("--patience", type=_positive_int, default=5, help="early stopping")
     tr.add_argument("--seed", type=int, default=0, help="split and training seed")
+    tr.add_argument(
+        "--split", type=_fractions, default=(0.7, 0.2, 0.1), help="train,val,test fractions"
+    )
     tr.add_argument("--no-augment", action="store_true")
     tr.add_argument(
         "--imagenet", type=Path, default=None, help="torchvision ImageNet weights of the backbone"
@@ -119,6 +134,9 @@ def _build_parser() -> argparse.ArgumentParser:
     ev.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="report folder")
     ev.add_argument("--seed", type=int, default=0, help="the split seed used for training")
     ev.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
+    ev.add_argument(
+        "--fractions", type=_fractions, default=(0.7, 0.2, 0.1), help="as train's --split"
+    )
     ev.add_argument("--threshold", type=float, default=0.5)
     ev.add_argument("--device", default=os.environ.get("DFM_DEVICE", "auto"))
 
@@ -347,7 +365,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from analyzer.train import TrainConfig, train
 
     items = read_csv(args.manifest)
-    parts = split(items, seed=args.seed, balance=False)
+    parts = split(items, seed=args.seed, balance=False, fractions=args.split)
     config = TrainConfig(
         epochs=args.epochs,
         batch=args.batch,
@@ -401,7 +419,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     items = read_csv(args.manifest)
     if args.split != "all":
-        items = split(items, seed=args.seed, balance=False)[args.split]
+        items = split(items, seed=args.seed, balance=False, fractions=args.fractions)[args.split]
     if not items:
         raise UsageError(f"the {args.split} split of {args.manifest} is empty; try --split all")
     result = evaluate_checkpoint(

@@ -113,6 +113,7 @@ class Service:
             )
             await stack.enter_async_context(batcher)
             self._uploads = UploadScanner(s, batcher, self.metrics)
+            stack.push_async_callback(self._uploads.stop)  # before the batcher stops
 
             self.sinks = self._make_sinks()
             for sink in self.sinks:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import json
 import logging
@@ -66,9 +67,12 @@ class BatcherEngine:
     run the work.
     """
 
-    def __init__(self, batcher: Batcher, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, batcher: Batcher, loop: asyncio.AbstractEventLoop, stop: threading.Event
+    ) -> None:
         self.batcher = batcher
         self.loop = loop
+        self.stop = stop
         self.meta = batcher.engine.meta
         self.sha256 = batcher.engine.sha256
         self.feature_dim = batcher.engine.feature_dim
@@ -78,12 +82,22 @@ class BatcherEngine:
             await self.batcher.reserve(len(crops))
             return await self.batcher.backbone(list(crops))
 
-        return asyncio.run_coroutine_threadsafe(run(), self.loop).result()
+        return self._wait(asyncio.run_coroutine_threadsafe(run(), self.loop))
 
     def head(self, windows: Sequence[np.ndarray]) -> np.ndarray:
-        return asyncio.run_coroutine_threadsafe(
-            self.batcher.head(list(windows)), self.loop
-        ).result()
+        return self._wait(
+            asyncio.run_coroutine_threadsafe(self.batcher.head(list(windows)), self.loop)
+        )
+
+    def _wait(self, fut: concurrent.futures.Future[np.ndarray]) -> np.ndarray:
+        """The result, or _Cancelled once the upload is stopped (client gone, shutdown)."""
+        while True:
+            try:
+                return fut.result(timeout=0.25)
+            except concurrent.futures.TimeoutError:
+                if self.stop.is_set():
+                    fut.cancel()
+                    raise _Cancelled from None
 
 
 class UploadScanner:
@@ -92,13 +106,23 @@ class UploadScanner:
         self.batcher = batcher
         self.metrics = metrics
         self._slots = asyncio.Semaphore(settings.scan_concurrency)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stops: set[threading.Event] = set()
+
+    async def stop(self) -> None:
+        """Service shutdown: stop every scan and wait for it (before the batcher stops)."""
+        for event in self._stops:
+            event.set()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def receive(self, request: Request) -> tuple[Path, int]:
         """Spool the request body to a temporary file; 413/400 for a bad upload."""
         limit = self.settings.scan_max_bytes
+        shown = f"{limit / (1 << 20):g} MiB" if limit >= 1 << 20 else f"{limit} bytes"
         too_large = (
-            f"the video is larger than {limit // (1 << 20)} MiB, this service's limit "
-            "(DFM_SCAN_MAX_BYTES); upload a shorter clip"
+            f"the video is larger than {shown}, this service's limit (DFM_SCAN_MAX_BYTES); "
+            "upload a shorter clip"
         )
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > limit:
@@ -155,14 +179,16 @@ class UploadScanner:
             _remove(path)
             if isinstance(exc, (StreamerError, AnalyzerError, StopIteration, OSError)):
                 log.info("upload %s is not a video: %s", name, exc)
-                    raise UploadRejected(
+                raise UploadRejected(
                     415, f"{name} is not a video this service can decode; {VIDEO_HINT}"
                 ) from None
             raise
         lines: asyncio.Queue[bytes | None] = asyncio.Queue()
         stop = threading.Event()
+        self._stops.add(stop)
         task = asyncio.create_task(self._produce(path, name, size, frames, options, lines, stop))
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._tasks.add(task)  # the loop keeps only a weak reference
+        task.add_done_callback(self._tasks.discard)
         return self._consume(lines, stop)
 
     async def _consume(
@@ -185,7 +211,7 @@ class UploadScanner:
         stop: threading.Event,
     ) -> None:
         loop = asyncio.get_running_loop()
-        engine = BatcherEngine(self.batcher, loop)
+        engine = BatcherEngine(self.batcher, loop, stop)
         verdicts: list[Verdict] = []
 
         def emit(verdict: Verdict) -> None:
@@ -232,6 +258,7 @@ class UploadScanner:
             lines.put_nowait(_line(await self._done(verdicts, summary, options)))
             result = "done"
         finally:
+            self._stops.discard(stop)
             self.metrics.uploads_active.dec()
             self.metrics.uploads.labels(result).inc()
             lines.put_nowait(None)
