@@ -12,6 +12,9 @@ and its manipulations together, and photos can be split disjointly between train
   from another photo in the FaceSwap manner: the donor face warped onto the target's box,
   a feathered elliptical blending mask, a colour match left deliberately incomplete, and a
   per-frame jitter of the pasted face that real footage does not have.
+* FAKE (method ``selfblend``): the face blended onto itself after a colour, blur and small
+  geometric change, with the same mask and jitter: blending evidence without a change of
+  identity, so a model trained on it must learn the blending, not the people.
 
 Everything is drawn from ``numpy.random.default_rng([seed, index])``: the same seed gives
 the same files.
@@ -39,6 +42,7 @@ NPM_PACKAGE = "@vladmandic/face-api@1.7.15"
 NPM_PHOTOS = [f"sample{i}" for i in range(1, 7)]
 PHOTO_NAMES = [*NPM_PHOTOS, "astronaut"]
 LABELS_CSV = "labels.csv"
+METHODS = ("faceswap", "selfblend")
 CSV_FIELDS = ["file", "label", "identity", "method", "faces", "donors", "frames", "fps", "seed"]
 
 
@@ -183,6 +187,40 @@ def _make_swap(
     )
 
 
+def _make_self_blend(target: Photo, face: Face, rng: np.random.Generator) -> _Swap:
+    """A face blended onto itself after a colour and small geometric change.
+
+    No identity changes, so the only evidence is the blending itself: the seam of the
+    mask, the colour step across it and the pasted face's own motion. A model trained on
+    these cannot lean on who the face is (the idea of self-blended training images).
+    """
+    x0, y0, x1, y1 = _square(face.box, 1.3, target.rgb.shape)
+    side = x1 - x0
+    under = target.rgb[y0:y1, x0:x1].astype(np.float32)
+    mean = under.mean((0, 1))
+    contrast = rng.uniform(0.8, 1.2)
+    patch = (under - mean) * contrast + mean * rng.uniform(0.85, 1.15, 3) + rng.uniform(-18, 18)
+    if rng.random() < 0.5:
+        patch = cv2.GaussianBlur(patch, (0, 0), sigmaX=rng.uniform(0.6, 1.6))
+    c = (side - 1) / 2
+    s = rng.uniform(0.96, 1.04)
+    dx, dy = rng.uniform(-0.03, 0.03, 2) * side
+    m = np.array([[s, 0, c - s * c + dx], [0, s, c - s * c + dy]], np.float32)
+    patch = cv2.warpAffine(patch, m, (side, side), borderMode=cv2.BORDER_REFLECT)
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    rx, ry = rng.uniform(0.28, 0.38) * side, rng.uniform(0.36, 0.46) * side
+    mask = ((((xx - c) / rx) ** 2 + ((yy - c) / ry) ** 2) <= 1.0).astype(np.float32)
+    mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=max(1.0, side * rng.uniform(0.02, 0.07)))
+    return _Swap(
+        (x0, y0, x1, y1),
+        np.clip(patch, 0, 255),
+        mask[..., None],
+        _Wave(rng, 0.3, 2.5),
+        _Wave(rng, 0.3, 2.5),
+        _Wave(rng, 0.2, 1.5),
+    )
+
+
 def _apply_swaps(
     rgb: np.ndarray, swaps: list[_Swap], t: float, rng: np.random.Generator
 ) -> np.ndarray:
@@ -288,18 +326,27 @@ def make_clip(
     fps: float = 30.0,
     size: tuple[int, int] = (480, 360),
     swap_all: bool = False,
+    method: str = "faceswap",
 ) -> ClipSpec:
     """Write clip number ``index`` (its photo chosen round-robin) and describe it.
 
     A FAKE clip swaps one or two of the photo's faces, or every face with ``swap_all``
-    (clean labels for one-face-per-clip training).
+    (clean labels for one-face-per-clip training): with a face from another photo
+    (``faceswap``), or with itself after a colour and geometry change (``selfblend``).
     """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     rng = np.random.default_rng([seed, index])
     photo = photos[(index // 2) % len(photos)]
     swaps: list[_Swap] = []
     donors: list[str] = []
     shown = [f.identity for f in photo.faces]
-    if fake:
+    if fake and method == "selfblend":
+        count = len(photo.faces) if swap_all else int(rng.integers(1, min(2, len(photo.faces)) + 1))
+        targets = [photo.faces[i] for i in rng.choice(len(photo.faces), count, replace=False)]
+        swaps = [_make_self_blend(photo, face, rng) for face in targets]
+        shown = donors = [f.identity for f in targets]
+    elif fake:
         others = [(p, f) for p in photos if p.name != photo.name for f in p.faces]
         if not others:  # one photo only: swap faces within it
             others = [(photo, f) for f in photo.faces]
@@ -332,7 +379,7 @@ def make_clip(
         file=name,
         label=label,
         identity=photo.name,
-        method="faceswap" if fake else "none",
+        method=method if fake else "none",
         faces=shown,
         donors=donors,
         frames=written,
@@ -351,6 +398,7 @@ def synthesize(
     size: tuple[int, int] = (480, 360),
     identities: Sequence[str] = PHOTO_NAMES,
     swap_all: bool = False,
+    method: str = "faceswap",
     workers: int = 1,
     photos_dir: Path | None = None,
     progress: Callable[[int], object] | None = None,
@@ -371,6 +419,7 @@ def synthesize(
         fps=fps,
         size=size,
         swap_all=swap_all,
+        method=method,
     )
     specs: list[ClipSpec] = []
     if workers <= 1:

@@ -87,6 +87,12 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     synth.add_argument("--workers", type=_positive_int, default=1, help="parallel processes")
     synth.add_argument(
+        "--method",
+        choices=["faceswap", "selfblend"],
+        default="faceswap",
+        help="how FAKE clips are made: another photo's face, or the face blended onto itself",
+    )
+    synth.add_argument(
         "--swap-all", action="store_true", help="FAKE clips swap every face, not one or two"
     )
     synth.add_argument("--photos", type=Path, default=None, help="folder of the face photos")
@@ -272,6 +278,7 @@ def _cmd_synth(args: argparse.Namespace) -> int:
             photos_dir=args.photos,
             swap_all=args.swap_all,
             workers=args.workers,
+            method=args.method,
             progress=tick,
         )
     fakes = sum(s.label == "FAKE" for s in specs)

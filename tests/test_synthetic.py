@@ -66,6 +66,26 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path, photos_dir):
     ).read_text()
 
 
+def test_self_blends_keep_the_identity_and_workers_keep_the_bytes(tmp_path, photos_dir):
+    kw = dict(videos=4, frames=12, seed=3, identities=["sample4"], method="selfblend")
+    synthesize(tmp_path / "one", swap_all=True, **kw)
+    synthesize(tmp_path / "two", swap_all=True, workers=2, **kw)
+    table = rows(tmp_path / "one")
+    fakes = [r for r in table if r["label"] == "FAKE"]
+    assert {r["method"] for r in fakes} == {"selfblend"}
+    # Every face of sample4 is blended onto itself: the donors are the faces themselves.
+    for r in fakes:
+        assert (
+            set(r["donors"].split(";")) == set(r["faces"].split(";")) == {"sample4/0", "sample4/1"}
+        )
+    for r in table:
+        assert sha(tmp_path / "one" / r["file"]) == sha(tmp_path / "two" / r["file"])
+    real = sha(tmp_path / "one" / "00000_real_sample4.mp4")
+    assert real != sha(tmp_path / "one" / "00001_fake_sample4.mp4")
+    with pytest.raises(ValueError, match="unknown method 'morph'"):
+        synthesize(tmp_path / "bad", videos=2, frames=4, identities=["sample4"], method="morph")
+
+
 def test_identities_split_disjointly(tmp_path, photos_dir):
     synthesize(tmp_path / "train", videos=4, frames=10, identities=["sample1", "sample4"])
     synthesize(tmp_path / "test", videos=2, frames=10, identities=["sample6"])
