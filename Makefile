@@ -17,7 +17,7 @@ run: setup
 	@test -f $(SAMPLE)/labels.csv || $(BIN)/deepfake-monitor synth $(SAMPLE) --videos 2 --frames 300 --seed 7 --identities astronaut,sample3
 	@echo "deepfake-monitor: watching $$(ls $(SAMPLE)/00001_fake_*.mp4) as live stream 'sample' (looped)."
 	@echo "Web page on http://127.0.0.1:$${DFM_HTTP_PORT:-8080}/ (API: /v1/streams, /metrics, /healthz); verdicts below; Ctrl-C stops."
-	@echo "Model: $${DFM_CHECKPOINT:-the bundled demo checkpoint, trained on synthetic face swaps only (not a real-world detector)}."
+	@echo "Model: $${DFM_CHECKPOINT:-the bundled demo checkpoint, trained on synthetic data only (not a real-world detector)}."
 	@DFM_ALLOW_FILE_SOURCES=true \
 	DFM_SOURCES='[{"id": "sample", "url": "file://'"$$(ls $(SAMPLE)/00001_fake_*.mp4)"'", "options": {"loop": true}}]' \
 	exec $(BIN)/deepfake-monitor serve
