@@ -136,7 +136,8 @@ def checkpoint_path(explicit: Path | None, *, random_weights: bool) -> Path | No
     if BUNDLED_CHECKPOINT.is_file():
         return BUNDLED_CHECKPOINT
     raise ConfigError(
-        "no checkpoint: this build bundles no demo checkpoint yet; pass --checkpoint PATH "
+        f"no checkpoint: the bundled demo checkpoint {BUNDLED_CHECKPOINT} is missing from this "
+        "install; pass --checkpoint PATH "
         "(or set DFM_CHECKPOINT), or --random-weights (DFM_RANDOM_WEIGHTS=true) for a smoke test"
     )
 

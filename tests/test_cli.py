@@ -62,9 +62,15 @@ def test_scan_synthetic_clips_one_valid_verdict_per_window(synth_clips, validato
         assert starts == pytest.approx([i * hop / 30 for i in range(len(verdicts))], abs=1e-3)
 
 
-def test_scan_without_a_checkpoint_says_what_to_pass(synth_clips):
+def test_scan_without_a_checkpoint_uses_the_labelled_demo(synth_clips):
     clip = sorted(synth_clips.glob("*.mp4"))[0]
-    assert_one_line_error(run_cli("scan", str(clip)), "--checkpoint", "--random-weights")
+    result = run_cli("scan", str(clip), "--hop", "30")
+    assert result.returncode == 0, result.stderr
+    verdicts = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(verdicts) == 2
+    for v in verdicts:
+        assert v["model"]["name"] == "synthetic-demo-mobilenetv3s-lstm256"
+        assert v["model"]["version"] == "synthetic-demo-1" and len(v["model"]["sha256"]) == 64
 
 
 def test_not_a_video(tmp_path):
