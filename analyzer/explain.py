@@ -47,6 +47,7 @@ def grad_cam(engine: Engine, crops: np.ndarray) -> Explanation:
         model.zero_grad(set_to_none=True)
         fake.backward()
     assert acts.grad is not None
+    model.zero_grad(set_to_none=True)  # a serving model keeps no gradient memory
     weights = acts.grad.mean(dim=(2, 3), keepdim=True)
     cam = F.relu((weights * acts).sum(dim=1, keepdim=True)).detach()
     cam = F.interpolate(cam, size=crops.shape[1:3], mode="bilinear", align_corners=False)[:, 0]

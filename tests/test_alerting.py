@@ -72,6 +72,8 @@ def test_prometheus_fires_deepfake_detected_for_a_fake_stream(fake_clip, tmp_pat
                     r = httpx.get(f"http://127.0.0.1:{prom_port}/api/v1/alerts", timeout=5)
                 except httpx.HTTPError:
                     return []
+                if r.status_code != 200:  # 503 "Service Unavailable" while it starts up
+                    return []
                 return [
                     a
                     for a in r.json()["data"]["alerts"]
