@@ -268,7 +268,7 @@ async def _snapshots(service: Service, request: Request) -> AsyncIterator[str]:
     interval = service.settings.events_interval_s
     last, sent_at = "", 0.0
     yield "retry: 3000\n\n"
-    while not await request.is_disconnected():
+    while not service.closing.is_set() and not await request.is_disconnected():
         snapshot = json.dumps({"streams": stream_cards(service)}, separators=(",", ":"))
         now = time.monotonic()
         if snapshot != last:

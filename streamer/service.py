@@ -57,6 +57,7 @@ class Service:
         self._whip: WhipGateway | None = None
         self._uploads: UploadScanner | None = None
         self.directory: SourceDirectory | None = None
+        self.closing = asyncio.Event()  # set on stop: long-lived responses (SSE) end
 
     @property
     def manager(self) -> StreamManager:
@@ -170,6 +171,7 @@ class Service:
             log_level="warning",
             access_log=False,
             lifespan="off",
+            timeout_graceful_shutdown=5,  # then open responses (an upload's events) are cut
         )
         server = Server(config)
         task = asyncio.create_task(server.serve(), name="http")
@@ -193,6 +195,7 @@ class Service:
     async def stop(self) -> None:
         """Stop everything in reverse start order. Safe to call twice."""
         stack, self._stack = self._stack, None
+        self.closing.set()
         if stack is not None:
             await stack.aclose()
 

@@ -256,3 +256,21 @@ def test_scan_size_limit(tmp_path, synth_clips):
         video = (synth_clips / "00003_fake_astronaut.mp4").read_bytes()
         r = svc.client.post("/v1/scan?name=big.mp4", content=video)
         assert r.status_code == 413 and "DFM_SCAN_MAX_BYTES" in r.json()["error"]
+
+
+def test_service_stops_promptly_while_a_page_listens(tmp_path):
+    import time
+
+    import httpx
+
+    with Service(DEMO, tmp_path) as svc:
+        url = f"http://127.0.0.1:{svc.port}/v1/events"
+        with httpx.stream("GET", url, timeout=30) as events:
+            assert events.headers["content-type"].startswith("text/event-stream")
+            lines = events.iter_lines()
+            assert next(lines) == "retry: 3000"
+            assert next(lines) == ""
+            assert next(lines) == "event: streams"
+            started = time.monotonic()
+            assert svc.terminate(timeout=30) == 0
+            assert time.monotonic() - started < 10, "an open event stream held up shutdown"
