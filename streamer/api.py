@@ -135,12 +135,7 @@ def create_app(service: Service) -> FastAPI:
         """Score one uploaded video (the request body); NDJSON events as windows finish."""
         uploads = service.uploads
         try:
-            if uploads.busy():
-                raise UploadRejected(
-                    503,
-                    "the service is busy scanning other uploads; try again in a minute",
-                    {"Retry-After": "30"},
-                )
+            uploads.check_room()  # before reading a body it would turn away
             path, size = await uploads.receive(request)
             events = await uploads.events(path, name, size)
         except UploadRejected as exc:

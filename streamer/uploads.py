@@ -144,8 +144,14 @@ class UploadScanner:
             raise
         return path, size
 
-    def busy(self) -> bool:
-        return self._slots.locked()
+    def check_room(self) -> None:
+        """503 with Retry-After while every scan slot is taken (DFM_SCAN_CONCURRENCY)."""
+        if self._slots.locked():
+            raise UploadRejected(
+                503,
+                "the service is busy scanning other uploads; try again in a minute",
+                {"Retry-After": "30"},
+            )
 
     async def events(self, path: Path, name: str, size: int) -> AsyncIterator[bytes]:
         """Start scanning ``path``; returns its NDJSON event stream. Deletes ``path``.
@@ -153,13 +159,11 @@ class UploadScanner:
         The scan runs as a task of its own, which releases its slot and the file when it
         ends, whether or not anyone still reads; a reader that goes away stops it.
         """
-        if self._slots.locked():
+        try:
+            self.check_room()  # another upload may have taken the slot meanwhile
+        except UploadRejected:
             _remove(path)
-            raise UploadRejected(
-                503,
-                "the service is busy scanning other uploads; try again in a minute",
-                {"Retry-After": "30"},
-            )
+            raise
         await self._slots.acquire()
         options = ScanOptions(
             window=self.settings.window_frames,
