@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import re
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -22,7 +23,7 @@ import av
 import numpy as np
 
 from analyzer.datasets import Item
-from analyzer.faces import BlazeFaceDetector, FaceTracker
+from analyzer.faces import BlazeFaceDetector, main_face_crops
 from analyzer.synthetic import write_h264
 
 MANIFEST = "manifest.csv"
@@ -76,16 +77,9 @@ def preprocess_one(item: Item, out: Path, frames: int = 150, fps: float = 30.0) 
                 return row  # done in an earlier run
         except av.error.FFmpegError:
             pass  # a broken leftover: make it again
-    crops: list[np.ndarray] = []
     try:
         with BlazeFaceDetector() as detector:
-            tracker = FaceTracker(detector, detect_every=1, max_tracks=1, max_misses=0)
-            for rgb in _frames(item.path):
-                faces = tracker.update(rgb).crops
-                if faces:
-                    crops.append(faces[0].crop)
-                    if len(crops) == frames:
-                        break
+            crops = list(itertools.islice(main_face_crops(_frames(item.path), detector), frames))
     except (av.error.FFmpegError, ValueError, OSError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         return Skipped(str(item.path), f"unreadable: {reason[:160]}")

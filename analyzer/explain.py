@@ -13,6 +13,7 @@ contact sheet of evenly spaced frames with the window's score.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import torch
 from torch.nn import functional as F  # noqa: N812
 
 from analyzer.engine import Engine
-from analyzer.faces import Detector, FaceTracker
+from analyzer.faces import Detector, main_face_crops
 
 
 @dataclass
@@ -92,20 +93,12 @@ def face_windows(
     frames: Iterable[np.ndarray], detector: Detector, window: int, limit: int
 ) -> Iterable[np.ndarray]:
     """Consecutive windows of ``window`` crops of the video's main face, at most ``limit``."""
-    tracker = FaceTracker(detector, detect_every=1, max_tracks=1, max_misses=0)
-    crops: list[np.ndarray] = []
-    produced = 0
-    for rgb in frames:
-        faces = tracker.update(rgb).crops
-        if not faces:
-            continue
-        crops.append(faces[0].crop)
-        if len(crops) == window:
-            yield np.stack(crops)
-            crops = []
-            produced += 1
-            if produced == limit:
-                return
+    crops = main_face_crops(frames, detector)
+    for _ in range(limit):
+        chunk = list(itertools.islice(crops, window))
+        if len(chunk) < window:
+            return
+        yield np.stack(chunk)
 
 
 def write_png(path: Path, rgb: np.ndarray) -> None:

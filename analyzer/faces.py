@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -247,3 +248,16 @@ class FaceTracker:
             self._tracks.append(_Track(self._next_id, det.box))
             self._next_id += 1
         return ended
+
+
+def main_face_crops(frames: Iterable[np.ndarray], detector: Detector) -> Iterator[np.ndarray]:
+    """Crops of the video's main face (the most confident, tracked), frames without it skipped.
+
+    The study's way of turning a video into a clip: ``preprocess`` keeps the first N of
+    these, ``explain`` cuts them into windows.
+    """
+    tracker = FaceTracker(detector, detect_every=1, max_tracks=1, max_misses=0)
+    for rgb in frames:
+        faces = tracker.update(rgb).crops
+        if faces:
+            yield faces[0].crop

@@ -42,6 +42,8 @@ STATIC = {
     "icon.svg": "image/svg+xml",
 }
 SPARKLINE_POINTS = 60
+# Responses that arrive piece by piece: no caching, no proxy buffering.
+STREAMING = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
 class ApiError(Exception):
@@ -141,15 +143,13 @@ def create_app(service: Service) -> FastAPI:
         except UploadRejected as exc:
             service.metrics.uploads.labels("rejected").inc()
             raise ApiError(exc.status, exc.reason, exc.headers) from None
-        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
-        return StreamingResponse(events, media_type="application/x-ndjson", headers=headers)
+        return StreamingResponse(events, media_type="application/x-ndjson", headers=STREAMING)
 
     @app.get("/v1/events", dependencies=secured)
     async def events(request: Request) -> StreamingResponse:
         """Server-Sent Events: ``streams`` snapshots (state, last score, recent scores)."""
-        headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
         return StreamingResponse(
-            _snapshots(service, request), media_type="text/event-stream", headers=headers
+            _snapshots(service, request), media_type="text/event-stream", headers=STREAMING
         )
 
     @app.get("/v1/streams", dependencies=secured)
