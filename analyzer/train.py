@@ -29,6 +29,7 @@ from analyzer.datasets import Item
 from analyzer.engine import pick_device
 from analyzer.errors import DataError
 from analyzer.model import (
+    BACKBONE_FEATURES,
     MODEL_NAME,
     ModelMeta,
     VideoClassifier,
@@ -133,8 +134,9 @@ def train(
     val_set = ClipSet(val_items, config.frames)
 
     compact = config.backbone == "mobilenet_v3_small"
+    hidden = config.lstm_hidden or BACKBONE_FEATURES[config.backbone]
     meta = ModelMeta(
-        name=f"mobilenetv3s-lstm{config.lstm_hidden or 576}" if compact else MODEL_NAME,
+        name=f"mobilenetv3s-lstm{hidden}" if compact else MODEL_NAME,
         version=config.version,
         window_frames=config.frames,
         training_data=config.training_data,
