@@ -16,6 +16,12 @@ and its manipulations together, and photos can be split disjointly between train
   geometric change, with the same mask and jitter: blending evidence without a change of
   identity, so a model trained on it must learn the blending, not the people.
 
+Every clip, REAL or FAKE, first grades the whole photo at random (contrast, per-channel
+gain, offset, sometimes a blur), drawn like the self-blend's own change. A face's colour
+or sharpness then says nothing about its label; only a step between the face and its
+surroundings does. Without it, a model trained on a few photos learned how each REAL face
+looks and called every face it had not seen FAKE.
+
 Everything is drawn from ``numpy.random.default_rng([seed, index])``: the same seed gives
 the same files.
 """
@@ -187,6 +193,27 @@ def _make_swap(
     )
 
 
+def _grade(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """A random colour grade (contrast, per-channel gain, offset) and, half the time, a blur."""
+    mean = rgb.mean((0, 1))
+    contrast = rng.uniform(0.8, 1.2)
+    out = (rgb - mean) * contrast + mean * rng.uniform(0.85, 1.15, 3) + rng.uniform(-18, 18)
+    if rng.random() < 0.5:
+        out = cv2.GaussianBlur(out, (0, 0), sigmaX=rng.uniform(0.6, 1.6))
+    return out
+
+
+def _graded_photo(photo: Photo, rng: np.random.Generator) -> Photo:
+    """The photo under a random grade of its own: REAL clips vary as much as FAKE faces."""
+    rgb = np.clip(_grade(photo.rgb.astype(np.float32), rng), 0, 255).astype(np.uint8)
+    return Photo(photo.name, rgb, photo.faces)
+
+
+# A self-blend's colour change at least this large (mean absolute step, 0-255 levels):
+# below it the FAKE has no evidence a viewer or a model could find.
+MIN_BLEND_STEP = 8.0
+
+
 def _make_self_blend(target: Photo, face: Face, rng: np.random.Generator) -> _Swap:
     """A face blended onto itself after a colour and small geometric change.
 
@@ -197,11 +224,10 @@ def _make_self_blend(target: Photo, face: Face, rng: np.random.Generator) -> _Sw
     x0, y0, x1, y1 = _square(face.box, 1.3, target.rgb.shape)
     side = x1 - x0
     under = target.rgb[y0:y1, x0:x1].astype(np.float32)
-    mean = under.mean((0, 1))
-    contrast = rng.uniform(0.8, 1.2)
-    patch = (under - mean) * contrast + mean * rng.uniform(0.85, 1.15, 3) + rng.uniform(-18, 18)
-    if rng.random() < 0.5:
-        patch = cv2.GaussianBlur(patch, (0, 0), sigmaX=rng.uniform(0.6, 1.6))
+    patch = _grade(under, rng)
+    step = float(np.abs(patch - under).mean())
+    if step < MIN_BLEND_STEP:
+        patch = under + (patch - under) * (MIN_BLEND_STEP / max(step, 1e-3))
     c = (side - 1) / 2
     s = rng.uniform(0.96, 1.04)
     dx, dy = rng.uniform(-0.03, 0.03, 2) * side
@@ -337,7 +363,7 @@ def make_clip(
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     rng = np.random.default_rng([seed, index])
-    photo = photos[(index // 2) % len(photos)]
+    photo = _graded_photo(photos[(index // 2) % len(photos)], rng)
     swaps: list[_Swap] = []
     donors: list[str] = []
     shown = [f.identity for f in photo.faces]

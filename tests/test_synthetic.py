@@ -6,11 +6,19 @@ import csv
 import hashlib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from analyzer.errors import AssetsMissingError
 from analyzer.faces import BlazeFaceDetector
-from analyzer.synthetic import CSV_FIELDS, synthesize
+from analyzer.synthetic import (
+    CSV_FIELDS,
+    MIN_BLEND_STEP,
+    _graded_photo,
+    _make_self_blend,
+    load_photos,
+    synthesize,
+)
 from streamer.sources.decode import decode
 from tests.conftest import run_cli
 
@@ -84,6 +92,25 @@ def test_self_blends_keep_the_identity_and_workers_keep_the_bytes(tmp_path, phot
     assert real != sha(tmp_path / "one" / "00001_fake_sample4.mp4")
     with pytest.raises(ValueError, match="unknown method 'morph'"):
         synthesize(tmp_path / "bad", videos=2, frames=4, identities=["sample4"], method="morph")
+
+
+def test_photos_are_graded_per_clip_and_self_blends_always_leave_a_step(photos_dir):
+    """A face's colour must not give its label away; a FAKE's face must differ from it."""
+    photos = load_photos(photos_dir, ["sample2"])
+    photo, face = photos[0], photos[0].faces[0]
+    means = [
+        _graded_photo(photo, np.random.default_rng(seed)).rgb.reshape(-1, 3).mean(0)
+        for seed in range(8)
+    ]
+    spread = np.ptp(np.stack(means), axis=0).max()
+    assert spread > 20, f"graded photos look alike (colour spread {spread:.1f})"
+
+    under = photo.rgb.astype(np.float32)
+    for seed in range(40):
+        swap = _make_self_blend(photo, face, np.random.default_rng(seed))
+        x0, y0, x1, y1 = swap.box
+        step = np.abs(swap.patch - under[y0:y1, x0:x1]).mean()
+        assert step >= 0.8 * MIN_BLEND_STEP, f"seed {seed}: a self-blend step of {step:.1f}"
 
 
 def test_identities_split_disjointly(tmp_path, photos_dir):
