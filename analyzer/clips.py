@@ -3,7 +3,7 @@
 For each video: decode, find the face in every frame (BlazeFace, one face: the most
 confident, tracked), keep the first ``frames`` frames that show it, and write their
 crops as a 30-fps H.264 clip without audio. ``manifest.csv`` lists the clips
-(``clip,label,source,frames,group,method``) and ``skipped.csv`` the videos left out with
+(``clip,label,source,frames,group,method,pair``) and ``skipped.csv`` the videos left out with
 the reason (unreadable, too few face frames). Work runs in parallel processes and is
 resumable: a clip already written is kept and listed again.
 """
@@ -28,7 +28,7 @@ from analyzer.synthetic import write_h264
 
 MANIFEST = "manifest.csv"
 SKIPPED = "skipped.csv"
-MANIFEST_FIELDS = ["clip", "label", "source", "frames", "group", "method"]
+MANIFEST_FIELDS = ["clip", "label", "source", "frames", "group", "method", "pair"]
 
 
 @dataclass(frozen=True)
@@ -39,6 +39,7 @@ class Done:
     frames: int
     group: str
     method: str
+    pair: str = ""
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def _count_frames(path: Path) -> int:
 def preprocess_one(item: Item, out: Path, frames: int = 150, fps: float = 30.0) -> Done | Skipped:
     name = clip_name(item)
     target = out / name
-    row = Done(name, item.label, str(item.path), frames, item.group, item.method)
+    row = Done(name, item.label, str(item.path), frames, item.group, item.method, item.pair)
     if target.is_file():
         try:
             if _count_frames(target) == frames:

@@ -37,6 +37,8 @@ class Item:
     label: str  # REAL or FAKE
     group: str
     method: str = "none"  # the manipulation, for per-method scores
+    # The source footage: a REAL video and the FAKEs made from it share it ("" = unknown).
+    pair: str = ""
 
 
 def _label(value: str, where: str) -> str:
@@ -82,8 +84,11 @@ def read_dfdc(root: Path) -> list[Item]:
             label = _label(str(info.get("label", "")), f"{meta}: {name}")
             original = info.get("original") or name
             groups.union(name, original)
-            raw.append((meta.parent / name, label, name))
-    return [Item(p, lb, groups.find(n), "dfdc" if lb == "FAKE" else "none") for p, lb, n in raw]
+            raw.append((meta.parent / name, label, name, original))
+    return [
+        Item(p, lb, groups.find(n), "dfdc" if lb == "FAKE" else "none", Path(o).stem)
+        for p, lb, n, o in raw
+    ]
 
 
 def read_faceforensics(root: Path) -> list[Item]:
@@ -102,7 +107,7 @@ def read_faceforensics(root: Path) -> list[Item]:
                 target, _, source = path.stem.partition("_")
                 groups.union(target, source or target)
                 raw.append((path, "FAKE", target, method_dir.name))
-    return [Item(p, lb, groups.find(key), m) for p, lb, key, m in raw]
+    return [Item(p, lb, groups.find(key), m, key) for p, lb, key, m in raw]
 
 
 def read_folder(root: Path) -> list[Item]:
@@ -131,7 +136,7 @@ def read_csv(path: Path) -> list[Item]:
             video = video.with_suffix(".mp4")
         label = _label(row["label"], f"{path}:{n}")
         group = row.get("identity") or row.get("group") or Path(name).stem
-        items.append(Item(video, label, group, row.get("method") or "none"))
+        items.append(Item(video, label, group, row.get("method") or "none", row.get("pair") or ""))
     return items
 
 

@@ -22,8 +22,11 @@ or sharpness then says nothing about its label; only a step between the face and
 surroundings does. Without it, a model trained on a few photos learned how each REAL face
 looks and called every face it had not seen FAKE.
 
-Everything is drawn from ``numpy.random.default_rng([seed, index])``: the same seed gives
-the same files.
+Clips come in pairs, REAL then FAKE (indices 2k and 2k+1): the two share the photo, its
+grade and the camera's path, shake and noise (drawn from ``default_rng([seed, k])``), so
+they differ by the manipulation alone, as a FaceForensics++ fake differs from its source
+video; the manipulation draws from ``default_rng([seed, index])``. The same seed gives the
+same files, and the ``pair`` column of ``labels.csv`` names each pair.
 """
 
 from __future__ import annotations
@@ -49,7 +52,9 @@ NPM_PHOTOS = [f"sample{i}" for i in range(1, 7)]
 PHOTO_NAMES = [*NPM_PHOTOS, "astronaut"]
 LABELS_CSV = "labels.csv"
 METHODS = ("faceswap", "selfblend")
-CSV_FIELDS = ["file", "label", "identity", "method", "faces", "donors", "frames", "fps", "seed"]
+CSV_FIELDS = [
+    "file", "label", "identity", "pair", "method", "faces", "donors", "frames", "fps", "seed"
+]  # fmt: skip
 
 
 def default_photos_dir() -> Path:
@@ -81,6 +86,7 @@ class ClipSpec:
     file: str
     label: str
     identity: str
+    pair: str  # the REAL clip and the FAKE made from the same scene
     method: str
     faces: list[str]  # identities of the faces that were swapped (FAKE) or shown (REAL)
     donors: list[str]
@@ -362,8 +368,9 @@ def make_clip(
     """
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
-    rng = np.random.default_rng([seed, index])
-    photo = _graded_photo(photos[(index // 2) % len(photos)], rng)
+    rng = np.random.default_rng([seed, index])  # the manipulation
+    scene = np.random.default_rng([seed, index // 2])  # grade and camera, shared by a pair
+    photo = _graded_photo(photos[(index // 2) % len(photos)], scene)
     swaps: list[_Swap] = []
     donors: list[str] = []
     shown = [f.identity for f in photo.faces]
@@ -399,12 +406,13 @@ def make_clip(
         return _apply_swaps(photo.rgb, swaps, t, rng) if swaps else photo.rgb
 
     written = write_h264(
-        out / name, _camera_frames(photo, compose, rng, frames, fps, size), size, fps
+        out / name, _camera_frames(photo, compose, scene, frames, fps, size), size, fps
     )
     return ClipSpec(
         file=name,
         label=label,
         identity=photo.name,
+        pair=f"{photo.name}-{index // 2:05d}",
         method=method if fake else "none",
         faces=shown,
         donors=donors,

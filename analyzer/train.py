@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from analyzer.blend import self_blend
 from analyzer.datasets import Item
 from analyzer.engine import pick_device
 from analyzer.errors import DataError
@@ -55,6 +56,8 @@ class TrainConfig:
     imagenet: Path | None = None
     backbone: Literal["resnext50_32x4d", "mobilenet_v3_small"] = "resnext50_32x4d"
     lstm_hidden: int | None = None
+    pairs: bool = False  # batch a REAL clip with the FAKEs of the same footage, same window
+    self_blend: float = 0.0  # share of REAL clips given a self-blended FAKE twin (blend.py)
     training_data: str = ""
     version: str = "trained"
     history: list[dict[str, float]] = field(default_factory=list)
@@ -86,10 +89,31 @@ class ClipSet:
     def __len__(self) -> int:
         return len(self.items)
 
-    def window(self, i: int, rng: random.Random | None) -> np.ndarray:
+    def window(self, i: int, rng: random.Random | None, start: int | None = None) -> np.ndarray:
         clip = self.clips[i]
-        start = rng.randrange(len(clip) - self.frames + 1) if rng else 0
+        if start is None:
+            start = rng.randrange(len(clip) - self.frames + 1) if rng else 0
+        start = min(start, len(clip) - self.frames)
         return clip[start : start + self.frames]
+
+    def epoch_order(self, rng: random.Random, pairs: bool) -> list[tuple[int, int]]:
+        """(clip, window start) in training order; with ``pairs`` the clips of one footage
+        (``Item.pair``) come one after another and share their window."""
+        if not pairs:
+            order = list(range(len(self)))
+            rng.shuffle(order)
+            return [(i, rng.randrange(len(self.clips[i]) - self.frames + 1)) for i in order]
+        groups: dict[str, list[int]] = {}
+        for i, item in enumerate(self.items):
+            groups.setdefault(item.pair or f"#{i}", []).append(i)
+        keys = sorted(groups)
+        rng.shuffle(keys)
+        out = []
+        for key in keys:
+            members = groups[key]
+            start = rng.randrange(min(len(self.clips[i]) for i in members) - self.frames + 1)
+            out += [(i, start) for i in members]
+        return out
 
 
 def _to_tensor(batch: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -174,10 +198,12 @@ def train(
     mean = torch.tensor(meta.mean, device=device).view(1, 1, 3, 1, 1)
     std = torch.tensor(meta.std, device=device).view(1, 1, 3, 1, 1)
     augment = _augmenter().to(device) if config.augment else None
-    counts = np.bincount(train_set.labels, minlength=2)
+    counts = np.bincount(train_set.labels, minlength=2).astype(float)
+    counts[0] += config.self_blend * counts[1]  # the blended copies, expected
     weights = torch.tensor(
         len(train_set.labels) / (2.0 * np.maximum(counts, 1)), dtype=torch.float32
     )
+    blend_gen = torch.Generator().manual_seed(config.seed + start_epoch)
     loss_fn = nn.CrossEntropyLoss(weight=weights.to(device))
     cuda = device.type == "cuda"
     best = min((h["val_loss"] for h in history), default=math.inf)
@@ -185,26 +211,39 @@ def train(
 
     for epoch in range(start_epoch, config.epochs):
         model.train()
-        order = list(range(len(train_set)))
-        rng.shuffle(order)
+        order = train_set.epoch_order(rng, config.pairs)
         total = correct = 0
         loss_sum = 0.0
         for at in range(0, len(order), config.batch):
-            idx = order[at : at + config.batch]
-            x = _to_tensor(np.stack([train_set.window(i, rng) for i in idx]), device)
+            batch = order[at : at + config.batch]
+            idx = [i for i, _ in batch]
+            x = _to_tensor(
+                np.stack([train_set.window(i, rng, start) for i, start in batch]), device
+            )
+            labels = train_set.labels[idx].copy()
+            if config.self_blend > 0:
+                # Paired: the blended copy joins the batch beside its REAL original, so
+                # the two differ by the blending alone.
+                pick = (labels == 1) & (
+                    torch.rand(len(idx), generator=blend_gen).numpy() < config.self_blend
+                )
+                if pick.any():
+                    chosen = x[torch.from_numpy(pick).to(device)]
+                    x = torch.cat([x, self_blend(chosen, blend_gen)])
+                    labels = np.concatenate([labels, np.zeros(int(pick.sum()), labels.dtype)])
             if augment is not None:
                 x = augment(x).clamp(0, 1)
             x = (x - mean) / std
-            y = torch.from_numpy(train_set.labels[idx]).to(device)
+            y = torch.from_numpy(labels).to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
                 logits = model(x)
             loss = loss_fn(logits.float(), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += float(loss.detach()) * len(idx)
+            loss_sum += float(loss.detach()) * len(labels)
             correct += int((logits.argmax(1) == y).sum())
-            total += len(idx)
+            total += len(labels)
             if on_batch is not None:
                 on_batch(len(idx), loss_sum / total, correct / total)
         _recalibrate_batchnorm(model, train_set, device, mean, std, rng)

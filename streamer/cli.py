@@ -35,6 +35,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0 and 1, such as 0.5")
+    return value
+
+
 def _fractions(text: str) -> tuple[float, float, float]:
     try:
         parts = tuple(float(p) for p in text.split(","))
@@ -118,6 +128,12 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--split", type=_fractions, default=(0.7, 0.2, 0.1), help="train,val,test fractions"
     )
+    tr.add_argument(
+        "--val-manifest",
+        type=Path,
+        default=None,
+        help="validate on this manifest's clips and train on all of MANIFEST (no split)",
+    )
     tr.add_argument("--no-augment", action="store_true")
     tr.add_argument(
         "--imagenet", type=Path, default=None, help="torchvision ImageNet weights of the backbone"
@@ -129,6 +145,17 @@ def _build_parser() -> argparse.ArgumentParser:
         help="per-frame CNN (the study's ResNeXt50 or the compact demo's MobileNetV3-Small)",
     )
     tr.add_argument("--lstm-hidden", type=_positive_int, default=None, help="LSTM units")
+    tr.add_argument(
+        "--pairs",
+        action="store_true",
+        help="batch each REAL clip with the FAKEs of the same footage (manifest column pair)",
+    )
+    tr.add_argument(
+        "--self-blend",
+        type=_share,
+        default=0.0,
+        help="share of REAL training clips turned FAKE on the fly by self-blending (0-1)",
+    )
     tr.add_argument("--model-version", default="trained", help="version written in verdicts")
     tr.add_argument("--training-data", default=None, help="what the data was, for the metadata")
     tr.add_argument("--device", default=os.environ.get("DFM_DEVICE", "auto"))
@@ -372,7 +399,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from analyzer.train import TrainConfig, train
 
     items = read_csv(args.manifest)
-    parts = split(items, seed=args.seed, balance=False, fractions=args.split)
+    if args.val_manifest is not None:
+        parts = {"train": items, "val": read_csv(args.val_manifest)}
+    else:
+        parts = split(items, seed=args.seed, balance=False, fractions=args.split)
     config = TrainConfig(
         epochs=args.epochs,
         batch=args.batch,
@@ -386,6 +416,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         imagenet=args.imagenet,
         backbone=args.backbone,
         lstm_hidden=args.lstm_hidden,
+        pairs=args.pairs,
+        self_blend=args.self_blend,
         version=args.model_version,
         training_data=(args.training_data + "; " if args.training_data else "")
         + f"{args.manifest} (train {len(parts['train'])}, val {len(parts['val'])})",

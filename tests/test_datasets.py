@@ -67,6 +67,7 @@ def test_dfdc_fakes_share_the_group_of_their_original(tmp_path):
     items = {i.path.name: i for i in read_dfdc(tmp_path)}
     assert items["b.mp4"].group == items["a.mp4"].group != items["c.mp4"].group
     assert items["b.mp4"].label == "FAKE" and items["b.mp4"].method == "dfdc"
+    assert items["b.mp4"].pair == items["a.mp4"].pair == "a" != items["c.mp4"].pair
     assert {i.path.name for i in read_any(tmp_path)} == {"a.mp4", "b.mp4", "c.mp4"}
 
 
@@ -81,6 +82,8 @@ def test_faceforensics_pairs_tie_target_and_source(tmp_path):
     assert items["003_000.mp4"].group == items["000.mp4"].group
     assert items["010.mp4"].group == items["010_011.mp4"].group != items["000.mp4"].group
     assert items["003_000.mp4"].method == "FaceSwap" and items["000.mp4"].label == "REAL"
+    # A fake is made from its target's footage: 000_003 pairs with 000, 003_000 with 003.
+    assert items["000_003.mp4"].pair == "000" and items["003_000.mp4"].pair == "003"
 
 
 def test_folder_and_csv_layouts(tmp_path):
@@ -100,6 +103,7 @@ def test_synth_labels_csv_reads_with_identities(synth_clips):
     items = read_any(synth_clips)
     assert {i.group for i in items} == {"sample3", "astronaut"}
     assert {i.method for i in items if i.label == "FAKE"} == {"faceswap"}
+    assert [i.pair for i in items] == ["sample3-00000"] * 2 + ["astronaut-00001"] * 2
 
 
 @pytest.mark.parametrize(

@@ -37,6 +37,7 @@ def test_labels_csv_describes_every_clip(synth_clips):
     assert list(table[0]) == CSV_FIELDS
     assert [r["label"] for r in table] == ["REAL", "FAKE", "REAL", "FAKE"]
     assert [r["identity"] for r in table] == ["sample3", "sample3", "astronaut", "astronaut"]
+    assert [r["pair"] for r in table] == ["sample3-00000"] * 2 + ["astronaut-00001"] * 2
     assert {r["method"] for r in table if r["label"] == "FAKE"} == {"faceswap"}
     for r in table:
         assert (synth_clips / r["file"]).stat().st_size > 10_000
@@ -45,6 +46,13 @@ def test_labels_csv_describes_every_clip(synth_clips):
             donors = r["donors"].split(";")
             # A donor face always comes from another photo than the one it lands in.
             assert donors and all(not d.startswith(r["identity"] + "/") for d in donors)
+
+
+def test_a_pair_differs_by_the_manipulation_alone(synth_clips):
+    """REAL and FAKE of one pair film the same scene: they differ on the swapped faces only."""
+    first = [next(iter(decode(str(synth_clips / r["file"]))))[1] for r in rows(synth_clips)[:2]]
+    changed = np.abs(first[0].astype(int) - first[1].astype(int)).max(2) > 24
+    assert 0.002 < changed.mean() < 0.15, changed.mean()
 
 
 def test_clips_are_h264_with_faces_in_them(synth_clips):

@@ -1,0 +1,109 @@
+"""Self-blended FAKEs made on the fly from REAL face clips, for training.
+
+A REAL clip of 112x112 face crops becomes a FAKE by blending a changed copy of each frame
+onto itself inside a feathered ellipse around the face: a colour grade (contrast,
+per-channel gain, offset, at least ``MIN_STEP`` on average), sometimes a blur, a small
+shift and scale, and a slow per-frame wobble of the pasted face that real footage does not
+have. This is the self-blend of ``deepfake-monitor synth --method selfblend``, redrawn for
+every batch and done on the device: the same frames appear as REAL and as FAKE with only
+the blending between them, so the blending is all a model can learn from them, and no
+two epochs show it the same FAKE. The geometry is in crop units: the preprocess crop is
+the face box grown by 20 %, the ellipse covers the inner face.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# Mean absolute colour change of the pasted face, in [0, 1] units (8 of 255 levels).
+MIN_STEP = 8 / 255
+FPS = 30.0
+
+
+def _uniform(shape: tuple[int, ...], low: float, high: float, gen: torch.Generator) -> torch.Tensor:
+    return low + (high - low) * torch.rand(shape, generator=gen)
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Blur each image of (N, C, H, W) with its own sigma (N,), separable, reflect-padded."""
+    radius = max(1, math.ceil(3 * float(sigma.max())))
+    taps = torch.arange(-radius, radius + 1, dtype=x.dtype, device=x.device)
+    kernel = torch.exp(-(taps[None] ** 2) / (2 * sigma.to(x)[:, None] ** 2))
+    kernel = kernel / kernel.sum(1, keepdim=True)  # (N, K)
+    n, c, h, w = x.shape
+    flat = x.reshape(1, n * c, h, w)
+    k = kernel.repeat_interleave(c, 0)
+    flat = F.conv2d(
+        F.pad(flat, (radius, radius, 0, 0), mode="reflect"), k[:, None, None, :], groups=n * c
+    )
+    flat = F.conv2d(
+        F.pad(flat, (0, 0, radius, radius), mode="reflect"), k[:, None, :, None], groups=n * c
+    )
+    return flat.reshape(n, c, h, w)
+
+
+def _wave(b: int, t: int, gen: torch.Generator, low_hz: float, high_hz: float) -> torch.Tensor:
+    """(b, t) smooth random signals in [-1, 1]: a weighted sum of three slow sines."""
+    freq = _uniform((b, 3, 1), low_hz, high_hz, gen)
+    phase = _uniform((b, 3, 1), 0, 2 * math.pi, gen)
+    weight = -torch.log(torch.rand((b, 3, 1), generator=gen).clamp_min(1e-6))
+    weight = weight / weight.sum(1, keepdim=True)  # Dirichlet(1, 1, 1)
+    times = torch.arange(t, dtype=torch.float32) / FPS
+    return (weight * torch.sin(2 * math.pi * freq * times + phase)).sum(1)
+
+
+def self_blend(clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """(B, T, 3, H, W) clips in [0, 1] -> the same clips, each one self-blended.
+
+    Random draws come from ``gen`` (on the CPU); the work runs on the clips' device.
+    """
+    b, t, c, h, w = clips.shape
+    dev = clips.device
+    x = clips.flatten(0, 1)  # (N, 3, H, W)
+
+    # Colour grade of the copy, per clip; at least MIN_STEP away from the original.
+    mean = clips.mean((1, 3, 4), keepdim=True)  # (B, 1, 3, 1, 1)
+    contrast = _uniform((b, 1, 1, 1, 1), 0.8, 1.2, gen).to(dev)
+    gain = _uniform((b, 1, c, 1, 1), 0.85, 1.15, gen).to(dev)
+    offset = _uniform((b, 1, 1, 1, 1), -18 / 255, 18 / 255, gen).to(dev)
+    patch = (clips - mean) * contrast + mean * gain + offset
+    blur = torch.rand(b, generator=gen) < 0.5
+    if blur.any():
+        sigma = _uniform((b,), 0.4, 1.2, gen)[blur].repeat_interleave(t)
+        chosen = patch[blur.to(dev)].flatten(0, 1)
+        patch[blur.to(dev)] = _gaussian_blur(chosen, sigma.to(dev)).view(-1, t, c, h, w)
+    step = (patch - clips).abs().mean((1, 2, 3, 4), keepdim=True)
+    patch = clips + (patch - clips) * (MIN_STEP / step.clamp_min(1e-6)).clamp_min(1.0)
+
+    # Where the copy lands: a fixed shift and scale per clip plus a per-frame wobble.
+    amp = 0.027 * 2  # 2.7 % of the crop, in grid units of [-1, 1]
+    dx = _uniform((b, 1), -0.06, 0.06, gen) + amp * _wave(b, t, gen, 0.3, 2.5)
+    dy = _uniform((b, 1), -0.06, 0.06, gen) + amp * _wave(b, t, gen, 0.3, 2.5)
+    scale = _uniform((b, 1), 0.96, 1.04, gen) * (1 + 0.02 * _wave(b, t, gen, 0.2, 1.5))
+    theta = torch.zeros(b, t, 2, 3)
+    theta[..., 0, 0] = theta[..., 1, 1] = 1 / scale
+    theta[..., 0, 2], theta[..., 1, 2] = -dx / scale, -dy / scale
+    grid = F.affine_grid(theta.flatten(0, 1).to(dev), [b * t, c, h, w], align_corners=False)
+    moved = F.grid_sample(patch.flatten(0, 1), grid, padding_mode="reflection", align_corners=False)
+
+    # A feathered ellipse over the inner face, moving with the copy.
+    cx = _uniform((b,), -0.05, 0.05, gen)
+    cy = _uniform((b,), -0.05, 0.08, gen)
+    rx = _uniform((b,), 0.30, 0.41, gen) * 2
+    ry = _uniform((b,), 0.39, 0.50, gen) * 2
+    ys = torch.linspace(-1 + 1 / h, 1 - 1 / h, h)[:, None]
+    xs = torch.linspace(-1 + 1 / w, 1 - 1 / w, w)[None, :]
+    inside = ((xs - cx[:, None, None]) / (rx[:, None, None] / 2)) ** 2 + (
+        (ys - cy[:, None, None]) / (ry[:, None, None] / 2)
+    ) ** 2 <= 1
+    mask = inside.float()[:, None].to(dev)  # (B, 1, H, W)
+    feather = _uniform((b,), 0.022, 0.076, gen) * w
+    mask = _gaussian_blur(mask, feather.to(dev))
+    mask = mask[:, None].expand(b, t, 1, h, w).flatten(0, 1)
+    mask = F.grid_sample(mask, grid, align_corners=False)
+
+    out = x * (1 - mask) + moved * mask
+    return out.clamp(0, 1).view(b, t, c, h, w)
