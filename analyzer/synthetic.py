@@ -217,7 +217,7 @@ def _graded_photo(photo: Photo, rng: np.random.Generator) -> Photo:
 
 # A self-blend's colour change at least this large (mean absolute step, 0-255 levels):
 # below it the FAKE has no evidence a viewer or a model could find.
-MIN_BLEND_STEP = 8.0
+MIN_BLEND_STEP = 16.0
 
 
 def _make_self_blend(target: Photo, face: Face, rng: np.random.Generator) -> _Swap:
