@@ -89,24 +89,17 @@ class ClipSet:
     def __len__(self) -> int:
         return len(self.items)
 
-    def window(self, i: int, rng: random.Random | None, start: int | None = None) -> np.ndarray:
-        clip = self.clips[i]
-        if start is None:
-            start = rng.randrange(len(clip) - self.frames + 1) if rng else 0
-        start = min(start, len(clip) - self.frames)
-        return clip[start : start + self.frames]
+    def window(self, i: int, start: int = 0) -> np.ndarray:
+        return self.clips[i][start : start + self.frames]
 
     def epoch_order(self, rng: random.Random, pairs: bool) -> list[tuple[int, int]]:
-        """(clip, window start) in training order; with ``pairs`` the clips of one footage
-        (``Item.pair``) come one after another and share their window."""
-        if not pairs:
-            order = list(range(len(self)))
-            rng.shuffle(order)
-            return [(i, rng.randrange(len(self.clips[i]) - self.frames + 1)) for i in order]
+        """(clip, window start) in training order, each clip at a random window; with
+        ``pairs`` the clips of one footage (``Item.pair``) come one after another and share
+        their window."""
         groups: dict[str, list[int]] = {}
         for i, item in enumerate(self.items):
-            groups.setdefault(item.pair or f"#{i}", []).append(i)
-        keys = sorted(groups)
+            groups.setdefault(item.pair if pairs and item.pair else f"#{i}", []).append(i)
+        keys = list(groups)
         rng.shuffle(keys)
         out = []
         for key in keys:
@@ -217,10 +210,8 @@ def train(
         for at in range(0, len(order), config.batch):
             batch = order[at : at + config.batch]
             idx = [i for i, _ in batch]
-            x = _to_tensor(
-                np.stack([train_set.window(i, rng, start) for i, start in batch]), device
-            )
-            labels = train_set.labels[idx].copy()
+            x = _to_tensor(np.stack([train_set.window(i, start) for i, start in batch]), device)
+            labels = train_set.labels[idx]
             if config.self_blend > 0:
                 # Paired: the blended copy joins the batch beside its REAL original, so
                 # the two differ by the blending alone.
@@ -304,7 +295,7 @@ def _recalibrate_batchnorm(
     model.train()
     picks = rng.sample(range(len(data)), min(clips, len(data)))
     for i in picks:
-        x = (_to_tensor(data.window(i, None)[None], device) - mean) / std
+        x = (_to_tensor(data.window(i)[None], device) - mean) / std
         model.features(x.flatten(0, 1))  # type: ignore[operator]
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
@@ -323,7 +314,7 @@ def _evaluate(
     model.eval()
     loss_sum, correct = 0.0, 0
     for i in range(len(data)):
-        x = (_to_tensor(data.window(i, None)[None], device) - mean) / std
+        x = (_to_tensor(data.window(i)[None], device) - mean) / std
         y = torch.tensor([data.labels[i]], device=device)
         logits = model(x)
         loss_sum += float(loss_fn(logits.float(), y))

@@ -76,3 +76,25 @@ def test_evaluate_writes_a_report_for_a_trained_checkpoint(manifest, tmp_path):
     empty = run_cli("evaluate", str(manifest), str(run / "last.pt"), str(report), "--split",
                     "test", "--device", "cpu")  # fmt: skip
     assert empty.returncode == 2 and "split" in empty.stderr
+
+
+def test_pairs_are_batched_together_on_the_same_frames(manifest):
+    import random
+
+    from analyzer.datasets import read_csv
+    from analyzer.train import ClipSet
+
+    clips = ClipSet(read_csv(manifest), frames=6)
+    pairs = [item.pair for item in clips.items]
+    assert len(set(pairs)) < len(pairs), "the synth manifest should hold REAL/FAKE pairs"
+    order = clips.epoch_order(random.Random(0), pairs=True)
+    assert sorted(i for i, _ in order) == list(range(len(clips)))
+    for (a, start_a), (b, start_b) in zip(order, order[1:], strict=False):
+        if pairs[a] == pairs[b]:
+            assert start_a == start_b
+    # Each pair's clips are neighbours in the order.
+    seen = [pairs[i] for i, _ in order]
+    assert all(seen.index(p) + seen.count(p) - 1 == len(seen) - 1 - seen[::-1].index(p)
+               for p in set(seen))  # fmt: skip
+    unpaired = clips.epoch_order(random.Random(0), pairs=False)
+    assert sorted(i for i, _ in unpaired) == list(range(len(clips)))
