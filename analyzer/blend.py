@@ -3,12 +3,13 @@
 A REAL clip of 112x112 face crops becomes a FAKE by blending a changed copy of each frame
 onto itself inside a feathered ellipse around the face: a colour grade (contrast,
 per-channel gain, offset, at least ``MIN_STEP`` on average), sometimes a blur, a small
-shift and scale, and a slow per-frame wobble of the pasted face that real footage does not
-have. This is the self-blend of ``deepfake-monitor synth --method selfblend``, redrawn for
-every batch and done on the device: the same frames appear as REAL and as FAKE with only
-the blending between them, so the blending is all a model can learn from them, and no
-two epochs show it the same FAKE. The geometry is in crop units: the preprocess crop is
-the face box grown by 20 %, the ellipse covers the inner face.
+shift and scale, a slow per-frame wobble of the pasted face that real footage does not
+have, and the copy rendered at a low resolution and off in mean colour, as face-swap
+decoders leave their faces. This is the self-blend of ``deepfake-monitor synth --method
+selfblend``, redrawn for every batch and done on the device: the same frames appear as
+REAL and as FAKE with only the blending between them, so the blending is all a model can
+learn from them, and no two epochs show it the same FAKE. The geometry is in crop units:
+the preprocess crop is the face box grown by 20 %, the ellipse covers the inner face.
 """
 
 from __future__ import annotations
@@ -20,6 +21,12 @@ import torch.nn.functional as F
 
 # Mean absolute colour change of the pasted face, in [0, 1] units (8 of 255 levels).
 MIN_STEP = 8 / 255
+# Mean colour step of the pasted face per channel mean, as in synthetic.MIN_COLOUR_STEP.
+MIN_COLOUR_STEP = 10 / 255
+# The side at which the copy is rendered before it is scaled up to the crop, in crop
+# pixels: synthetic.RENDER_SIDE after preprocess's crop (the pasted square is about 1.08
+# crops wide).
+RENDER_SIDE = (30, 52)
 FPS = 30.0
 
 
@@ -67,6 +74,25 @@ def self_blend(clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         patch[blur.to(dev)] = _gaussian_blur(chosen, sigma.to(dev)).view(-1, t, c, h, w)
     step = (patch - clips).abs().mean((1, 2, 3, 4), keepdim=True)
     patch = clips + (patch - clips) * (MIN_STEP / step.clamp_min(1e-6)).clamp_min(1.0)
+
+    # Rendered at a low resolution, as a face-swap decoder would (synthetic.RENDER_SIDE,
+    # in crop pixels), then a mean colour step of at least MIN_COLOUR_STEP.
+    small = torch.randint(RENDER_SIDE[0], RENDER_SIDE[1] + 1, (b,), generator=gen)
+    for size in small.unique().tolist():
+        chosen = (small == size).to(dev)
+        frames = patch[chosen].flatten(0, 1)
+        low = F.interpolate(frames, size=(size, size), mode="area")
+        up = F.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)
+        patch[chosen] = up.view(-1, t, c, h, w)
+    shift = (patch - clips).mean((1, 3, 4))  # (B, 3)
+    size_of = shift.abs().mean(1, keepdim=True)
+    random_dir = torch.where(torch.rand(b, c, generator=gen) < 0.5, -1.0, 1.0) * _uniform(
+        (b, c), 0.5, 1.5, gen
+    )
+    direction = torch.where(size_of >= 1 / 255, shift, random_dir.to(dev))
+    wanted = direction * (MIN_COLOUR_STEP / direction.abs().mean(1, keepdim=True))
+    grow = (size_of < MIN_COLOUR_STEP).float()
+    patch = patch + (grow * (wanted - shift))[:, None, :, None, None]
 
     # Where the copy lands: a fixed shift and scale per clip plus a per-frame wobble.
     amp = 0.027 * 2  # 2.7 % of the crop, in grid units of [-1, 1]

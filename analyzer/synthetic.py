@@ -16,6 +16,13 @@ and its manipulations together, and photos can be split disjointly between train
   geometric change, with the same mask and jitter: blending evidence without a change of
   identity, so a model trained on it must learn the blending, not the people.
 
+Either way the pasted face is rendered the way early face-swap decoders (the FaceSwap and
+DeepFakes methods of FaceForensics++) render theirs: at a low resolution (``RENDER_SIDE``
+pixels for about 1.3 face widths), scaled up, and off in colour by at least
+``MIN_COLOUR_STEP``. These are strong, visible marks, on purpose: the clips are for
+testing the pipeline end to end, and a model trained on them detects these marks, not the
+subtler ones of current generators.
+
 Every clip, REAL or FAKE, first grades the whole photo at random (contrast, per-channel
 gain, offset, sometimes a blur), drawn like the self-blend's own change. A face's colour
 or sharpness then says nothing about its label; only a step between the face and its
@@ -26,7 +33,8 @@ Clips come in pairs, REAL then FAKE (indices 2k and 2k+1): the two share the pho
 grade and the camera's path, shake and noise (drawn from ``default_rng([seed, k])``), so
 they differ by the manipulation alone, as a FaceForensics++ fake differs from its source
 video; the manipulation draws from ``default_rng([seed, index])``. The same seed gives the
-same files, and the ``pair`` column of ``labels.csv`` names each pair.
+same files, and the ``pair`` column of ``labels.csv`` names each pair (photo, seed, pair
+number: unique across runs with different seeds, so their clips can be pooled).
 """
 
 from __future__ import annotations
@@ -184,15 +192,11 @@ def _make_swap(
     matched = (patch - mu_p) / sd_p * sd_t + mu_t
     patch = (1 - strength) * patch + strength * matched
     patch *= rng.uniform(0.93, 1.07, 3).astype(np.float32)
-    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
-    c = (side - 1) / 2
-    ell = ((xx - c) / (0.36 * side)) ** 2 + ((yy - c) / (0.44 * side)) ** 2
-    mask = (ell <= 1.0).astype(np.float32)
-    mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=max(1.0, side * 0.05))[..., None]
+    patch = _as_rendered(patch, under, rng)
     return _Swap(
         (tx0, ty0, tx1, ty1),
         np.clip(patch, 0, 255),
-        mask,
+        _blend_mask(side, rng),
         _Wave(rng, 0.3, 2.5),
         _Wave(rng, 0.3, 2.5),
         _Wave(rng, 0.2, 1.5),
@@ -213,6 +217,43 @@ def _graded_photo(photo: Photo, rng: np.random.Generator) -> Photo:
     """The photo under a random grade of its own: REAL clips vary as much as FAKE faces."""
     rgb = np.clip(_grade(photo.rgb.astype(np.float32), rng), 0, 255).astype(np.uint8)
     return Photo(photo.name, rgb, photo.faces)
+
+
+# The side, in pixels, at which a face-swap decoder renders the pasted square (about 1.3
+# face widths): the FaceSwap / DeepFakes autoencoders of FaceForensics++ work at 64 px and
+# less, so their faces are softer than the frame they are pasted into.
+RENDER_SIDE = (32, 56)
+# Mean colour step between the pasted face and what it covers, per channel mean, in 0-255
+# levels: the seam a colour match leaves when it does not quite match.
+MIN_COLOUR_STEP = 10.0
+
+
+def _as_rendered(patch: np.ndarray, under: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The pasted face as a face-swap pipeline leaves it: rendered at a low resolution
+    and upscaled, with a colour step of at least ``MIN_COLOUR_STEP`` against ``under``."""
+    side = patch.shape[0]
+    small = int(rng.integers(RENDER_SIDE[0], RENDER_SIDE[1] + 1))
+    if small < side:
+        low = cv2.resize(patch, (small, small), interpolation=cv2.INTER_AREA)
+        patch = cv2.resize(low, (side, side), interpolation=cv2.INTER_LINEAR)
+    shift = patch.mean((0, 1)) - under.mean((0, 1))
+    step = float(np.abs(shift).mean())
+    if step < MIN_COLOUR_STEP:
+        # Grow the step along its own direction, or a random one when there is none.
+        direction = shift if step >= 1.0 else rng.choice([-1.0, 1.0], 3) * rng.uniform(0.5, 1.5, 3)
+        wanted = direction * (MIN_COLOUR_STEP / float(np.abs(direction).mean()))
+        patch = patch + (wanted - shift).astype(np.float32)
+    return patch
+
+
+def _blend_mask(side: int, rng: np.random.Generator) -> np.ndarray:
+    """(S, S, 1) feathered ellipse over the inner face of a pasted square."""
+    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+    c = (side - 1) / 2
+    rx, ry = rng.uniform(0.28, 0.38) * side, rng.uniform(0.36, 0.46) * side
+    mask = ((((xx - c) / rx) ** 2 + ((yy - c) / ry) ** 2) <= 1.0).astype(np.float32)
+    mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=max(1.0, side * rng.uniform(0.015, 0.04)))
+    return mask[..., None]
 
 
 # A self-blend's colour change at least this large (mean absolute step, 0-255 levels):
@@ -239,14 +280,11 @@ def _make_self_blend(target: Photo, face: Face, rng: np.random.Generator) -> _Sw
     dx, dy = rng.uniform(-0.03, 0.03, 2) * side
     m = np.array([[s, 0, c - s * c + dx], [0, s, c - s * c + dy]], np.float32)
     patch = cv2.warpAffine(patch, m, (side, side), borderMode=cv2.BORDER_REFLECT)
-    yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
-    rx, ry = rng.uniform(0.28, 0.38) * side, rng.uniform(0.36, 0.46) * side
-    mask = ((((xx - c) / rx) ** 2 + ((yy - c) / ry) ** 2) <= 1.0).astype(np.float32)
-    mask = cv2.GaussianBlur(mask, (0, 0), sigmaX=max(1.0, side * rng.uniform(0.02, 0.07)))
+    patch = _as_rendered(patch, under, rng)
     return _Swap(
         (x0, y0, x1, y1),
         np.clip(patch, 0, 255),
-        mask[..., None],
+        _blend_mask(side, rng),
         _Wave(rng, 0.3, 2.5),
         _Wave(rng, 0.3, 2.5),
         _Wave(rng, 0.2, 1.5),
@@ -412,7 +450,7 @@ def make_clip(
         file=name,
         label=label,
         identity=photo.name,
-        pair=f"{photo.name}-{index // 2:05d}",
+        pair=f"{photo.name}-{seed}-{index // 2:05d}",
         method=method if fake else "none",
         faces=shown,
         donors=donors,

@@ -1,7 +1,8 @@
 """Training on preprocessed face clips (``manifest.csv`` of ``deepfake-monitor preprocess``).
 
-Defaults follow the study and the reference project: Adam, learning rate 1e-5, weight
-decay 1e-5, batch 4, 20 epochs, windows of 150 frames. Each epoch: one pass over the
+Defaults follow the study and the reference project: Adam, learning rate 1e-5 (constant;
+``lr_schedule="cosine"`` decays it to 0 over the run), weight decay 1e-5, batch 4, 20
+epochs, windows of 150 frames. Each epoch: one pass over the
 training clips (a random window of each, augmented on the device with kornia, the same
 transform for every frame of a clip), then the validation clips (first window, no
 augmentation). Every epoch writes a checkpoint with its metadata and history
@@ -48,6 +49,9 @@ class TrainConfig:
     batch: int = 4
     lr: float = 1e-5
     weight_decay: float = 1e-5
+    # "cosine": the learning rate falls from lr to 0 over the epochs (half a cosine), so the
+    # last epoch's weights are not the noise of a large constant step.
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     frames: int = 150
     patience: int = 5
     seed: int = 0
@@ -203,6 +207,8 @@ def train(
     stale = 0
 
     for epoch in range(start_epoch, config.epochs):
+        for group in optimizer.param_groups:
+            group["lr"] = epoch_lr(config, epoch)
         model.train()
         order = train_set.epoch_order(rng, config.pairs)
         total = correct = 0
@@ -245,6 +251,7 @@ def train(
             "train_accuracy": correct / total,
             "val_loss": val_loss,
             "val_accuracy": val_acc,
+            "lr": epoch_lr(config, epoch),
         }
         history.append(row)
         meta = meta.model_copy(update={"history": history, "metrics": {"val_accuracy": val_acc}})
@@ -266,6 +273,14 @@ def train(
                 log.info("early stop: validation loss has not improved for %d epochs", stale)
                 break
     return history
+
+
+def epoch_lr(config: TrainConfig, epoch: int) -> float:
+    """The learning rate of ``epoch`` (0-based); a function of the epoch alone, so a
+    resumed run picks the schedule up where it stopped."""
+    if config.lr_schedule == "cosine":
+        return config.lr * 0.5 * (1 + math.cos(math.pi * epoch / config.epochs))
+    return config.lr
 
 
 @torch.no_grad()

@@ -122,6 +122,12 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--batch", type=_positive_int, default=4)
     tr.add_argument("--lr", type=float, default=1e-5)
     tr.add_argument("--weight-decay", type=float, default=1e-5)
+    tr.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="constant (the study's), or cosine decay to 0 over --epochs",
+    )
     tr.add_argument("--frames", type=_positive_int, default=150, help="frames per window")
     tr.add_argument("--patience", type=_positive_int, default=5, help="early stopping")
     tr.add_argument("--seed", type=int, default=0, help="split and training seed")
@@ -408,6 +414,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         batch=args.batch,
         lr=args.lr,
         weight_decay=args.weight_decay,
+        lr_schedule=args.lr_schedule,
         frames=args.frames,
         patience=args.patience,
         seed=args.seed,

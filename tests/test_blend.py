@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import torch
 
-from analyzer.blend import MIN_STEP, self_blend
+from analyzer.blend import MIN_COLOUR_STEP, MIN_STEP, self_blend
 
 
-def _face_like_clips(b: int = 6, t: int = 8, size: int = 112) -> torch.Tensor:
-    """Textured frames, the same in every frame of a clip (a still camera)."""
+def _face_like_clips(b: int = 6, t: int = 8, size: int = 112, detail: int = 8) -> torch.Tensor:
+    """Textured frames (one texel per ``detail`` pixels), the same in every frame of a clip
+    (a still camera)."""
     gen = torch.Generator().manual_seed(1)
-    base = torch.rand(b, 1, 3, size // 8, size // 8, generator=gen)
+    base = torch.rand(b, 1, 3, size // detail, size // detail, generator=gen)
     base = torch.nn.functional.interpolate(base[:, 0], size=(size, size), mode="bilinear")
     return base[:, None].expand(b, t, 3, size, size).clone()
 
@@ -37,3 +38,17 @@ def test_the_pasted_face_wobbles_from_frame_to_frame_and_draws_are_seeded():
     again = self_blend(clips, torch.Generator().manual_seed(0))
     other = self_blend(clips, torch.Generator().manual_seed(1))
     assert torch.equal(out, again) and not torch.equal(out, other)
+
+
+def test_the_pasted_face_is_softer_and_off_in_colour():
+    """Rendered at a low resolution, like a face-swap decoder's face, with a colour step."""
+    clips = _face_like_clips(t=2) * 0.5 + 0.5 * _face_like_clips(t=2, detail=2)
+    out = self_blend(clips, torch.Generator().manual_seed(2))
+    centre = (slice(None), slice(None), slice(None), slice(44, 68), slice(44, 68))
+
+    def detail(x: torch.Tensor) -> torch.Tensor:  # mean absolute horizontal gradient
+        return (x[..., 1:] - x[..., :-1]).abs().mean((1, 2, 3, 4))
+
+    assert (detail(out[centre]) < 0.8 * detail(clips[centre])).all()
+    colour = (out[centre] - clips[centre]).mean((1, 3, 4)).abs().mean(1)
+    assert (colour > 0.8 * MIN_COLOUR_STEP).all(), colour

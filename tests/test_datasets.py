@@ -103,7 +103,7 @@ def test_synth_labels_csv_reads_with_identities(synth_clips):
     items = read_any(synth_clips)
     assert {i.group for i in items} == {"sample3", "astronaut"}
     assert {i.method for i in items if i.label == "FAKE"} == {"faceswap"}
-    assert [i.pair for i in items] == ["sample3-00000"] * 2 + ["astronaut-00001"] * 2
+    assert [i.pair for i in items] == ["sample3-11-00000"] * 2 + ["astronaut-11-00001"] * 2
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import csv
 import hashlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -14,8 +15,10 @@ from analyzer.faces import BlazeFaceDetector
 from analyzer.synthetic import (
     CSV_FIELDS,
     MIN_BLEND_STEP,
+    MIN_COLOUR_STEP,
     _graded_photo,
     _make_self_blend,
+    _make_swap,
     load_photos,
     synthesize,
 )
@@ -37,7 +40,7 @@ def test_labels_csv_describes_every_clip(synth_clips):
     assert list(table[0]) == CSV_FIELDS
     assert [r["label"] for r in table] == ["REAL", "FAKE", "REAL", "FAKE"]
     assert [r["identity"] for r in table] == ["sample3", "sample3", "astronaut", "astronaut"]
-    assert [r["pair"] for r in table] == ["sample3-00000"] * 2 + ["astronaut-00001"] * 2
+    assert [r["pair"] for r in table] == ["sample3-11-00000"] * 2 + ["astronaut-11-00001"] * 2
     assert {r["method"] for r in table if r["label"] == "FAKE"} == {"faceswap"}
     for r in table:
         assert (synth_clips / r["file"]).stat().st_size > 10_000
@@ -119,6 +122,28 @@ def test_photos_are_graded_per_clip_and_self_blends_always_leave_a_step(photos_d
         x0, y0, x1, y1 = swap.box
         step = np.abs(swap.patch - under[y0:y1, x0:x1]).mean()
         assert step >= 0.8 * MIN_BLEND_STEP, f"seed {seed}: a self-blend step of {step:.1f}"
+
+
+def test_pasted_faces_are_soft_and_off_in_colour_like_a_decoders(photos_dir):
+    """Both methods paste a face rendered at a low resolution with a colour step."""
+    photos = load_photos(photos_dir, ["sample2", "sample4"])
+    target, donor = photos
+    under = target.rgb.astype(np.float32)
+
+    def detail(img: np.ndarray) -> float:  # what a small blur takes away
+        return float(np.abs(img - cv2.GaussianBlur(img, (0, 0), 2.0)).mean())
+
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        for swap in (
+            _make_self_blend(target, target.faces[0], rng),
+            _make_swap(target, target.faces[0], donor, donor.faces[0], rng),
+        ):
+            x0, y0, x1, y1 = swap.box
+            covered = under[y0:y1, x0:x1]
+            assert detail(swap.patch) < 0.6 * detail(covered), f"seed {seed}: a sharp face"
+            colour = np.abs(swap.patch.mean((0, 1)) - covered.mean((0, 1))).mean()
+            assert colour >= 0.9 * MIN_COLOUR_STEP, f"seed {seed}: colour step {colour:.1f}"
 
 
 def test_identities_split_disjointly(tmp_path, photos_dir):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from analyzer.model import load_checkpoint
+from analyzer.train import TrainConfig, epoch_lr
 from tests.conftest import run_cli
 
 
@@ -44,10 +45,12 @@ def test_augmented_training_of_the_compact_model(manifest, tmp_path):
     result = run_cli("train", str(manifest), str(tmp_path / "aug"), "--epochs", "1", "--frames",
                      "4", "--batch", "2", "--device", "cpu", "--backbone", "mobilenet_v3_small",
                      "--lstm-hidden", "32", "--model-version", "tiny-1", "--self-blend", "1",
-                     "--val-manifest", str(manifest), timeout=600)  # fmt: skip
+                     "--val-manifest", str(manifest), "--lr-schedule", "cosine", "--lr", "1e-4",
+                     timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     meta = load_checkpoint(tmp_path / "aug" / "last.pt").meta
     assert meta.history[0]["train_loss"] > 0 and meta.version == "tiny-1"
+    assert meta.history[0]["lr"] == pytest.approx(1e-4)  # the schedule starts at --lr
     clips = len(manifest.read_text().splitlines()) - 1
     assert f"(train {clips}, val {clips})" in meta.training_data
     assert (meta.backbone, meta.hidden) == ("mobilenet_v3_small", 32)
@@ -58,6 +61,14 @@ def test_augmented_training_of_the_compact_model(manifest, tmp_path):
     assert "--backbone mobilenet_v3_small --lstm-hidden 32" in again.stderr
     bad = run_cli("train", str(manifest), str(tmp_path / "bad"), "--self-blend", "2")
     assert bad.returncode == 2 and "not a share between 0 and 1" in bad.stderr
+
+
+def test_cosine_schedule_falls_from_lr_towards_zero_and_constant_stays():
+    cosine = TrainConfig(lr=1e-3, epochs=10, lr_schedule="cosine")
+    rates = [epoch_lr(cosine, e) for e in range(10)]
+    assert rates[0] == pytest.approx(1e-3) and rates[5] == pytest.approx(5e-4)
+    assert all(a > b for a, b in zip(rates, rates[1:], strict=False)) and 0 < rates[-1] < 1e-4
+    assert {epoch_lr(TrainConfig(lr=1e-3, epochs=10), e) for e in range(10)} == {1e-3}
 
 
 def test_evaluate_writes_a_report_for_a_trained_checkpoint(manifest, tmp_path):
