@@ -123,3 +123,23 @@ def self_blend(clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
 
     out = x * (1 - mask) + moved * mask
     return out.clamp(0, 1).view(b, t, c, h, w)
+
+
+def soften(clips: torch.Tensor, share: float, gen: torch.Generator) -> torch.Tensor:
+    """(B, T, 3, H, W) clips -> the same, with about ``share`` of them blurred as a whole
+    (Gaussian, sigma 0.5 to 1.5 crop pixels, one per clip), whatever their label.
+
+    A FAKE's pasted face is softer than its frame; a frame soft all over (a cheap camera, a
+    zoom into a small photo) is not a FAKE, and training must show both.
+    """
+    b, t, c, h, w = clips.shape
+    pick = torch.rand(b, generator=gen) < share
+    if not pick.any():
+        return clips
+    sigma = _uniform((b,), 0.5, 1.5, gen)[pick].repeat_interleave(t)
+    out = clips.clone()
+    chosen = pick.to(clips.device)
+    out[chosen] = _gaussian_blur(clips[chosen].flatten(0, 1), sigma.to(clips.device)).view(
+        -1, t, c, h, w
+    )
+    return out

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from analyzer.blend import self_blend
+from analyzer.blend import self_blend, soften
 from analyzer.datasets import Item
 from analyzer.engine import pick_device
 from analyzer.errors import DataError
@@ -62,6 +62,9 @@ class TrainConfig:
     lstm_hidden: int | None = None
     pairs: bool = False  # batch a REAL clip with the FAKEs of the same footage, same window
     self_blend: float = 0.0  # share of REAL clips given a self-blended FAKE twin (blend.py)
+    # Share of training clips blurred as a whole, REAL and FAKE alike: a face pasted at a
+    # low resolution is softer than its frame, and a soft frame alone must not read as FAKE.
+    soften: float = 0.0
     training_data: str = ""
     version: str = "trained"
     history: list[dict[str, float]] = field(default_factory=list)
@@ -228,6 +231,8 @@ def train(
                     chosen = x[torch.from_numpy(pick).to(device)]
                     x = torch.cat([x, self_blend(chosen, blend_gen)])
                     labels = np.concatenate([labels, np.zeros(int(pick.sum()), labels.dtype)])
+            if config.soften > 0:
+                x = soften(x, config.soften, blend_gen)
             if augment is not None:
                 x = augment(x).clamp(0, 1)
             x = (x - mean) / std

@@ -162,6 +162,12 @@ def _build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="share of REAL training clips turned FAKE on the fly by self-blending (0-1)",
     )
+    tr.add_argument(
+        "--soften",
+        type=_share,
+        default=0.0,
+        help="share of training clips, REAL and FAKE alike, blurred as a whole (0-1)",
+    )
     tr.add_argument("--model-version", default="trained", help="version written in verdicts")
     tr.add_argument("--training-data", default=None, help="what the data was, for the metadata")
     tr.add_argument("--device", default=os.environ.get("DFM_DEVICE", "auto"))
@@ -425,6 +431,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         lstm_hidden=args.lstm_hidden,
         pairs=args.pairs,
         self_blend=args.self_blend,
+        soften=args.soften,
         version=args.model_version,
         training_data=(args.training_data + "; " if args.training_data else "")
         + f"{args.manifest} (train {len(parts['train'])}, val {len(parts['val'])})",

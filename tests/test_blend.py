@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from analyzer.blend import MIN_COLOUR_STEP, MIN_STEP, self_blend
+from analyzer.blend import MIN_COLOUR_STEP, MIN_STEP, self_blend, soften
 
 
 def _face_like_clips(b: int = 6, t: int = 8, size: int = 112, detail: int = 8) -> torch.Tensor:
@@ -52,3 +52,14 @@ def test_the_pasted_face_is_softer_and_off_in_colour():
     assert (detail(out[centre]) < 0.8 * detail(clips[centre])).all()
     colour = (out[centre] - clips[centre]).mean((1, 3, 4)).abs().mean(1)
     assert (colour > 0.8 * MIN_COLOUR_STEP).all(), colour
+
+
+def test_soften_blurs_about_its_share_of_clips_and_leaves_the_rest():
+    clips = _face_like_clips(b=40, t=2, detail=2)
+    out = soften(clips, 0.5, torch.Generator().manual_seed(0))
+    detail_in = (clips[..., 1:] - clips[..., :-1]).abs().mean((1, 2, 3, 4))
+    detail_out = (out[..., 1:] - out[..., :-1]).abs().mean((1, 2, 3, 4))
+    untouched = (out == clips).flatten(1).all(1)
+    assert 10 <= int(untouched.sum()) <= 30, untouched
+    assert bool((detail_out[~untouched] < 0.95 * detail_in[~untouched]).all())
+    assert torch.equal(soften(clips, 0.0, torch.Generator().manual_seed(0)), clips)
