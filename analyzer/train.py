@@ -2,13 +2,13 @@
 
 Defaults follow the study and the reference project: Adam, learning rate 1e-5 (constant;
 ``lr_schedule="cosine"`` decays it to 0 over the run), weight decay 1e-5, batch 4, 20
-epochs, windows of 150 frames. Each epoch: one pass over the
-training clips (a random window of each, augmented on the device with kornia, the same
-transform for every frame of a clip), then the validation clips (first window, no
-augmentation). Every epoch writes a checkpoint with its metadata and history
-(``epoch-NNN.pt``, ``last.pt``) plus ``train_state.pt`` (optimizer, epoch) for
-``--resume``; training stops early when the validation loss has not improved for
-``patience`` epochs. Mixed precision (bf16) on CUDA.
+epochs, windows of 150 frames. Each epoch: one pass over the training clips (a random
+window of each, augmented on the device with kornia, the same transform for every frame of
+a clip; optionally with self-blended twins and whole-clip blur, ``blend.py``), then the
+validation clips (first window, no augmentation). Every epoch writes a checkpoint with its
+metadata and history (``epoch-NNN.pt``, ``last.pt``) plus ``train_state.pt`` (optimizer,
+epoch) for ``--resume``; training stops early when the validation loss has not improved
+for ``patience`` epochs. Mixed precision (bf16) on CUDA.
 """
 
 from __future__ import annotations
