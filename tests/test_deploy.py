@@ -60,6 +60,7 @@ def test_dashboards_have_the_panels_users_look_for():
         "Kafka",
         "Score",
         "Source up",
+        "Uploads",
     ):
         assert any(needle.lower() in t.lower() for t in titles), needle
     kinds = {p["type"] for path in DASHBOARDS for p in json.loads(path.read_text())["panels"]}
