@@ -1,8 +1,8 @@
 """Labelled synthetic face videos made from real photographs.
 
-The photographs are the six demo pictures of the npm package
-``@vladmandic/face-api@1.7.15`` (MIT licence; fetched at set-up time by ``make setup``,
-never committed) and scikit-image's ``astronaut``. Each photo is one *identity group*:
+The photographs are pictures shipped in open-source packages (``analyzer/photos.py`` lists
+them, pinned by digest; fetched at set-up time by ``make setup``, never committed) and
+scikit-image's ``astronaut``. Each photo is one *identity group*:
 every clip made from it, REAL or FAKE, carries its name, so a split can keep a source
 and its manipulations together, and photos can be split disjointly between train and test.
 
@@ -42,7 +42,6 @@ from __future__ import annotations
 import csv
 import functools
 import math
-import os
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -54,26 +53,14 @@ import numpy as np
 
 from analyzer.errors import AssetsMissingError, DataError
 from analyzer.faces import BlazeFaceDetector
+from analyzer.photos import FETCHED_NAMES, default_photos_dir
 
-NPM_PACKAGE = "@vladmandic/face-api@1.7.15"
-NPM_PHOTOS = [f"sample{i}" for i in range(1, 7)]
-PHOTO_NAMES = [*NPM_PHOTOS, "astronaut"]
+PHOTO_NAMES = [*FETCHED_NAMES, "astronaut"]
 LABELS_CSV = "labels.csv"
 METHODS = ("faceswap", "selfblend")
 CSV_FIELDS = [
     "file", "label", "identity", "pair", "method", "faces", "donors", "frames", "fps", "seed"
 ]  # fmt: skip
-
-
-def default_photos_dir() -> Path:
-    env = os.environ.get("DFM_PHOTOS_DIR")
-    if env:
-        return Path(env)
-    return (
-        Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
-        / "deepfake-monitor"
-        / "photos"
-    )
 
 
 @dataclass(frozen=True)
@@ -123,8 +110,8 @@ def load_photos(folder: Path | None = None, names: Sequence[str] = PHOTO_NAMES) 
                 bgr = cv2.imread(str(path))
                 if bgr is None:
                     raise AssetsMissingError(
-                        f"face photo {path} is missing; run 'make setup' (it fetches the npm "
-                        f"package {NPM_PACKAGE}) or set DFM_PHOTOS_DIR"
+                        f"face photo {path} is missing; run 'make setup' (it fetches the "
+                        "photos: python -m analyzer.photos) or set DFM_PHOTOS_DIR"
                     )
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             scale = min(1.0, 1280 / max(rgb.shape[:2]))

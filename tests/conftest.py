@@ -27,11 +27,11 @@ def json_lines(text: str) -> list[dict]:
 
 @pytest.fixture(scope="session")
 def photos_dir() -> Path:
-    from analyzer.synthetic import NPM_PHOTOS, default_photos_dir
+    from analyzer.photos import default_photos_dir, missing
 
     folder = default_photos_dir()
-    missing = [n for n in NPM_PHOTOS if not (folder / f"{n}.jpg").is_file()]
-    assert not missing, f"face photos {missing} missing in {folder}: run 'make setup' first"
+    absent = [s.name for s in missing(folder)]
+    assert not absent, f"face photos {absent} missing in {folder}: run 'make setup' first"
     return folder
 
 

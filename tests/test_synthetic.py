@@ -16,6 +16,7 @@ from analyzer.synthetic import (
     CSV_FIELDS,
     MIN_BLEND_STEP,
     MIN_COLOUR_STEP,
+    PHOTO_NAMES,
     _graded_photo,
     _make_self_blend,
     _make_swap,
@@ -154,6 +155,14 @@ def test_identities_split_disjointly(tmp_path, photos_dir):
     assert train == {"sample1", "sample4"} and test == {"sample6"}
     # With one photo, FAKE clips swap faces within it.
     assert all(d.startswith("sample6/") for d in rows(tmp_path / "test")[1]["donors"].split(";"))
+
+
+def test_every_photo_shows_a_face_big_enough_to_film(photos_dir):
+    # load_photos drops a photo in which the detector finds no face of 40 px or more.
+    found = load_photos(photos_dir, PHOTO_NAMES)
+    assert [p.name for p in found] == PHOTO_NAMES
+    sizes = {p.name: min(f.box[2] - f.box[0] for f in p.faces) for p in found}
+    assert min(sizes.values()) >= 60, f"small faces: {sizes}"
 
 
 def test_missing_photos_are_one_clear_error(tmp_path):
