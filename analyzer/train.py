@@ -248,7 +248,7 @@ def train(
             total += len(labels)
             if on_batch is not None:
                 on_batch(len(idx), loss_sum / total, correct / total)
-        _recalibrate_batchnorm(model, train_set, device, mean, std, rng)
+        _recalibrate_batchnorm(model, train_set, device, mean, std, seed=config.seed * 1000 + epoch)
         val_loss, val_acc = _evaluate(model, val_set, loss_fn, device, mean, std)
         row = {
             "epoch": float(epoch + 1),
@@ -295,15 +295,20 @@ def _recalibrate_batchnorm(
     device: torch.device,
     mean: torch.Tensor,
     std: torch.Tensor,
-    rng: random.Random,
-    clips: int = 32,
+    seed: int,
+    frames: int = 1024,
+    batch: int = 32,
 ) -> None:
-    """Recompute BatchNorm running statistics as exact averages over training clips.
+    """Recompute BatchNorm running statistics as exact averages over training frames.
 
     The running averages kept during training lag behind the weights, far behind with a
     small momentum (MobileNetV3's is 0.01) or few steps, and a model in eval mode with
     stale statistics can score every clip alike. So before validation and before each
-    checkpoint, the statistics are measured afresh ("precise BN").
+    checkpoint, the statistics are measured afresh ("precise BN") over ``frames`` frames,
+    each from a random clip at a random position, ``batch`` frames a forward pass: a
+    variance measured within one clip's frames (or one frame) would leave out how frames
+    differ from clip to clip, and too few frames give every epoch's checkpoint a different
+    calibration. Draws from its own generator, so the training order does not depend on it.
     """
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -313,10 +318,12 @@ def _recalibrate_batchnorm(
         m.reset_running_stats()
         m.momentum = None  # cumulative average over the batches below
     model.train()
-    picks = rng.sample(range(len(data)), min(clips, len(data)))
-    for i in picks:
-        x = (_to_tensor(data.window(i)[None], device) - mean) / std
-        model.features(x.flatten(0, 1))  # type: ignore[operator]
+    rng = random.Random(seed)
+    frames = min(frames, sum(len(c) for c in data.clips))
+    for _ in range(max(1, frames // batch)):
+        picks = [rng.randrange(len(data)) for _ in range(batch)]
+        x = np.stack([data.clips[i][rng.randrange(len(data.clips[i]))][None] for i in picks])
+        model.features(((_to_tensor(x, device) - mean) / std).flatten(0, 1))  # type: ignore[operator]
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
     model.eval()

@@ -109,3 +109,31 @@ def test_pairs_are_batched_together_on_the_same_frames(manifest):
                for p in set(seen))  # fmt: skip
     unpaired = clips.epoch_order(random.Random(0), pairs=False)
     assert sorted(i for i, _ in unpaired) == list(range(len(clips)))
+
+
+def test_precise_bn_measures_how_frames_differ_between_clips():
+    # Eight clips, each one flat colour: all the variance is between clips. Statistics
+    # measured a frame (or a clip) at a time would see none of it.
+    import numpy as np
+    import torch
+    from torch import nn
+
+    from analyzer.train import ClipSet, _recalibrate_batchnorm
+
+    levels = np.linspace(0, 255, 8).astype(np.uint8)
+    data = ClipSet.__new__(ClipSet)
+    data.clips = [np.full((20, 4, 4, 3), v, np.uint8) for v in levels]
+    data.items = [None] * len(data.clips)
+
+    class Tiny(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.features = nn.BatchNorm2d(3, momentum=0.01)
+
+    model = Tiny()
+    zero, one = torch.zeros(1, 1, 3, 1, 1), torch.ones(1, 1, 3, 1, 1)
+    _recalibrate_batchnorm(model, data, torch.device("cpu"), zero, one, seed=0)
+    expected = (levels / 255.0).var()
+    assert model.features.running_var.numpy() == pytest.approx([expected] * 3, rel=0.25)
+    assert model.features.running_mean.numpy() == pytest.approx([0.5] * 3, abs=0.06)
+    assert model.features.momentum == 0.01 and not model.training
