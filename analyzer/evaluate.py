@@ -78,14 +78,16 @@ def write_report(
     history: Sequence[dict[str, float]] = (),
     methods: Sequence[str] | None = None,
     threshold: float = 0.5,
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """Metrics (plus ``extra``, e.g. the window scored) in ``metrics.json``, and the plots."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    result = metrics(labels, p_fake, threshold=threshold, methods=methods)
+    result = {**metrics(labels, p_fake, threshold=threshold, methods=methods), **(extra or {})}
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
 
     cm = np.array(result["confusion_matrix"]["matrix"])
@@ -142,15 +144,17 @@ def evaluate_checkpoint(
     *,
     device: str = "auto",
     threshold: float = 0.5,
+    window: int | None = None,
 ) -> dict[str, Any]:
-    """Score each clip's first window with the whole model; write the report to ``out``."""
+    """Score each clip's first window (``window`` frames, else the checkpoint's
+    ``window_frames``) with the whole model; write the report to ``out``."""
     from analyzer.engine import Engine
     from analyzer.model import load_checkpoint
     from analyzer.train import read_clip
 
     loaded = load_checkpoint(checkpoint)
     engine = Engine(loaded, device)
-    frames = loaded.meta.window_frames
+    frames = window or loaded.meta.window_frames
     scores = []
     for item in items:
         clip = read_clip(item.path)[:frames]
@@ -162,6 +166,7 @@ def evaluate_checkpoint(
         history=loaded.meta.history,
         methods=[i.method for i in items],
         threshold=threshold,
+        extra={"window_frames": frames},
     )
     rows = ["clip,label,method,p_fake"]
     rows += [f"{i.path},{i.label},{i.method},{s:.6f}" for i, s in zip(items, scores, strict=True)]

@@ -183,6 +183,10 @@ def _build_parser() -> argparse.ArgumentParser:
         "--fractions", type=_fractions, default=(0.7, 0.2, 0.1), help="as train's --split"
     )
     ev.add_argument("--threshold", type=float, default=0.5)
+    ev.add_argument(
+        "--window", type=_positive_int, default=None,
+        help="frames scored from the start of each clip (default: the checkpoint's window)",
+    )  # fmt: skip
     ev.add_argument("--device", default=os.environ.get("DFM_DEVICE", "auto"))
 
     ex = sub.add_parser("explain", help="Grad-CAM heat maps of a video's face windows (PNG)")
@@ -476,12 +480,18 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     if not items:
         raise UsageError(f"the {args.split} split of {args.manifest} is empty; try --split all")
     result = evaluate_checkpoint(
-        args.checkpoint, items, args.out_dir, device=args.device, threshold=args.threshold
+        args.checkpoint,
+        items,
+        args.out_dir,
+        device=args.device,
+        threshold=args.threshold,
+        window=args.window,
     )
     print(
         f"{result['videos']} videos: accuracy {result['accuracy']:.4f}, "
         f"AUC {result['roc_auc']:.4f}, EER {result['eer']:.4f}, "
-        f"log loss {result['log_loss']:.4f}; report in {args.out_dir}"
+        f"log loss {result['log_loss']:.4f} ({result['window_frames']}-frame windows); "
+        f"report in {args.out_dir}"
     )
     return 0
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from analyzer.model import load_checkpoint
@@ -83,6 +85,12 @@ def test_evaluate_writes_a_report_for_a_trained_checkpoint(manifest, tmp_path):
     assert "4 videos: accuracy" in result.stdout
     for name in ("metrics.json", "confusion_matrix.png", "roc.png", "loss.png", "predictions.csv"):
         assert (report / name).stat().st_size > 0, name
+    assert "(6-frame windows)" in result.stdout  # the checkpoint's window by default
+    assert json.loads((report / "metrics.json").read_text())["window_frames"] == 6
+    shorter = run_cli("evaluate", str(manifest), str(run / "last.pt"), str(tmp_path / "r3"),
+                      "--split", "all", "--window", "3", "--device", "cpu")  # fmt: skip
+    assert shorter.returncode == 0 and "(3-frame windows)" in shorter.stdout
+    assert json.loads((tmp_path / "r3" / "metrics.json").read_text())["window_frames"] == 3
     # Four clips of two identities: the 70/20/10 split leaves the test part empty.
     empty = run_cli("evaluate", str(manifest), str(run / "last.pt"), str(report), "--split",
                     "test", "--device", "cpu")  # fmt: skip
