@@ -70,7 +70,7 @@ def test_scan_without_a_checkpoint_uses_the_labelled_demo(synth_clips):
     assert len(verdicts) == 2
     for v in verdicts:
         assert v["model"]["name"] == "synthetic-demo-mobilenetv3s-lstm256"
-        assert v["model"]["version"] == "synthetic-demo-4" and len(v["model"]["sha256"]) == 64
+        assert v["model"]["version"] == "synthetic-demo-5" and len(v["model"]["sha256"]) == 64
 
 
 def test_not_a_video(tmp_path):
