@@ -21,7 +21,7 @@
 # evaluated on 150-frame windows, on two draws of held-out clips (seeds 202/303 and
 # 404/505). README, "The demo checkpoint", says how this recipe was chosen.
 #
-#   scripts/train_demo.sh [WORK_DIR]    (default ./demo-work; about an hour on 2 CPU cores)
+#   scripts/train_demo.sh [WORK_DIR]    (default ./demo-work; about 75 minutes on 2 CPU cores)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 WORK=${1:-demo-work}
