@@ -91,6 +91,12 @@ def test_evaluate_writes_a_report_for_a_trained_checkpoint(manifest, tmp_path):
                       "--split", "all", "--window", "3", "--device", "cpu")  # fmt: skip
     assert shorter.returncode == 0 and "(3-frame windows)" in shorter.stdout
     assert json.loads((tmp_path / "r3" / "metrics.json").read_text())["window_frames"] == 3
+
+    def p_fake(folder):
+        lines = (folder / "predictions.csv").read_text().splitlines()[1:]
+        return [float(line.rsplit(",", 1)[1]) for line in lines]
+
+    assert p_fake(tmp_path / "r3") != p_fake(report)  # scored on 3 frames, not labelled so
     # Four clips of two identities: the 70/20/10 split leaves the test part empty.
     empty = run_cli("evaluate", str(manifest), str(run / "last.pt"), str(report), "--split",
                     "test", "--device", "cpu")  # fmt: skip
