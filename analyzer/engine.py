@@ -15,16 +15,28 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from analyzer.errors import DeviceError
 from analyzer.model import LoadedModel
 
 log = logging.getLogger(__name__)
 
 
-def pick_device(name: str = "auto") -> torch.device:
-    """``auto`` means CUDA when one is visible, else the CPU."""
+def pick_device(name: str = "auto", setting: str = "--device / DFM_DEVICE") -> torch.device:
+    """``auto`` means CUDA when one is visible, else the CPU; ``setting`` names the knob."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise DeviceError(f"{setting} {name!r} is not a device; use auto, cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError(
+            f"{setting} asks for {name!r}, but no usable CUDA GPU or driver is visible here; "
+            "use auto (the CPU when there is no GPU) or cpu"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise DeviceError(f"{setting} {name!r} is not supported; use auto, cpu or cuda")
+    return device
 
 
 class Engine:

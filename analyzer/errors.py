@@ -25,3 +25,7 @@ class DataError(AnalyzerError):
 
 class AssetsMissingError(DataError):
     """Data fetched at set-up time (face photographs) is not where it should be."""
+
+
+class DeviceError(AnalyzerError):
+    """The device asked for (``--device``, ``DFM_DEVICE``) is not usable here."""

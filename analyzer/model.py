@@ -216,10 +216,11 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Loa
     try:
         raw = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many unrelated types for a bad file
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.debug("torch.load(%s) failed: %r", path, exc)
         raise CheckpointError(
-            f"{path} is not a checkpoint this program can read ({reason[:160]}); "
-            "pass a file written by 'deepfake-monitor train' or a reference state_dict"
+            f"{path} is not a checkpoint this program can read (not a PyTorch file, damaged, "
+            "or holding objects other than tensors); pass a file written by "
+            "'deepfake-monitor train' or a reference-project state_dict"
         ) from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} holds a {type(raw).__name__}, not a state_dict")

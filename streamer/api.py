@@ -1,37 +1,49 @@
 """HTTP API (FastAPI): health, metrics, stream control, recent verdicts, uploads, web page.
 
-Runs on uvicorn inside the service's event loop. When ``DFM_API_TOKEN`` is set, every
-route but ``/healthz``, ``/readyz``, ``/metrics`` and the web page's static files needs
-``Authorization: Bearer`` (the page asks for the token and sends it on each call).
-Every 4xx carries ``{"error": "<one line saying what is wrong>"}``.
+Runs on uvicorn inside the service's event loop, behind :class:`~streamer.httpguard.HttpGuard`
+(host, token, body size and read timeout are checked there, before any body is read).
+The API talks to the service through :class:`ApiBackend` and to streams through
+:class:`~streamer.control.StreamControl`; the service's typed errors
+(:class:`~streamer.errors.Rejected`) become HTTP statuses here and nowhere else
+(``STATUS``). Every 4xx carries ``{"error": "<one line saying what is wrong>"}``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import uvicorn
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from streamer.config import STREAM_ID, StreamSpec
-from streamer.manager import StreamRejected, redact
-from streamer.sources.webrtc import WhipError
-from streamer.uploads import UploadRejected
-
-if TYPE_CHECKING:
-    from streamer.service import Service
+from streamer.config import STREAM_ID, Settings, StreamSpec
+from streamer.control import StreamControl
+from streamer.errors import (
+    BadRequest,
+    Busy,
+    Conflict,
+    Invalid,
+    LimitReached,
+    NotFound,
+    Rejected,
+    TooLarge,
+    Unsupported,
+    UrlRejected,
+)
+from streamer.httpguard import JSON_MAX_BYTES, HttpGuard
+from streamer.metrics import Metrics
+from streamer.sources.webrtc import WhipGateway
+from streamer.uploads import UploadScanner
 
 log = logging.getLogger(__name__)
 
@@ -41,36 +53,87 @@ STATIC = {
     "app.css": "text/css; charset=utf-8",
     "icon.svg": "image/svg+xml",
 }
-SPARKLINE_POINTS = 60
 # Responses that arrive piece by piece: no caching, no proxy buffering.
 STREAMING = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(reason)
-        self.status, self.reason, self.headers = status, reason, headers
+# The one place a kind of refusal becomes an HTTP status (most specific class first).
+STATUS: tuple[tuple[type[Rejected], int], ...] = (
+    (UrlRejected, 400),
+    (BadRequest, 400),
+    (Invalid, 422),
+    (NotFound, 404),
+    (Conflict, 409),
+    (LimitReached, 429),
+    (TooLarge, 413),
+    (Unsupported, 415),
+    (Busy, 503),
+    (Rejected, 400),
+)
 
 
-def create_app(service: Service) -> FastAPI:
+def status_of(exc: Rejected) -> int:
+    return next(code for kind, code in STATUS if isinstance(exc, kind))
+
+
+class ApiBackend(Protocol):
+    """What the HTTP layer needs of the service (``streamer.service.Service`` is one)."""
+
+    settings: Settings
+    version: str
+    metrics: Metrics
+    closing: asyncio.Event
+
+    @property
+    def control(self) -> StreamControl: ...
+
+    @property
+    def whip(self) -> WhipGateway: ...
+
+    @property
+    def uploads(self) -> UploadScanner: ...
+
+    def readiness(self) -> dict[str, bool]: ...
+
+    def info(self) -> dict[str, Any]: ...
+
+
+def body_cap(settings: Settings) -> Any:
+    """The largest body each route takes, and the setting that says so."""
+
+    def cap(method: str, path: str) -> tuple[int, str]:
+        if method == "POST" and path == "/v1/scan":
+            return settings.scan_max_bytes, "DFM_SCAN_MAX_BYTES"
+        if method == "POST" and path.startswith("/v1/whip/"):
+            return settings.whip_max_sdp_bytes, "DFM_WHIP_MAX_SDP_BYTES"
+        return JSON_MAX_BYTES, "fixed for JSON calls"
+
+    return cap
+
+
+def guarded_app(service: ApiBackend) -> HttpGuard:
+    """The app as served: :func:`create_app` behind the :class:`HttpGuard`."""
+    s = service.settings
+    from streamer.config import is_loopback
+
+    return HttpGuard(
+        create_app(service),
+        token=s.api_token,
+        check_host=not s.api_token and is_loopback(s.http_host),
+        body_cap=body_cap(s),
+        read_timeout_s=s.http_read_timeout_s,
+        on_reject=lambda label: service.metrics.http_rejected.labels(label).inc(),
+    )
+
+
+def create_app(service: ApiBackend) -> FastAPI:
     app = FastAPI(title="deepfake-monitor", version=service.version, docs_url="/docs")
-    token = service.settings.api_token
+    sse_clients = 0
 
-    def auth(request: Request) -> None:
-        if not token:
-            return
-        header = request.headers.get("authorization", "")
-        scheme, _, given = header.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip(), token):
-            raise ApiError(
-                401,
-                "missing or wrong bearer token",
-                {"WWW-Authenticate": 'Bearer realm="deepfake-monitor"'},
-            )
-
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": exc.reason}, exc.status, headers=exc.headers)
+    @app.exception_handler(Rejected)
+    async def _rejected(request: Request, exc: Rejected) -> JSONResponse:
+        headers = {"Retry-After": str(exc.retry_after_s)} if exc.retry_after_s else None
+        return JSONResponse({"error": exc.reason}, status_of(exc), headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -98,8 +161,6 @@ def create_app(service: Service) -> FastAPI:
     async def metrics() -> Response:
         return Response(service.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
-    secured = [Depends(auth)]
-
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
         return FileResponse(WEB / "index.html", media_type="text/html; charset=utf-8")
@@ -107,30 +168,15 @@ def create_app(service: Service) -> FastAPI:
     @app.get("/static/{name}", include_in_schema=False)
     async def static(name: str) -> FileResponse:
         if name not in STATIC:
-            raise ApiError(404, f"no static file {name!r}")
+            raise NotFound(f"no static file {name!r}")
         return FileResponse(WEB / name, media_type=STATIC[name])
 
-    @app.get("/v1/info", dependencies=secured)
+    @app.get("/v1/info")
     async def info() -> dict[str, Any]:
         """The model being served and the settings an uploader needs to know."""
-        s = service.settings
-        meta = service.engine.meta
-        return {
-            "version": service.version,
-            "model": {
-                "name": meta.name,
-                "version": meta.version,
-                "sha256": service.engine.sha256,
-                "training_data": meta.training_data,
-            },
-            "threshold": s.threshold,
-            "window_frames": s.window_frames,
-            "hop_frames": s.hop_frames,
-            "fps": s.fps,
-            "scan_max_bytes": s.scan_max_bytes,
-        }
+        return service.info()
 
-    @app.post("/v1/scan", dependencies=secured)
+    @app.post("/v1/scan")
     async def scan_upload(
         request: Request, name: str = Query("upload", max_length=200)
     ) -> StreamingResponse:
@@ -140,54 +186,55 @@ def create_app(service: Service) -> FastAPI:
             uploads.check_room()  # before reading a body it would turn away
             path, size = await uploads.receive(request)
             events = await uploads.events(path, name, size)
-        except UploadRejected as exc:
+        except Rejected:
             service.metrics.uploads.labels("rejected").inc()
-            raise ApiError(exc.status, exc.reason, exc.headers) from None
+            raise
         return StreamingResponse(events, media_type="application/x-ndjson", headers=STREAMING)
 
-    @app.get("/v1/events", dependencies=secured)
+    @app.get("/v1/events")
     async def events(request: Request) -> StreamingResponse:
         """Server-Sent Events: ``streams`` snapshots (state, last score, recent scores)."""
-        return StreamingResponse(
-            _snapshots(service, request), media_type="text/event-stream", headers=STREAMING
-        )
+        nonlocal sse_clients
+        limit = service.settings.events_max_clients
+        if sse_clients >= limit:
+            raise Busy(
+                f"{sse_clients} event streams are open already (DFM_EVENTS_MAX_CLIENTS)",
+                retry_after_s=10,
+            )
+        sse_clients += 1
 
-    @app.get("/v1/streams", dependencies=secured)
+        async def counted() -> AsyncIterator[str]:
+            nonlocal sse_clients
+            try:
+                async for chunk in _snapshots(service, request):
+                    yield chunk
+            finally:
+                sse_clients -= 1
+
+        return StreamingResponse(counted(), media_type="text/event-stream", headers=STREAMING)
+
+    @app.get("/v1/streams")
     async def list_streams() -> dict[str, Any]:
-        return {"streams": [r.status() for r in service.manager.streams.values()]}
+        return {"streams": service.control.streams()}
 
-    @app.post("/v1/streams", status_code=201, dependencies=secured)
+    @app.post("/v1/streams", status_code=201)
     async def add_stream(spec: StreamSpec) -> JSONResponse:
-        try:
-            if service.directory is not None:
-                # Cluster mode: the replica that owns the id's partition starts it.
-                service.manager.check(spec)
-                await service.directory.put(spec)
-                body = {"id": spec.id, "state": "submitted", "cluster": True}
-                return JSONResponse(body, 202, headers={"Location": f"/v1/streams/{spec.id}"})
-            runner = await service.manager.add(spec)
-        except StreamRejected as exc:
-            raise ApiError(exc.status, exc.reason) from None
-        return JSONResponse(runner.status(), 201, headers={"Location": f"/v1/streams/{spec.id}"})
+        done = await service.control.add(spec)
+        headers = {"Location": f"/v1/streams/{spec.id}"}
+        return JSONResponse(done.status, 202 if done.accepted else 201, headers=headers)
 
-    @app.get("/v1/streams/{stream_id}", dependencies=secured)
+    @app.get("/v1/streams/{stream_id}")
     async def get_stream(stream_id: str) -> dict[str, Any]:
-        return _runner(service, stream_id).status()
+        return service.control.get(stream_id)
 
-    @app.delete("/v1/streams/{stream_id}", status_code=204, dependencies=secured)
+    @app.delete("/v1/streams/{stream_id}", status_code=204)
     async def delete_stream(stream_id: str) -> Response:
-        if service.directory is not None:
-            await service.directory.delete(stream_id)
-            return Response(status_code=202)
-        if not await service.manager.remove(stream_id):
-            raise ApiError(404, f"no stream {stream_id!r}")
-        return Response(status_code=204)
+        done = await service.control.remove(stream_id)
+        return Response(status_code=202 if done.accepted else 204)
 
-    @app.get("/v1/streams/{stream_id}/verdicts", dependencies=secured)
+    @app.get("/v1/streams/{stream_id}/verdicts")
     async def verdicts(stream_id: str, limit: int = Query(50, ge=1, le=10000)) -> dict[str, Any]:
-        _runner(service, stream_id)
-        recent = service.recent.recent(stream_id, limit)
-        return {"stream_id": stream_id, "verdicts": [v.model_dump(by_alias=True) for v in recent]}
+        return {"stream_id": stream_id, "verdicts": service.control.verdicts(stream_id, limit)}
 
     @app.options("/v1/whip/{stream_id}")
     async def whip_options(stream_id: str) -> Response:
@@ -197,29 +244,21 @@ def create_app(service: Service) -> FastAPI:
             headers["Link"] = ", ".join(links)
         return Response(status_code=204, headers=headers)
 
-    @app.post("/v1/whip/{stream_id}", dependencies=secured)
+    @app.post("/v1/whip/{stream_id}")
     async def whip_post(stream_id: str, request: Request) -> Response:
         if not STREAM_ID.match(stream_id):
-            raise ApiError(422, "stream id must be 1-64 characters of A-Z a-z 0-9 . _ -")
+            raise Invalid("stream id must be 1-64 characters of A-Z a-z 0-9 . _ -")
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/sdp":
-            raise ApiError(415, f"WHIP offers are Content-Type application/sdp, not {ctype!r}")
-        limit = service.settings.whip_max_sdp_bytes
-        if int(request.headers.get("content-length") or 0) > limit:
-            raise ApiError(413, f"SDP offer larger than {limit} bytes (DFM_WHIP_MAX_SDP_BYTES)")
-        body = await request.body()
-        if len(body) > limit:
-            raise ApiError(413, f"SDP offer larger than {limit} bytes (DFM_WHIP_MAX_SDP_BYTES)")
+            raise Unsupported(f"WHIP offers are Content-Type application/sdp, not {ctype!r}")
+        body = await request.body()  # at most DFM_WHIP_MAX_SDP_BYTES: HttpGuard cut it there
         if not body.strip():
-            raise ApiError(400, "empty body: send the SDP offer")
+            raise BadRequest("empty body: send the SDP offer")
         try:
             sdp = body.decode("utf-8")
         except UnicodeDecodeError:
-            raise ApiError(400, "the SDP offer is not UTF-8 text") from None
-        try:
-            session = await service.whip.offer(stream_id, sdp)
-        except (WhipError, StreamRejected) as exc:
-            raise ApiError(exc.status, exc.reason) from None
+            raise BadRequest("the SDP offer is not UTF-8 text") from None
+        session = await service.whip.offer(stream_id, sdp)
         return Response(
             session.pc.localDescription.sdp,
             201,
@@ -227,44 +266,22 @@ def create_app(service: Service) -> FastAPI:
             headers={"Location": session.location},
         )
 
-    @app.delete("/v1/whip/{stream_id}/{session_id}", dependencies=secured)
+    @app.delete("/v1/whip/{stream_id}/{session_id}")
     async def whip_delete(stream_id: str, session_id: str) -> Response:
         if not await service.whip.delete(stream_id, session_id):
-            raise ApiError(404, f"no WHIP session {session_id!r} for stream {stream_id!r}")
+            raise NotFound(f"no WHIP session {session_id!r} for stream {stream_id!r}")
         return Response(status_code=200)
 
     return app
 
 
-def stream_cards(service: Service) -> list[dict[str, Any]]:
-    """What the web page shows of each stream, with its recent scores for a sparkline."""
-    cards = []
-    for runner in service.manager.streams.values():
-        last = runner.last_verdict
-        recent = service.recent.recent(runner.id, SPARKLINE_POINTS)
-        cards.append(
-            {
-                "id": runner.id,
-                "url": redact(runner.spec.url),
-                "state": str(runner.source_state),
-                "reason": runner.reason,
-                "label": last.label if last else None,
-                "score": last.score if last else None,
-                "smoothed_score": last.smoothed_score if last else None,
-                "seq": last.seq if last else None,
-                "threshold": service.settings.threshold,
-                "scores": [v.smoothed_score for v in recent],
-            }
-        )
-    return cards
-
-
-async def _snapshots(service: Service, request: Request) -> AsyncIterator[str]:
+async def _snapshots(service: ApiBackend, request: Request) -> AsyncIterator[str]:
     interval = service.settings.events_interval_s
     last, sent_at = "", 0.0
     yield "retry: 3000\n\n"
     while not service.closing.is_set() and not await request.is_disconnected():
-        snapshot = json.dumps({"streams": stream_cards(service)}, separators=(",", ":"))
+        cards = service.control.cards(service.settings.threshold)
+        snapshot = json.dumps({"streams": cards}, separators=(",", ":"))
         now = time.monotonic()
         if snapshot != last:
             yield f"event: streams\ndata: {snapshot}\n\n"
@@ -273,13 +290,6 @@ async def _snapshots(service: Service, request: Request) -> AsyncIterator[str]:
             yield ": keep-alive\n\n"
             sent_at = now
         await asyncio.sleep(interval)
-
-
-def _runner(service: Service, stream_id: str) -> Any:
-    runner = service.manager.streams.get(stream_id)
-    if runner is None:
-        raise ApiError(404, f"no stream {stream_id!r}")
-    return runner
 
 
 def _jsonable(errors: Any) -> Any:

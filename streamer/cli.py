@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from streamer.nativelog import route_native_stderr
 log = logging.getLogger("deepfake-monitor")
 
 PROG = "deepfake-monitor"
+SCAN_FETCH_MAX_BYTES = 2 << 30  # an http(s) video scan downloads first, up to this
 
 
 class UsageError(StreamerError):
@@ -234,11 +236,11 @@ def _configure_logging(verbose: int) -> None:
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
-    from analyzer.engine import Engine
-    from analyzer.faces import BlazeFaceDetector
+    from analyzer.engine import Engine, pick_device
     from analyzer.model import load_checkpoint, random_model
     from streamer.config import checkpoint_path
-    from streamer.scan import ScanOptions, open_frames, scan, stream_id_for
+    from streamer.scan import ScanOptions, fetch_http, open_frames, stream_id_for
+    from streamer.urls import NetPolicy, parse_source_url
 
     if args.hop > args.window:
         raise UsageError(
@@ -262,9 +264,27 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
     )
     checkpoint = checkpoint_path(args.checkpoint, random_weights=args.random_weights)
-    frames = open_frames(args.source, options)
-    loaded = random_model() if checkpoint is None else load_checkpoint(checkpoint)
-    engine = Engine(loaded, args.device)
+    device = pick_device(args.device, "--device")
+    policy = NetPolicy()
+    source = parse_source_url(args.source, kind="scan", policy=policy)
+    with tempfile.TemporaryDirectory(prefix="dfm-scan-") as tmp:
+        if source.scheme in ("http", "https"):
+            source = fetch_http(
+                source, Path(tmp), timeout_s=args.timeout, max_bytes=SCAN_FETCH_MAX_BYTES,
+                policy=policy,
+            )  # fmt: skip
+        frames = open_frames(source, options)
+        loaded = random_model() if checkpoint is None else load_checkpoint(checkpoint)
+        engine = Engine(loaded, device)
+        return _scan_frames(args, frames, engine, options, stream_id)
+
+
+def _scan_frames(
+    args: argparse.Namespace, frames: Any, engine: Any, options: Any, stream_id: str
+) -> int:
+    from analyzer.faces import BlazeFaceDetector
+    from streamer.scan import scan
+
     with BlazeFaceDetector() as detector, _progress(desc="scan", unit="frame") as tick:
         summary = scan(
             frames,

@@ -20,9 +20,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import KafkaError
 
 from streamer.config import Settings, StreamSpec
+from streamer.errors import Rejected
 from streamer.kafka_common import client_options, ensure_topic
-from streamer.manager import StreamManager, StreamRejected
+from streamer.manager import StreamManager
 from streamer.tasks import cancel_and_wait
+from streamer.urls import redact
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +126,10 @@ class SourceDirectory:
                     sid = rec.key.decode(errors="replace")
                     desired[sid] = (tp.partition, self._parse(sid, rec.value, rec.offset))
             for sid, (partition, spec) in desired.items():
-                await self._apply(sid, partition, spec)
+                try:
+                    await self._apply(sid, partition, spec)
+                except Exception:  # one record must never stop the directory
+                    log.exception("sources: cannot apply the record for %s", sid)
 
     def _parse(self, sid: str, value: bytes | None, offset: int) -> StreamSpec | None:
         if value is None:
@@ -132,7 +137,7 @@ class SourceDirectory:
         try:
             spec = StreamSpec.model_validate(json.loads(value))
         except (ValueError, UnicodeDecodeError) as exc:
-            log.error("sources: bad spec for %s at offset %d: %s", sid, offset, exc)
+            log.error("sources: bad spec for %s at offset %d: %s", sid, offset, redact(str(exc)))
             return None
         return spec if spec.id == sid else None
 
@@ -146,7 +151,7 @@ class SourceDirectory:
         if spec is not None and (running is None or running.spec != spec):
             try:
                 await self.manager.add(spec)
-            except StreamRejected as exc:
+            except Rejected as exc:
                 log.error("sources: cannot start %s: %s", sid, exc.reason)
                 return
             self.owned[sid] = partition

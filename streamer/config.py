@@ -6,16 +6,19 @@ service at start-up with one line naming the setting (:func:`load_settings`).
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+from difflib import get_close_matches
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from streamer.errors import ConfigError
+from streamer.errors import ConfigError, UrlRejected
+from streamer.urls import DEFAULT_DENY_NETS, NetPolicy, parse_nets, parse_source_url
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
@@ -26,7 +29,12 @@ class StreamSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str = Field(description="1-64 of A-Z a-z 0-9 . _ -")
-    url: str = Field(min_length=1, max_length=2048, description="rtsp://, rtsps:// or file://")
+    url: str = Field(
+        min_length=1,
+        max_length=2048,
+        description="rtsp:// or rtsps:// (file:// with DFM_ALLOW_FILE_SOURCES); checked by "
+        "the URL policy when the stream is added",
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="per-stream overrides")
 
     @field_validator("id")
@@ -63,7 +71,18 @@ class Settings(BaseSettings):
     http_host: str = Field("127.0.0.1", description="HTTP listen address")
     http_port: int = Field(8080, ge=0, le=65535, description="HTTP port (0: any free port)")
     api_token: str | None = Field(
-        None, description="bearer token for everything but health/metrics"
+        None, description="bearer token for everything but health/metrics (whitespace stripped)"
+    )
+    auth: Literal["token", "none"] = Field(
+        "token",
+        description="'none' must be said explicitly to serve a non-loopback address without "
+        "a token",
+    )
+    http_read_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="longest wait for the next piece of a request body"
+    )
+    events_max_clients: int = Field(
+        32, ge=1, le=10000, description="concurrent /v1/events (SSE) connections"
     )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     checkpoint: Path | None = Field(None, description="model checkpoint; default: bundled demo")
@@ -85,6 +104,9 @@ class Settings(BaseSettings):
         12, ge=1, le=1000, description="when it creates the topic"
     )
     kafka_replication_factor: int = Field(1, ge=1, le=10, description="when it creates topics")
+    kafka_max_message_bytes: int = Field(
+        8 << 20, ge=1024, le=1 << 30, description="larger video messages are skipped and counted"
+    )
     kafka_buffer: int = Field(
         10000, ge=1, le=1_000_000, description="verdicts held while Kafka is away"
     )
@@ -100,6 +122,28 @@ class Settings(BaseSettings):
 
     sources: list[StreamSpec] = Field(default_factory=list, description="streams at start-up")
     allow_file_sources: bool = Field(False, description="accept file:// stream URLs")
+    source_allow_nets: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="CIDR networks sources may connect to (comma-separated; empty: any)",
+    )
+    source_deny_nets: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_DENY_NETS),
+        description="CIDR networks sources may never connect to (default: link-local and "
+        "cloud metadata addresses)",
+    )
+    max_frame_pixels: int = Field(
+        3840 * 2160,
+        ge=64 * 64,
+        le=1 << 28,
+        description="largest frame (width x height) decoded; checked before conversion",
+    )
+    max_gap_s: float = Field(
+        5.0,
+        gt=0,
+        le=3600,
+        description="a timestamp gap longer than this, or a jump back, restarts the stream's "
+        "clock, tracks and windows",
+    )
     max_batch: int = Field(64, ge=1, le=1024, description="crops per backbone batch")
     max_wait_ms: float = Field(10.0, ge=0, le=1000, description="wait to fill a batch")
     frame_queue: int = Field(30, ge=1, le=600, description="frames queued per stream")
@@ -120,8 +164,51 @@ class Settings(BaseSettings):
         256 << 20, ge=1024, le=16 << 30, description="largest video POST /v1/scan accepts"
     )
     scan_concurrency: int = Field(1, ge=1, le=64, description="uploads scanned at once")
+    scan_max_seconds: float = Field(
+        600.0, gt=0, le=86400, description="media time an upload may run; longer is cut"
+    )
+    scan_spool_max_bytes: int = Field(
+        512 << 20,
+        ge=1024,
+        le=64 << 30,
+        description="bytes of all uploads being received at once (the spool's disk quota)",
+    )
     events_interval_s: float = Field(1.0, gt=0, le=60, description="web page stream updates")
     slow_engine_ms: float = Field(0.0, ge=0, description="testing only: delay per engine call")
+
+    @field_validator("api_token", mode="before")
+    @classmethod
+    def _strip_token(cls, value: Any) -> Any:
+        # A Secret made from a file ends in a newline; the token is what is before it.
+        if isinstance(value, str):
+            value = value.strip()
+            if not value:
+                raise ValueError(
+                    "is set but empty; unset it, or give a token (DFM_AUTH=none "
+                    "turns authentication off explicitly)"
+                )
+            if not all("\x21" <= ch <= "\x7e" for ch in value):
+                raise ValueError("must be printable ASCII without spaces")
+        return value
+
+    @field_validator("source_allow_nets", "source_deny_nets", mode="before")
+    @classmethod
+    def _split_nets(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [v for v in value.replace(";", ",").split(",") if v.strip()]
+        return value
+
+    @field_validator("source_allow_nets", "source_deny_nets")
+    @classmethod
+    def _check_nets(cls, value: list[str]) -> list[str]:
+        parse_nets(value, "the list")
+        return value
+
+    def net_policy(self) -> NetPolicy:
+        return NetPolicy(
+            allow=parse_nets(self.source_allow_nets, "DFM_SOURCE_ALLOW_NETS"),
+            deny=parse_nets(self.source_deny_nets, "DFM_SOURCE_DENY_NETS"),
+        )
 
 
 def checkpoint_path(explicit: Path | None, *, random_weights: bool) -> Path | None:
@@ -142,8 +229,48 @@ def checkpoint_path(explicit: Path | None, *, random_weights: bool) -> Path | No
     )
 
 
+# DFM_* variables that are not service settings: the CLI's, set-up's and the tests' own.
+NOT_SETTINGS = ("DFM_CONFIG", "DFM_CACHE", "DFM_PHOTOS_DIR", "DFM_SKIP_TEST_DEPS")
+NOT_SETTINGS_PREFIXES = ("DFM_TEST_",)
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+
+
+def unknown_env(environ: dict[str, str] | None = None) -> list[str]:
+    """``DFM_*`` variables that name no setting (a typo is otherwise silently ignored)."""
+    env = os.environ if environ is None else environ
+    known = {f"DFM_{name.upper()}" for name in Settings.model_fields}
+    return sorted(
+        key
+        for key in env
+        if key.upper().startswith("DFM_")
+        and key.upper() not in known
+        and key.upper() not in NOT_SETTINGS
+        and not key.upper().startswith(NOT_SETTINGS_PREFIXES)
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings:
-    """Settings from the environment, a YAML file (``DFM_CONFIG``) and ``overrides``."""
+    """Settings from the environment, a YAML file (``DFM_CONFIG``) and ``overrides``.
+
+    Every problem is one :class:`ConfigError` line naming the setting as the operator
+    wrote it: ``DFM_X`` for the environment, ``file.yaml: key`` for the file.
+    """
+    unknown = unknown_env()
+    if unknown:
+        close = get_close_matches(
+            unknown[0], [f"DFM_{n.upper()}" for n in Settings.model_fields], n=1
+        )
+        hint = f"; did you mean {close[0]}?" if close else "; see the settings table in README.md"
+        raise ConfigError(f"unknown setting {unknown[0]} in the environment{hint}")
     path = config_file or (Path(os.environ["DFM_CONFIG"]) if os.environ.get("DFM_CONFIG") else None)
     values: dict[str, Any] = {}
     if path is not None:
@@ -154,16 +281,35 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {path} must hold a mapping of settings")
         values.update(loaded)
+    from_file = set(values)
     values.update(overrides)
     try:
         settings = Settings(**values)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "?"
-        name = f"DFM_{loc.upper()}" if "." not in loc else loc
-        raise ConfigError(f"setting {name} ({loc}): {err['msg']}") from None
+        top = str(err["loc"][0]) if err["loc"] else "?"
+        name = (
+            f"{path}: key {loc}"
+            if top in from_file
+            else f"DFM_{top.upper()}" + (f" ({loc})" if "." in loc else "")
+        )
+        raise ConfigError(f"setting {name}: {err['msg']}") from None
     if settings.hop_frames > settings.window_frames:
         raise ConfigError("setting DFM_HOP_FRAMES must not exceed DFM_WINDOW_FRAMES")
     if settings.sink == "kafka" and not settings.kafka_bootstrap:
         raise ConfigError("setting DFM_SINK=kafka needs DFM_KAFKA_BOOTSTRAP")
+    if settings.auth == "token" and not settings.api_token and not is_loopback(settings.http_host):
+        raise ConfigError(
+            f"DFM_HTTP_HOST={settings.http_host} is not a loopback address and no DFM_API_TOKEN "
+            "is set: anyone who reaches the port could control the service; set DFM_API_TOKEN, "
+            "or DFM_AUTH=none to serve without one on purpose"
+        )
+    for spec in settings.sources:
+        try:
+            parse_source_url(
+                spec.url, allow_file=settings.allow_file_sources, policy=settings.net_policy()
+            )
+        except UrlRejected as exc:
+            raise ConfigError(f"setting DFM_SOURCES: stream {spec.id!r}: {exc.reason}") from None
     return settings

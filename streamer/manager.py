@@ -17,40 +17,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from analyzer.faces import Detector, FaceTracker
 from streamer.batcher import Batcher
 from streamer.config import Settings, StreamOptions, StreamSpec
+from streamer.errors import Conflict, Invalid, LimitReached
 from streamer.metrics import Metrics
 from streamer.sinks.base import Sink
 from streamer.sinks.stdout import RecentVerdicts
 from streamer.sources.base import Backoff, FrameItem, Opener, SourceState, SourceWorker
+from streamer.sources.decode import DecodeLimits
 from streamer.sources.file import FileOpener
 from streamer.sources.rtsp import RtspOpener
 from streamer.streams import PendingCrop, StreamState
+from streamer.urls import SourceUrl, parse_source_url
 from streamer.verdict import ModelRef, Verdict
 
 log = logging.getLogger(__name__)
-
-
-class StreamRejected(Exception):
-    """A stream spec the service will not take; ``status`` is the HTTP status to answer."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def redact(url: str) -> str:
-    """The URL without a password, for logs and the API."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username}:***@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
 
 
 class Inbox:
@@ -109,9 +92,13 @@ class StreamRunner:
         metrics: Metrics,
         model: ModelRef,
         detector_factory: Callable[[], Detector],
+        source: SourceUrl | None = None,
     ) -> None:
         self.spec = spec
         self.id = spec.id
+        # What the API, logs and the page show of the URL: never its password.
+        self.url = source.redacted if source is not None else spec.url
+        self._scrub = source.scrub if source is not None else (lambda text: text)
         self.settings = settings
         self.batcher = batcher
         self.sinks = sinks
@@ -141,6 +128,7 @@ class StreamRunner:
             on_state=self._on_state_threadsafe,
             on_reconnect=self._on_reconnect,
             backoff=Backoff(settings.reconnect_initial_s, settings.reconnect_max_s),
+            scrub=self._scrub,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: Inbox | None = None
@@ -200,14 +188,19 @@ class StreamRunner:
         if task.cancelled() or task.exception() is None:
             return
         exc = task.exception()
-        log.error("stream %s: stopped by an internal error: %r", self.id, exc)
+        log.error("stream %s: stopped by an internal error: %s", self.id, self._scrub(repr(exc)))
         self.worker.stop()
-        self.source_state, self.reason = SourceState.FAILED, f"internal error: {exc!r}"
+        self.source_state = SourceState.FAILED
+        self.reason = self._scrub(f"internal error: {exc!r}")
         self.metrics.source_up.labels(self.id).set(0)
 
     async def _run(self) -> None:
         assert self._inbox is not None
         while (item := await self._inbox.get()) is not None:
+            if item.restart:
+                log.warning("stream %s: timestamps jump; tracks and windows restart", self.id)
+                self.metrics.discontinuities.labels(self.id).inc()
+                self.state.restart()
             self.counters.frames += 1
             self.metrics.frames_decoded.labels(self.id).inc()
             if item.faces.crops:
@@ -249,7 +242,7 @@ class StreamRunner:
     def status(self) -> dict[str, Any]:
         return {
             "id": self.id,
-            "url": redact(self.spec.url),
+            "url": self.url,
             "options": self.spec.options,
             "state": str(self.source_state),
             "reason": self.reason,
@@ -284,6 +277,7 @@ class StreamManager:
         self.model = model
         self.detector_factory = detector_factory
         self.streams: dict[str, StreamRunner] = {}
+        self.policy = settings.net_policy()
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -292,13 +286,16 @@ class StreamManager:
             for spec in self.settings.sources:
                 await self.add(spec)
 
-    def check(self, spec: StreamSpec) -> None:
-        """Raise StreamRejected when ``spec`` could never run (bad scheme or options)."""
+    def check(self, spec: StreamSpec) -> tuple[SourceUrl, StreamOptions]:
+        """The spec's URL and options once they pass the policy; raises Rejected if not."""
         try:
             options = StreamOptions.model_validate(spec.options)
         except ValueError as exc:
-            raise StreamRejected(422, f"bad options: {_first_error(exc)}") from None
-        self.opener_for(spec, options)
+            raise Invalid(f"bad options: {_first_error(exc)}") from None
+        source = parse_source_url(
+            spec.url, allow_file=self.settings.allow_file_sources, policy=self.policy
+        )
+        return source, options
 
     async def stop(self) -> None:
         """Drain every stream within the grace period. Safe to call twice."""
@@ -314,44 +311,44 @@ class StreamManager:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def opener_for(self, spec: StreamSpec, options: StreamOptions) -> Opener:
+    def opener_for(self, source: SourceUrl, options: StreamOptions) -> Opener:
         s = self.settings
-        parts = urlsplit(spec.url)
-        scheme = parts.scheme.lower()
-        if scheme in ("rtsp", "rtsps"):
-            if not parts.hostname:
-                raise StreamRejected(422, f"url {redact(spec.url)!r} has no host")
-            return RtspOpener(spec.url, s.fps, stall_timeout_s=s.stall_timeout_s)
-        if scheme == "file":
-            if not s.allow_file_sources:
-                raise StreamRejected(
-                    422, "file:// sources are disabled; set DFM_ALLOW_FILE_SOURCES=true to allow"
-                )
-            if parts.netloc not in ("", "localhost") or not parts.path:
-                raise StreamRejected(422, "file URLs look like file:///absolute/path.mp4")
-            return FileOpener(parts.path, s.fps, loop=options.loop, realtime=options.realtime)
-        allowed = "rtsp, rtsps" + (", file" if s.allow_file_sources else "")
-        raise StreamRejected(422, f"unsupported URL scheme {scheme or '(none)'!r}; use {allowed}")
+        limits = DecodeLimits(max_pixels=s.max_frame_pixels, policy=self.policy)
+        if source.scheme == "file":
+            return FileOpener(
+                source,
+                s.fps,
+                loop=options.loop,
+                realtime=options.realtime,
+                limits=limits,
+                max_gap_s=s.max_gap_s,
+            )
+        return RtspOpener(
+            source, s.fps, stall_timeout_s=s.stall_timeout_s, limits=limits, max_gap_s=s.max_gap_s
+        )
 
     async def add(self, spec: StreamSpec) -> StreamRunner:
         """Watch a stream given by URL (``POST /v1/streams``, ``DFM_SOURCES``)."""
-        self.check(spec)
-        options = StreamOptions.model_validate(spec.options)
-        return await self._start(spec, options, self.opener_for(spec, options))
+        source, options = self.check(spec)
+        return await self._start(spec, options, self.opener_for(source, options), source)
 
     async def add_with_opener(self, spec: StreamSpec, opener: Opener) -> StreamRunner:
         """Watch a stream whose frames arrive another way (a WHIP session)."""
         return await self._start(spec, StreamOptions(), opener)
 
     async def _start(
-        self, spec: StreamSpec, options: StreamOptions, opener: Opener
+        self,
+        spec: StreamSpec,
+        options: StreamOptions,
+        opener: Opener,
+        source: SourceUrl | None = None,
     ) -> StreamRunner:
         async with self._lock:
             if spec.id in self.streams:
-                raise StreamRejected(409, f"stream {spec.id!r} exists; DELETE it first")
+                raise Conflict(f"stream {spec.id!r} exists; DELETE it first")
             if len(self.streams) >= self.settings.max_streams:
-                raise StreamRejected(
-                    429, f"already watching {len(self.streams)} streams (DFM_MAX_STREAMS)"
+                raise LimitReached(
+                    f"already watching {len(self.streams)} streams (DFM_MAX_STREAMS)"
                 )
             runner = StreamRunner(
                 spec,
@@ -363,11 +360,12 @@ class StreamManager:
                 self.metrics,
                 self.model,
                 self.detector_factory,
+                source,
             )
             self.streams[spec.id] = runner
             self.metrics.streams_active.set(len(self.streams))
             await runner.start()
-            log.info("stream %s: added (%s)", spec.id, redact(spec.url))
+            log.info("stream %s: added (%s)", spec.id, runner.url)
             return runner
 
     async def remove(self, stream_id: str) -> bool:

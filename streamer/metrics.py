@@ -48,6 +48,24 @@ class Metrics:
             ["stream", "reason"],
             registry=r,
         )
+        self.discontinuities = Counter(
+            "deepfake_stream_discontinuities_total",
+            "Timestamp gaps over DFM_MAX_GAP_S or jumps back: tracks and windows restarted",
+            ["stream"],
+            registry=r,
+        )
+        self.kafka_rejected = Counter(
+            "deepfake_kafka_messages_rejected_total",
+            "Video messages skipped as unusable (bad key, header, payload or size), by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.http_rejected = Counter(
+            "deepfake_http_rejected_total",
+            "Requests refused before their body was read (auth, size, host, timeout, busy)",
+            ["reason"],
+            registry=r,
+        )
         self.faces_detected = Counter(
             "deepfake_faces_detected_total", "Face crops taken", ["stream"], registry=r
         )
@@ -99,6 +117,7 @@ class Metrics:
             self.source_reconnects,
             self.frames_decoded,
             self.faces_detected,
+            self.discontinuities,
             self.score,
         ):
             try:

@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -20,8 +20,10 @@ import numpy as np
 
 from analyzer.faces import Detector, FaceTracker
 from analyzer.model import ModelMeta
-from streamer.sources.decode import VideoFrame, decode, resample
+from streamer.errors import SourceError, SourceUnreachable
+from streamer.sources.decode import DecodeLimits, VideoFrame, decode, resample
 from streamer.streams import PendingCrop, StreamState
+from streamer.urls import NetPolicy, SourceUrl, parse_source_url, redact
 from streamer.verdict import ModelRef, Verdict
 
 log = logging.getLogger(__name__)
@@ -37,6 +39,9 @@ class ScanOptions:
     detect_every: int = 3
     batch_size: int = 32
     timeout_s: float = 10.0
+    max_gap_s: float | None = 5.0  # a longer gap or a jump back restarts tracks and windows
+    max_seconds: float | None = None  # media time scanned at most (uploads)
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
 
     keep_top: bool = False  # keep the crops of the highest-scoring window (ScanSummary.top)
 
@@ -54,6 +59,8 @@ class ScanSummary:
     frames: int = 0
     verdicts: int = 0
     crops: int = 0
+    discontinuities: int = 0
+    truncated: bool = False  # stopped at max_seconds
     top: TopWindow | None = None
 
 
@@ -75,13 +82,16 @@ def stream_id_for(source: str) -> str:
     return (re.sub(r"[^A-Za-z0-9._-]", "-", name) or "scan")[:64]
 
 
-def open_frames(source: str, options: ScanOptions) -> Iterator[VideoFrame]:
+def open_frames(source: str | SourceUrl, options: ScanOptions) -> Iterator[VideoFrame]:
     """Resampled frames of ``source``, with the first one already decoded.
 
     Opening and decoding the first frame up front makes a bad file or a dead URL fail
-    before the model is loaded.
+    before the model is loaded. ``source`` passes the URL policy (kind ``scan``) first.
     """
-    frames = resample(decode(source, timeout_s=options.timeout_s), options.fps)
+    if isinstance(source, str):
+        source = parse_source_url(source, kind="scan", policy=options.limits.policy)
+    decoded = decode(source, timeout_s=options.timeout_s, limits=options.limits)
+    frames = resample(decoded, options.fps, max_gap_s=options.max_gap_s)
     first = next(frames)
     return itertools.chain([first], frames)
 
@@ -136,7 +146,22 @@ def scan(
         emit(verdict)
         summary.verdicts += 1
 
+    max_frames = None if options.max_seconds is None else int(options.max_seconds * options.fps)
     for frame in frames:
+        if max_frames is not None and summary.frames >= max_frames:
+            summary.truncated = True
+            log.warning("%s: stopped at %g s of media time", sid, options.max_seconds)
+            break
+        if frame.restart:
+            log.warning(
+                "%s: timestamps jump at %.3f s; tracks and windows restart", sid, frame.pts_s
+            )
+            summary.discontinuities += 1
+            run_backbone()
+            state.restart()
+            tracker = FaceTracker(
+                detector, max_tracks=options.max_faces, detect_every=options.detect_every
+            )
         faces = tracker.update(frame.rgb)
         pending.extend(state.add_frame(frame.pts_s, faces, time.monotonic()))
         summary.frames += 1
@@ -158,3 +183,47 @@ def scan(
         run_backbone()
         run_window(partial=True)
     return summary
+
+
+def fetch_http(
+    source: SourceUrl, folder: Path, *, timeout_s: float, max_bytes: int, policy: NetPolicy
+) -> SourceUrl:
+    """Download an ``http(s)`` video into ``folder``; returns the local file to scan.
+
+    FFmpeg's HTTP client follows any redirect; this one follows only those that stay on
+    the same host (at most 5), checks the destination policy, and stops at ``max_bytes``.
+    """
+    import httpx
+
+    url = source
+    for _ in range(6):
+        url.check_destination(policy)
+        try:
+            with httpx.stream("GET", url.text, timeout=timeout_s, follow_redirects=False) as r:
+                if r.is_redirect:
+                    location = str(r.url.join(r.headers.get("location", "")))
+                    nxt = parse_source_url(location, kind="scan", policy=policy)
+                    if nxt.host != source.host or nxt.scheme not in ("http", "https"):
+                        raise SourceError(
+                            f"{url.redacted} redirects to {redact(location)[:200]}; redirects "
+                            "to another host are not followed: scan that URL itself"
+                        )
+                    url = nxt
+                    continue
+                if r.status_code != 200:
+                    raise SourceError(f"{url.redacted} answered HTTP {r.status_code}")
+                path = folder / "download.bin"
+                size = 0
+                with path.open("wb") as fh:
+                    for chunk in r.iter_bytes():
+                        size += len(chunk)
+                        if size > max_bytes:
+                            raise SourceError(
+                                f"{url.redacted} is larger than {max_bytes} bytes; "
+                                "download and cut it first"
+                            )
+                        fh.write(chunk)
+                return parse_source_url(str(path), kind="scan")
+        except httpx.HTTPError as exc:
+            raise SourceUnreachable(f"cannot fetch {url.redacted}: {url.scrub(str(exc))}") from None
+    raise SourceError(f"{source.redacted} redirects more than 5 times")

@@ -20,13 +20,14 @@ from typing import TYPE_CHECKING
 
 import uvicorn
 
-from analyzer.engine import Engine
+from analyzer.engine import Engine, pick_device
 from analyzer.faces import BlazeFaceDetector, Detector
 from analyzer.model import LoadedModel, load_checkpoint, random_model
 from streamer import __version__
-from streamer.api import Server, create_app
+from streamer.api import Server, guarded_app
 from streamer.batcher import Batcher
-from streamer.config import Settings, checkpoint_path
+from streamer.config import Settings, checkpoint_path, is_loopback
+from streamer.control import ClusterControl, LocalControl, StreamControl
 from streamer.errors import ConfigError
 from streamer.manager import StreamManager
 from streamer.metrics import Metrics
@@ -70,6 +71,42 @@ class Service:
         return self._whip
 
     @property
+    def control(self) -> StreamControl:
+        """Stream control for the API: this replica's streams, or the cluster's directory."""
+        if self.directory is not None:
+            return ClusterControl(self.manager, self.recent, self.directory)
+        return LocalControl(self.manager, self.recent)
+
+    def warnings(self) -> list[str]:
+        s = self.settings
+        if not s.api_token and not is_loopback(s.http_host):
+            return [
+                f"DFM_AUTH=none: the API on {s.http_host} takes requests from anyone who "
+                "reaches it; set DFM_API_TOKEN"
+            ]
+        return []
+
+    def info(self) -> dict[str, object]:
+        """The model being served and the settings an uploader needs to know."""
+        s = self.settings
+        meta = self.engine.meta
+        return {
+            "version": self.version,
+            "model": {
+                "name": meta.name,
+                "version": meta.version,
+                "sha256": self.engine.sha256,
+                "training_data": meta.training_data,
+            },
+            "threshold": s.threshold,
+            "window_frames": s.window_frames,
+            "hop_frames": s.hop_frames,
+            "fps": s.fps,
+            "scan_max_bytes": s.scan_max_bytes,
+            "warnings": self.warnings(),
+        }
+
+    @property
     def engine(self) -> Engine:
         assert self._engine is not None, "service not started"
         return self._engine
@@ -91,13 +128,16 @@ class Service:
         stack = AsyncExitStack()
         self._stack = stack
         try:
+            for warning in self.warnings():
+                log.warning("%s", warning)
+            device = pick_device(s.device, "DFM_DEVICE")
             checkpoint = checkpoint_path(s.checkpoint, random_weights=s.random_weights)
             loaded: LoadedModel
             if checkpoint is None:
                 loaded = await asyncio.to_thread(random_model)
             else:
                 loaded = await asyncio.to_thread(load_checkpoint, checkpoint)
-            self._engine = engine = await asyncio.to_thread(Engine, loaded, s.device)
+            self._engine = engine = await asyncio.to_thread(Engine, loaded, device)
             await asyncio.to_thread(engine.warmup, s.window_frames)
             self.metrics.build_info.labels(self.version, loaded.meta.version).set(1)
             model = ModelRef(
@@ -165,7 +205,7 @@ class Service:
     async def _start_http(self, stack: AsyncExitStack) -> None:
         s = self.settings
         config = uvicorn.Config(
-            create_app(self),
+            guarded_app(self),
             host=s.http_host,
             port=s.http_port,
             log_level="warning",

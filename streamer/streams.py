@@ -121,11 +121,22 @@ class StreamState:
         self.feature_dim = feature_dim
         self.tracks: dict[int, TrackBuffer] = {}
         self.frames_seen = 0
+        self.segment_start = 0  # frame that began the current run of continuous time
         self.seq = 0
         self.smoothed: float | None = None
         self.label: Label | None = None
         self._pts = np.zeros(window, np.float64)
         self._arrival = np.zeros(window, np.float64)
+
+    def restart(self) -> None:
+        """A discontinuity: forget the faces and the smoothing; the next window starts here.
+
+        Frame numbers keep counting, so features still in flight for earlier frames
+        can never land in the new tracks' slots; ``session`` and ``seq`` go on.
+        """
+        self.tracks.clear()
+        self.segment_start = self.frames_seen
+        self.smoothed, self.label = None, None
 
     def add_frame(self, pts_s: float, faces: FrameFaces, arrival: float) -> list[PendingCrop]:
         """Take one frame's crops; returns the crops whose features are needed."""
@@ -161,13 +172,14 @@ class StreamState:
         return late
 
     def window_due(self) -> bool:
-        n = self.frames_seen
+        n = self.frames_seen - self.segment_start
         return n >= self.window and (n - self.window) % self.hop == 0
 
     def build_window(self, *, partial: bool = False) -> WindowJob:
         """The window ending at the latest frame (``partial``: all frames seen so far)."""
         last = self.frames_seen - 1
-        length = min(self.frames_seen, self.window) if partial else self.window
+        seen = self.frames_seen - self.segment_start
+        length = min(seen, self.window) if partial else self.window
         first = last - length + 1
         need = min(self.min_face_frames, length)
         track_ids, sequences, boxes = [], [], []

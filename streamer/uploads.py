@@ -34,8 +34,16 @@ import cv2
 import numpy as np
 
 from analyzer.errors import AnalyzerError
-from streamer.errors import StreamerError
+from streamer.errors import (
+    BadRequest,
+    Busy,
+    Rejected,
+    StreamerError,
+    TooLarge,
+    Unsupported,
+)
 from streamer.scan import ScanOptions, ScanSummary, TopWindow, model_ref, open_frames, scan
+from streamer.sources.decode import DecodeLimits
 from streamer.verdict import Verdict
 
 if TYPE_CHECKING:
@@ -48,12 +56,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 VIDEO_HINT = "upload a video file such as MP4, MOV, MKV or WebM"
-
-
-class UploadRejected(Exception):
-    def __init__(self, status: int, reason: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(reason)
-        self.status, self.reason, self.headers = status, reason, headers
 
 
 class _Cancelled(Exception):
@@ -108,6 +110,32 @@ class UploadScanner:
         self._slots = asyncio.Semaphore(settings.scan_concurrency)
         self._tasks: set[asyncio.Task[None]] = set()
         self._stops: set[threading.Event] = set()
+        # Bytes each spooled upload holds on disk, received or still arriving: all of them
+        # together stay within DFM_SCAN_SPOOL_MAX_BYTES, so uploads cannot fill the disk.
+        self._spool: dict[Path, int] = {}
+
+    @property
+    def spooled_bytes(self) -> int:
+        return sum(self._spool.values())
+
+    def _reserve(self, path: Path, size: int) -> None:
+        quota = self.settings.scan_spool_max_bytes
+        if self.spooled_bytes - self._spool.get(path, 0) + size > quota:
+            if size > quota:
+                raise TooLarge(
+                    f"the upload is larger than the spool quota of {quota} bytes "
+                    "(DFM_SCAN_SPOOL_MAX_BYTES)"
+                )
+            raise Busy(
+                "other uploads fill the upload spool (DFM_SCAN_SPOOL_MAX_BYTES); "
+                "try again in a minute",
+                retry_after_s=30,
+            )
+        self._spool[path] = size
+
+    def _remove(self, path: Path) -> None:
+        self._spool.pop(path, None)
+        _remove(path)
 
     async def stop(self) -> None:
         """Service shutdown: stop every scan and wait for it (before the batcher stops)."""
@@ -125,32 +153,36 @@ class UploadScanner:
             "upload a shorter clip"
         )
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
-            raise UploadRejected(413, too_large)
+        expected = int(declared) if declared and declared.isdigit() else 0
+        if expected > limit:
+            raise TooLarge(too_large)
         fd, name = tempfile.mkstemp(prefix="dfm-upload-", suffix=".bin")
         path = Path(name)
         size = 0
         try:
+            self._reserve(path, expected)
             with os.fdopen(fd, "wb") as fh:
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > limit:
-                        raise UploadRejected(413, too_large)
+                        raise TooLarge(too_large)
+                    if size > self._spool[path]:
+                        self._reserve(path, size)  # a chunked body: counted as it comes
                     fh.write(chunk)
             if size == 0:
-                raise UploadRejected(400, f"the upload is empty; {VIDEO_HINT}")
+                raise BadRequest(f"the upload is empty; {VIDEO_HINT}")
+            self._spool[path] = size
         except BaseException:
-            _remove(path)
+            self._remove(path)
             raise
         return path, size
 
     def check_room(self) -> None:
         """503 with Retry-After while every scan slot is taken (DFM_SCAN_CONCURRENCY)."""
         if self._slots.locked():
-            raise UploadRejected(
-                503,
+            raise Busy(
                 "the service is busy scanning other uploads; try again in a minute",
-                {"Retry-After": "30"},
+                retry_after_s=30,
             )
 
     async def events(self, path: Path, name: str, size: int) -> AsyncIterator[bytes]:
@@ -161,8 +193,8 @@ class UploadScanner:
         """
         try:
             self.check_room()  # another upload may have taken the slot meanwhile
-        except UploadRejected:
-            _remove(path)
+        except Rejected:
+            self._remove(path)
             raise
         await self._slots.acquire()
         options = ScanOptions(
@@ -174,17 +206,20 @@ class UploadScanner:
             detect_every=self.settings.detect_every,
             batch_size=min(32, self.settings.max_batch),
             timeout_s=self.settings.open_timeout_s,
+            max_gap_s=self.settings.max_gap_s,
+            max_seconds=self.settings.scan_max_seconds,
+            limits=DecodeLimits(max_pixels=self.settings.max_frame_pixels),
             keep_top=True,
         )
         try:
             frames = await asyncio.to_thread(open_frames, str(path), options)
         except BaseException as exc:
             self._slots.release()
-            _remove(path)
+            self._remove(path)
             if isinstance(exc, (StreamerError, AnalyzerError, StopIteration, OSError)):
                 log.info("upload %s is not a video: %s", name, exc)
-                raise UploadRejected(
-                    415, f"{name} is not a video this service can decode; {VIDEO_HINT}"
+                raise Unsupported(
+                    f"{name} is not a video this service can decode; {VIDEO_HINT}"
                 ) from None
             raise
         lines: asyncio.Queue[bytes | None] = asyncio.Queue()
@@ -267,7 +302,7 @@ class UploadScanner:
             self.metrics.uploads.labels(result).inc()
             lines.put_nowait(None)
             self._slots.release()
-            _remove(path)
+            self._remove(path)
 
     async def _done(
         self, verdicts: list[Verdict], summary: ScanSummary, options: ScanOptions
@@ -286,6 +321,8 @@ class UploadScanner:
             "windows": len(verdicts),
             "frames": summary.frames,
             "max_score": max(scored) if scored else None,
+            # Cut at DFM_SCAN_MAX_SECONDS of media time: the rest was not scanned.
+            "truncated": summary.truncated,
             "top": top,
         }
 

@@ -9,8 +9,9 @@ import pytest
 from analyzer.faces import FrameFaces
 from streamer.config import StreamSpec, load_settings
 from streamer.errors import ConfigError
-from streamer.manager import Inbox, redact
+from streamer.manager import Inbox
 from streamer.sources.base import ALLOWED, Backoff, FrameItem, SourceState
+from streamer.urls import redact
 
 
 def test_settings_read_env_and_yaml(monkeypatch, tmp_path):

@@ -53,6 +53,7 @@ class FrameItem:
     pts_s: float
     faces: FrameFaces
     arrival: float  # time.monotonic() when decoded
+    restart: bool = False  # first frame after a discontinuity: tracks and windows restart
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,7 @@ class SourceWorker:
         on_reconnect: Callable[[], None],
         backoff: Backoff,
         initial_attempts: int = 3,
+        scrub: Callable[[str], str] = lambda text: text,
     ) -> None:
         self.stream_id = stream_id
         self.opener = opener
@@ -98,6 +100,7 @@ class SourceWorker:
         self.on_reconnect = on_reconnect
         self.backoff = backoff
         self.initial_attempts = initial_attempts
+        self.scrub = scrub  # takes credentials out of every reason shown or logged
         self.state = SourceState.STARTING
         self.reason: str | None = None
         # CPU seconds of this thread per stage, for benchmarks: decode, faces, crop.
@@ -121,6 +124,7 @@ class SourceWorker:
     def _set(self, state: SourceState, reason: str | None = None) -> None:
         if state == self.state or state not in ALLOWED[self.state]:
             return
+        reason = self.scrub(reason) if reason is not None else None
         self.state, self.reason = state, reason
         log.info("stream %s: source %s%s", self.stream_id, state, f" ({reason})" if reason else "")
         self.on_state(state, reason)
@@ -155,8 +159,12 @@ class SourceWorker:
                         if self.state != SourceState.RUNNING:
                             self._set(SourceState.RUNNING)
                             attempt, has_run = 0, True
+                        if frame.restart:
+                            # A discontinuity: the faces seen before it are not these.
+                            self._add_tracker_times(tracker)
+                            tracker = self.tracker = self.tracker_factory()
                         faces = tracker.update(frame.rgb)
-                        self.on_item(FrameItem(frame.pts_s, faces, time.monotonic()))
+                        self.on_item(FrameItem(frame.pts_s, faces, time.monotonic(), frame.restart))
                     if self._stop.is_set() or self.opener.ends:
                         break
                     if self.opener.restarts:
@@ -174,7 +182,12 @@ class SourceWorker:
                     return
                 self._set(SourceState.RECONNECTING, reason)
                 delay = self.backoff.delay(attempt)
-                log.warning("stream %s: %s; reconnecting in %.1f s", self.stream_id, reason, delay)
+                log.warning(
+                    "stream %s: %s; reconnecting in %.1f s",
+                    self.stream_id,
+                    self.scrub(reason),
+                    delay,
+                )
                 if self._stop.wait(delay):
                     break
                 self.on_reconnect()
@@ -182,7 +195,7 @@ class SourceWorker:
                 self._add_tracker_times(tracker)
                 tracker = self.tracker = self.tracker_factory()
         except Exception as exc:  # a bug must not pass silently, nor take other streams down
-            log.exception("stream %s: source worker crashed", self.stream_id)
+            log.error("stream %s: source worker crashed: %s", self.stream_id, self.scrub(repr(exc)))
             self._set(SourceState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
             return
         finally:

@@ -8,6 +8,9 @@ the source and what went wrong.
 from __future__ import annotations
 
 import logging
+import math
+import socket
+import ssl
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -17,20 +20,13 @@ from typing import Any
 import av
 import numpy as np
 
-from streamer.errors import SourceError, SourceUnreachable
+from streamer.errors import SourceError, SourceUnreachable, UrlRejected
+from streamer.urls import NetPolicy, SourceUrl, parse_source_url, redact
 
 log = logging.getLogger(__name__)
 
-NETWORK_SCHEMES = (
-    "rtsp://",
-    "rtsps://",
-    "rtmp://",
-    "http://",
-    "https://",
-    "udp://",
-    "tcp://",
-    "srt://",
-)
+# Frames of this many pixels or fewer are always fine (tests and tools open tiny clips).
+DEFAULT_MAX_PIXELS = 3840 * 2160
 
 
 @dataclass(frozen=True)
@@ -38,68 +34,100 @@ class VideoFrame:
     index: int  # position in the resampled sequence
     pts_s: float  # stream time, seconds from the first frame
     rgb: np.ndarray  # (H, W, 3) uint8
+    # The first frame after a discontinuity (a gap over max_gap_s, or a jump back): face
+    # tracks and windows start over here, nothing was filled in.
+    restart: bool = False
 
 
-def is_network(url: str) -> bool:
-    return url.lower().startswith(NETWORK_SCHEMES)
+@dataclass(frozen=True)
+class DecodeLimits:
+    """What one decode may cost: the frame size, and the destinations it may reach."""
+
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    policy: NetPolicy | None = None
 
 
-def open_video(url: str, *, timeout_s: float = 10.0) -> Any:
-    """Open a file or URL with PyAV; returns an input container with a video stream."""
-    options: dict[str, str] = {}
-    if is_network(url):
-        if url.lower().startswith(("rtsp://", "rtsps://")):
-            options["rtsp_transport"] = "tcp"
+def open_video(
+    source: SourceUrl | str, *, timeout_s: float = 10.0, limits: DecodeLimits | None = None
+) -> Any:
+    """Open a file or URL with PyAV; returns an input container with a video stream.
+
+    ``source`` has passed the URL policy (a plain ``str`` is parsed as ``scan`` would).
+    FFmpeg gets the protocol and demuxer allow-lists of the URL's scheme; a network
+    host is resolved and checked against the destination policy first, and an RTSP
+    server that answers with a redirect to another host is refused.
+    """
+    if isinstance(source, str):
+        source = parse_source_url(source, kind="scan")
+    limits = limits or DecodeLimits()
+    name = source.redacted
+    if source.is_network:
+        source.check_destination(limits.policy or NetPolicy())
+        if source.is_rtsp:
+            check_rtsp_redirect(source, timeout_s)
+        target = source.text
     else:
-        path = Path(url)
+        target = source.local_path
+        path = Path(target)
         if not path.exists():
-            raise SourceError(f"video {url} does not exist; check the path")
+            raise SourceError(f"video {name} does not exist; check the path")
         if path.is_dir():
-            raise SourceError(f"video {url} is a folder; pass a video file")
+            raise SourceError(f"video {name} is a folder; pass a video file")
         if path.stat().st_size == 0:
-            raise SourceError(f"video {url} is empty (0 bytes); pass a complete video file")
+            raise SourceError(f"video {name} is empty (0 bytes); pass a complete video file")
     started = time.monotonic()
     try:
-        container = av.open(url, options=options, timeout=(timeout_s, timeout_s))
+        container = av.open(target, options=source.ffmpeg_options(), timeout=(timeout_s, timeout_s))
     except av.error.InvalidDataError:
-        if is_network(url):
+        if source.is_network:
             # FFmpeg reports a server that stays silent past the timeout as bad data.
             if time.monotonic() - started >= 0.9 * timeout_s:
                 raise SourceUnreachable(
-                    f"{url} did not answer within {timeout_s:g} s; "
+                    f"{name} did not answer within {timeout_s:g} s; "
                     "check the address and that the server is up"
                 ) from None
             raise SourceUnreachable(
-                f"{url} answered, but not with video this program reads"
+                f"{name} answered, but not with video this program reads"
             ) from None
         raise SourceError(
-            f"{url} is not a video this program can read (no known container format, "
+            f"{name} is not a video this program can read (no known container format, "
             "or the file is truncated); pass an MP4, MKV, WebM, AVI or MPEG-TS file"
         ) from None
     except (av.error.ConnectionRefusedError, av.error.ConnectionResetError) as exc:
-        raise SourceUnreachable(f"{url} refused the connection ({exc.strerror})") from None
+        raise SourceUnreachable(f"{name} refused the connection ({exc.strerror})") from None
     except (TimeoutError, av.error.ExitError) as exc:
         raise SourceUnreachable(
-            f"{url} did not answer within {timeout_s:g} s ({_reason(exc)}); "
+            f"{name} did not answer within {timeout_s:g} s ({source.scrub(_reason(exc))}); "
             "check the address and that the server is up"
         ) from None
     except (av.error.FFmpegError, OSError) as exc:
-        if is_network(url):
-            raise SourceUnreachable(f"cannot read {url}: {_reason(exc)}") from None
-        raise SourceError(f"cannot read video {url}: {_reason(exc)}") from None
+        if source.is_network:
+            raise SourceUnreachable(f"cannot read {name}: {source.scrub(_reason(exc))}") from None
+        raise SourceError(f"cannot read video {name}: {source.scrub(_reason(exc))}") from None
     if not container.streams.video:
         container.close()
-        raise SourceError(f"{url} has no video stream; pass a file with video in it")
+        raise SourceError(f"{name} has no video stream; pass a file with video in it")
+    stream = container.streams.video[0]
+    width, height = stream.codec_context.width, stream.codec_context.height
+    if width * height > limits.max_pixels:
+        container.close()
+        raise SourceError(_too_large(name, width, height, limits.max_pixels))
+    # The decoder refuses larger pictures too (a stream can change size mid-way).
+    stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
     return container
 
 
-def decode(url: str, *, timeout_s: float = 10.0) -> Iterator[tuple[float, np.ndarray]]:
+def decode(
+    source: SourceUrl | str, *, timeout_s: float = 10.0, limits: DecodeLimits | None = None
+) -> Iterator[tuple[float, np.ndarray]]:
     """Yield (seconds from the first frame, RGB frame) for each decoded frame.
 
     A stream that breaks off after some frames ends with a warning (what was decoded is
     kept, as a player would show it); one that yields no frame at all raises.
     """
-    container = open_video(url, timeout_s=timeout_s)
+    limits = limits or DecodeLimits()
+    container = open_video(source, timeout_s=timeout_s, limits=limits)
+    name = source.redacted if isinstance(source, SourceUrl) else redact(source)
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
@@ -108,41 +136,127 @@ def decode(url: str, *, timeout_s: float = 10.0) -> Iterator[tuple[float, np.nda
         count = 0
         try:
             for frame in container.decode(stream):
+                if frame.width * frame.height > limits.max_pixels:
+                    raise SourceError(
+                        _too_large(name, frame.width, frame.height, limits.max_pixels)
+                    )
                 t = frame.time if frame.time is not None else count / rate
+                if not math.isfinite(t):
+                    continue
                 if first is None:
                     first = t
                 count += 1
                 yield t - first, frame.to_ndarray(format="rgb24")
         except (av.error.FFmpegError, OSError) as exc:
             if count == 0:
-                raise SourceError(f"could not decode any frame of {url}: {_reason(exc)}") from None
-            log.warning("%s: decoding stopped after %d frames: %s", url, count, _reason(exc))
+                raise SourceError(
+                    f"could not decode any frame of {name}: {redact(_reason(exc))}"
+                ) from None
+            log.warning(
+                "%s: decoding stopped after %d frames: %s", name, count, redact(_reason(exc))
+            )
         if count == 0:
-            raise SourceError(f"{url} holds no decodable video frame; the file may be truncated")
+            raise SourceError(f"{name} holds no decodable video frame; the file may be truncated")
     finally:
         container.close()
 
 
-def resample(frames: Iterable[tuple[float, np.ndarray]], fps: float) -> Iterator[VideoFrame]:
+def resample(
+    frames: Iterable[tuple[float, np.ndarray]], fps: float, *, max_gap_s: float | None = None
+) -> Iterator[VideoFrame]:
     """Frames on a regular clock of ``fps``: each tick shows the latest frame at or before it.
 
     Faster sources lose frames, slower ones repeat them, so windows of N frames always
-    span N / fps seconds of stream time.
+    span N / fps seconds of stream time. A gap longer than ``max_gap_s`` or a jump back
+    by more than a tick is a discontinuity: nothing is filled in, the clock restarts at
+    the new frame (output times keep running), and that frame says ``restart``.
     """
     step = 1.0 / fps
     eps = step * 1e-3
-    k = 0
+    k = 0  # output ticks so far
+    base_k, base_t = 0, 0.0  # the tick that input time base_t maps to
     prev: tuple[float, np.ndarray] | None = None
+    restart = False
     for t, rgb in frames:
         if prev is not None:
-            while k * step < t - eps:
-                yield VideoFrame(k, k * step, prev[1])
-                k += 1
+            gap = t - prev[0]
+            if max_gap_s is not None and (gap > max_gap_s or gap < -step):
+                # Close the segment with its last frame, then start a new one at t.
+                while (k - base_k) * step + base_t <= prev[0] + eps:
+                    yield VideoFrame(k, k * step, prev[1], restart)
+                    restart = False
+                    k += 1
+                base_k, base_t, restart = k, t, True
+            else:
+                while (k - base_k) * step + base_t < t - eps:
+                    yield VideoFrame(k, k * step, prev[1], restart)
+                    restart = False
+                    k += 1
+        else:
+            base_t = t
         prev = (t, rgb)
     if prev is not None:
-        while k * step <= prev[0] + eps:
-            yield VideoFrame(k, k * step, prev[1])
+        while (k - base_k) * step + base_t <= prev[0] + eps:
+            yield VideoFrame(k, k * step, prev[1], restart)
+            restart = False
             k += 1
+
+
+def check_rtsp_redirect(source: SourceUrl, timeout_s: float) -> None:
+    """Refuse an RTSP server that redirects to another host (FFmpeg would follow it).
+
+    Asks the server once with ``OPTIONS`` + ``DESCRIBE``, as FFmpeg is about to; a 3xx
+    answer whose ``Location`` names another host is refused. Anything else (including no
+    answer) is left to FFmpeg, which reports it in its own words.
+    """
+    assert source.host is not None
+    port = source.port or (322 if source.scheme == "rtsps" else 554)
+    request = (
+        f"DESCRIBE {source.text} RTSP/1.0\r\nCSeq: 1\r\nAccept: application/sdp\r\n"
+        "User-Agent: deepfake-monitor\r\n\r\n"
+    ).encode()
+    try:
+        with socket.create_connection((source.host, port), timeout=min(timeout_s, 5.0)) as raw:
+            conn: socket.socket = raw
+            if source.scheme == "rtsps":
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+                conn = context.wrap_socket(raw, server_hostname=source.host)
+            conn.sendall(request)
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 8192:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+    except (OSError, ssl.SSLError):
+        return
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ") if lines else []
+    if len(parts) < 2 or not parts[1].isdigit() or not 300 <= int(parts[1]) < 400:
+        return
+    location = next(
+        (ln.split(":", 1)[1].strip() for ln in lines[1:] if ln.lower().startswith("location:")),
+        "",
+    )
+    try:
+        target = parse_source_url(location) if location else None
+    except UrlRejected:
+        target = None
+    if target is None or target.host != source.host or target.port != source.port:
+        shown = redact(location)[:200] or "(no Location)"
+        raise SourceError(
+            f"{source.redacted} redirects to {shown}; redirects to another host are not "
+            "followed: add that URL itself"
+        )
+
+
+def _too_large(name: str, width: int, height: int, limit: int) -> str:
+    return (
+        f"{name} has {width}x{height} frames, more than {limit} pixels "
+        "(DFM_MAX_FRAME_PIXELS); send smaller frames or raise the limit"
+    )
 
 
 def _reason(exc: BaseException) -> str:

@@ -6,15 +6,27 @@ import time
 from collections.abc import Iterator
 
 from streamer.sources.base import Opener
-from streamer.sources.decode import VideoFrame, decode, resample
+from streamer.sources.decode import DecodeLimits, VideoFrame, decode, resample
+from streamer.urls import SourceUrl
 
 
 class FileOpener(Opener):
-    def __init__(self, path: str, fps: float, *, loop: bool, realtime: bool) -> None:
-        self.path = path
+    def __init__(
+        self,
+        source: SourceUrl,
+        fps: float,
+        *,
+        loop: bool,
+        realtime: bool,
+        limits: DecodeLimits | None = None,
+        max_gap_s: float | None = None,
+    ) -> None:
+        self.source = source
         self.fps = fps
         self.loop = loop
         self.realtime = realtime
+        self.limits = limits
+        self.max_gap_s = max_gap_s
         self.ends = not loop
         self.restarts = loop
         self._offset = 0.0  # stream time keeps running across loops
@@ -22,11 +34,12 @@ class FileOpener(Opener):
     def open(self) -> Iterator[VideoFrame]:
         start = time.monotonic()
         last = -1.0 / self.fps
-        for frame in resample(decode(self.path), self.fps):
+        frames = decode(self.source, limits=self.limits)
+        for frame in resample(frames, self.fps, max_gap_s=self.max_gap_s):
             last = frame.pts_s
             if self.realtime:
                 wait = start + frame.pts_s - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
-            yield VideoFrame(frame.index, self._offset + frame.pts_s, frame.rgb)
+            yield VideoFrame(frame.index, self._offset + frame.pts_s, frame.rgb, frame.restart)
         self._offset += last + 1.0 / self.fps

@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import io
 import logging
+import math
 import queue
 import time
 from collections.abc import Callable, Iterator
@@ -33,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from streamer.config import STREAM_ID, Settings, StreamSpec
-from streamer.errors import SourceError
+from streamer.errors import Rejected, SourceError
 from streamer.kafka_common import client_options, ensure_topic
 from streamer.metrics import Metrics
 from streamer.sources.base import Opener
@@ -127,8 +128,13 @@ class KafkaOpener(Opener):
         on_done: Callable[[Message], None],
         on_bad: Callable[[Message, str], None],
         size: int = 256,
+        *,
+        max_pixels: int = 3840 * 2160,
+        max_gap_s: float | None = None,
     ) -> None:
         self.kind = kind
+        self.max_pixels = max_pixels
+        self.max_gap_s = max_gap_s
         self.fps = fps
         self.idle_s = idle_s
         self.on_done = on_done
@@ -151,7 +157,7 @@ class KafkaOpener(Opener):
 
     def open(self) -> Iterator[VideoFrame]:
         frames = self._ts() if self.kind == TS else self._jpeg()
-        return resample(frames, self.fps)
+        return resample(frames, self.fps, max_gap_s=self.max_gap_s)
 
     def _jpeg(self) -> Iterator[tuple[float, np.ndarray]]:
         first: float | None = None
@@ -175,15 +181,21 @@ class KafkaOpener(Opener):
         reader = _ChunkReader(self.items, self.idle_s, self.on_done)
         try:
             container = av.open(io.BufferedReader(reader), format="mpegts", mode="r")
-        except av.error.FFmpegError as exc:
+            container.streams.video[0].codec_context.options = {"max_pixels": str(self.max_pixels)}
+        except (av.error.FFmpegError, IndexError) as exc:
             raise SourceError(f"cannot demux the MPEG-TS stream: {exc}") from None
         try:
             stream = container.streams.video[0]
             first: float | None = None
             try:
                 for frame in container.decode(stream):
-                    if frame.time is None:
+                    if frame.time is None or not math.isfinite(frame.time):
                         continue
+                    if frame.width * frame.height > self.max_pixels:
+                        raise SourceError(
+                            f"MPEG-TS frames of {frame.width}x{frame.height} are larger than "
+                            f"{self.max_pixels} pixels (DFM_MAX_FRAME_PIXELS)"
+                        )
                     first = frame.time if first is None else first
                     yield frame.time - first, frame.to_ndarray(format="rgb24")
             except av.error.FFmpegError as exc:
@@ -258,11 +270,14 @@ class KafkaVideoIngest:
         return bad
 
     # -- loop side ---------------------------------------------------------------------
-    def _bad(self, sid: str, msg: Message, why: str) -> None:
-        self.metrics.frames_dropped.labels(sid, "bad_message").inc()
+    def _bad(self, sid: str | None, msg: Message, why: str, reason: str = "bad_payload") -> None:
+        """Count and skip an unusable message; a series per key only for keys that are streams."""
+        self.metrics.kafka_rejected.labels(reason).inc()
+        if sid is not None and sid in self.openers:
+            self.metrics.frames_dropped.labels(sid, "bad_message").inc()
         log.warning(
             "kafka video %s: partition %d offset %d skipped: %s",
-            sid,
+            sid if sid is not None else "(no stream id)",
             msg.partition,
             msg.offset,
             why,
@@ -275,21 +290,24 @@ class KafkaVideoIngest:
             batches = await self._consumer.getmany(timeout_ms=500)
             for tp, records in batches.items():
                 for rec in records:
-                    await self._handle(tp, rec)
+                    try:
+                        await self._handle(tp, rec)
+                    except Exception:  # one message must never stop ingest of every key
+                        log.exception("kafka video: offset %d could not be handled", rec.offset)
+                        self._bad(None, Message(tp.partition, rec.offset, b""), "internal error",
+                                  "internal")  # fmt: skip
 
     async def _handle(self, tp: TopicPartition, rec: Any) -> None:
         self.offsets.started(tp.partition, rec.offset)
-        headers = {k.lower(): v for k, v in (rec.headers or ())}
-        sid = rec.key.decode(errors="replace") if rec.key else ""
-        kind = headers.get("content-type", b"").decode(errors="replace").split(";")[0].strip()
-        pts: float | None = None
-        with contextlib.suppress(ValueError, UnicodeDecodeError):
-            pts = float(headers["pts"].decode()) if "pts" in headers else None
-        msg = Message(tp.partition, rec.offset, rec.value or b"", pts)
-        if not STREAM_ID.match(sid):
-            self._bad("_invalid", msg, f"key {sid!r} is not a stream id")
+        value = rec.value if isinstance(rec.value, bytes) else b""
+        msg = Message(tp.partition, rec.offset, value)
+        parsed = _parse_record(rec, self.settings.kafka_max_message_bytes)
+        if isinstance(parsed, _Unusable):
+            self._bad(parsed.sid, msg, parsed.why, parsed.reason)
             return
-        why = _check(kind, msg)
+        sid, kind, pts = parsed
+        msg = Message(tp.partition, rec.offset, value, pts)
+        why = _check(kind, msg, self.settings.max_frame_pixels)
         opener = self.openers.get(sid)
         if why is None and opener is not None and opener.kind != kind:
             why = f"content-type {kind} in a {opener.kind} stream"
@@ -303,13 +321,15 @@ class KafkaVideoIngest:
                 self.settings.kafka_idle_s,
                 self._done_threadsafe,
                 self._bad_threadsafe(sid),
+                max_pixels=self.settings.max_frame_pixels,
+                max_gap_s=self.settings.max_gap_s,
             )
             try:
                 await self.manager.add_with_opener(
                     StreamSpec(id=sid, url=f"kafka:{self.settings.kafka_video_topic}"), opener
                 )
-            except Exception as exc:
-                self._bad(sid, msg, f"cannot start the stream: {exc}")
+            except Rejected as exc:
+                self._bad(None, msg, f"cannot start stream {sid}: {exc.reason}", "no_room")
                 return
             self.openers[sid] = opener
         if not opener.push(msg):
@@ -344,7 +364,72 @@ class KafkaVideoIngest:
                 await self._consumer.commit(offsets)
 
 
-def _check(kind: str, msg: Message) -> str | None:
+@dataclass(frozen=True)
+class _Unusable:
+    sid: str | None
+    why: str
+    reason: str  # the metric label: bad_key, bad_header, oversized
+
+
+def _parse_record(rec: Any, max_bytes: int) -> tuple[str, str, float | None] | _Unusable:
+    """(stream id, content type, pts) of a record, or why it cannot be used."""
+    key = rec.key
+    try:
+        sid = key.decode("ascii") if isinstance(key, bytes) else ""
+    except UnicodeDecodeError:
+        sid = ""
+    if not STREAM_ID.match(sid):
+        shown = repr(key[:64]) if isinstance(key, bytes) else repr(key)
+        return _Unusable(None, f"key {shown} is not a stream id", "bad_key")
+    if isinstance(rec.value, bytes) and len(rec.value) > max_bytes:
+        return _Unusable(
+            sid, f"{len(rec.value)} bytes, over DFM_KAFKA_MAX_MESSAGE_BYTES", "oversized"
+        )
+    headers: dict[str, str] = {}
+    for name, value in rec.headers or ():
+        if not isinstance(name, str) or not isinstance(value, bytes):
+            return _Unusable(sid, f"header {name!r} has no value", "bad_header")
+        try:
+            headers[name.lower()] = value.decode("ascii").strip()
+        except UnicodeDecodeError:
+            return _Unusable(sid, f"header {name!r} is not ASCII text", "bad_header")
+    kind = headers.get("content-type", "").split(";")[0].strip().lower()
+    pts: float | None = None
+    if "pts" in headers:
+        try:
+            pts = float(headers["pts"])
+        except ValueError:
+            pts = None
+        if pts is None or not math.isfinite(pts) or abs(pts) > 1e12:
+            return _Unusable(sid, f"header pts {headers['pts'][:40]!r} is not a time", "bad_header")
+    return sid, kind, pts
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's frame header, read without decoding; None if absent."""
+    i = 2
+    while i + 9 <= len(data):
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:
+            i += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        length = int.from_bytes(data[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            height = int.from_bytes(data[i + 5 : i + 7], "big")
+            width = int.from_bytes(data[i + 7 : i + 9], "big")
+            return width, height
+        if length < 2:
+            return None
+        i += 2 + length
+    return None
+
+
+def _check(kind: str, msg: Message, max_pixels: int) -> str | None:
     """Why ``msg`` is not what its content type says, or None."""
     data = msg.payload
     if not data:
@@ -358,5 +443,13 @@ def _check(kind: str, msg: Message) -> str | None:
             return "not a JPEG image"
         if msg.pts_s is None:
             return "JPEG frame without a numeric 'pts' header"
+        size = jpeg_size(data)
+        if size is None:
+            return "JPEG without a frame header"
+        if size[0] * size[1] > max_pixels:
+            return (
+                f"a {size[0]}x{size[1]} JPEG is larger than {max_pixels} pixels "
+                "(DFM_MAX_FRAME_PIXELS)"
+            )
         return None
     return f"unsupported content-type {kind!r}; use {TS} or {JPEG}"

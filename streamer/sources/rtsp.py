@@ -9,21 +9,33 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from streamer.sources.base import Opener
-from streamer.sources.decode import VideoFrame, decode, resample
+from streamer.sources.decode import DecodeLimits, VideoFrame, decode, resample
+from streamer.urls import SourceUrl
 
 
 class RtspOpener(Opener):
     ends = False
 
-    def __init__(self, url: str, fps: float, *, stall_timeout_s: float) -> None:
+    def __init__(
+        self,
+        url: SourceUrl,
+        fps: float,
+        *,
+        stall_timeout_s: float,
+        limits: DecodeLimits,
+        max_gap_s: float | None = None,
+    ) -> None:
         self.url = url
         self.fps = fps
         self.stall_timeout_s = stall_timeout_s
+        self.limits = limits
+        self.max_gap_s = max_gap_s
         self._offset = 0.0
 
     def open(self) -> Iterator[VideoFrame]:
         last = 0.0
-        for frame in resample(decode(self.url, timeout_s=self.stall_timeout_s), self.fps):
+        frames = decode(self.url, timeout_s=self.stall_timeout_s, limits=self.limits)
+        for frame in resample(frames, self.fps, max_gap_s=self.max_gap_s):
             last = frame.pts_s
-            yield VideoFrame(frame.index, self._offset + frame.pts_s, frame.rgb)
+            yield VideoFrame(frame.index, self._offset + frame.pts_s, frame.rgb, frame.restart)
         self._offset += last + 1.0 / self.fps

@@ -27,6 +27,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError
 
 from streamer.config import Settings, StreamSpec
+from streamer.errors import BadRequest, Busy, Conflict, Invalid, Rejected
 from streamer.sources.base import Opener
 from streamer.sources.decode import VideoFrame, resample
 
@@ -36,14 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _END = object()
-
-
-class WhipError(Exception):
-    """A WHIP request the service will not take; ``status`` is the HTTP status."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status, self.reason = status, reason
 
 
 class WhipOpener(Opener):
@@ -129,13 +122,14 @@ class WhipGateway:
         """Answer a publisher's offer; the answer is ``session.pc.localDescription``."""
         s = self.settings
         if "m=video" not in sdp:
-            raise WhipError(422, "the SDP offer has no video media section (m=video)")
+            raise Invalid("the SDP offer has no video media section (m=video)")
         async with self._lock:
             if stream_id in self.sessions or stream_id in self.manager.streams:
-                raise WhipError(409, f"stream {stream_id!r} is already live; DELETE it first")
+                raise Conflict(f"stream {stream_id!r} is already live; DELETE it first")
             if len(self.sessions) >= s.whip_max_sessions:
-                raise WhipError(
-                    503, f"{len(self.sessions)} WHIP sessions already (DFM_WHIP_MAX_SESSIONS)"
+                raise Busy(
+                    f"{len(self.sessions)} WHIP sessions already (DFM_WHIP_MAX_SESSIONS)",
+                    retry_after_s=30,
                 )
             config = RTCConfiguration(
                 iceServers=[
@@ -148,13 +142,13 @@ class WhipGateway:
             session = WhipSession(stream_id, uuid.uuid4().hex, pc, opener)
             try:
                 await self._negotiate(session, sdp)
-            except WhipError:
+            except Rejected:
                 await pc.close()
                 raise
             except Exception as exc:  # aiortc raises ValueError and others for bad SDP
                 await pc.close()
                 reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise WhipError(400, f"cannot use this SDP offer: {reason[:200]}") from None
+                raise BadRequest(f"cannot use this SDP offer: {reason[:200]}") from None
             spec = StreamSpec(id=stream_id, url=f"whip:{session.id}")
             try:
                 await self.manager.add_with_opener(spec, opener)
@@ -182,7 +176,7 @@ class WhipGateway:
 
         await pc.setRemoteDescription(RTCSessionDescription(sdp=sdp, type="offer"))
         if not any(t.kind == "video" for t in pc.getTransceivers()):
-            raise WhipError(422, "the SDP offer has no video track")
+            raise Invalid("the SDP offer has no video track")
         answer = await pc.createAnswer()
         await pc.setLocalDescription(answer)
 
