@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 from collections import defaultdict
 from collections.abc import Sequence
@@ -200,6 +201,28 @@ def split(
             keep = min(len(real), len(fake))
             out[n] = sorted(rng.sample(real, keep) + rng.sample(fake, keep), key=_key)
     return out
+
+
+def require_parts(
+    parts: dict[str, list[Item]], needed: Sequence[str], fractions: Sequence[float]
+) -> None:
+    """Raise DataError naming the groups found and needed when a needed part is empty."""
+    empty = [n for n in needed if not parts.get(n)]
+    if not empty:
+        return
+    items = [i for part in parts.values() for i in part]
+    found = len({i.group for i in items})
+    by_label = {lb: len({i.group for i in items if i.label == lb}) for lb in LABELS}
+    # Each non-empty part needs one group of each label; the smallest part needs enough
+    # groups for its fraction to round to at least one of them.
+    smallest = min(f for f in fractions if f > 0)
+    need = max(len(fractions), math.ceil(1.0 / smallest))
+    raise DataError(
+        f"the {'/'.join(empty)} split is empty: the manifest has {found} identity groups "
+        f"({by_label['REAL']} with REAL clips, {by_label['FAKE']} with FAKE clips); a "
+        f"{'/'.join(f'{f:g}' for f in fractions)} split needs at least {need} groups of each "
+        "label. Add clips of more people, or pass --val-manifest"
+    )
 
 
 def _missing(

@@ -431,7 +431,7 @@ def _cmd_preprocess(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from analyzer.datasets import read_csv, split
+    from analyzer.datasets import read_csv, require_parts, split
     from analyzer.train import TrainConfig, train
 
     items = read_csv(args.manifest)
@@ -439,6 +439,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         parts = {"train": items, "val": read_csv(args.val_manifest)}
     else:
         parts = split(items, seed=args.seed, balance=False, fractions=args.split)
+        require_parts(parts, ("train", "val"), args.split)
     config = TrainConfig(
         epochs=args.epochs,
         batch=args.batch,

@@ -289,11 +289,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"]) or "?"
         top = str(err["loc"][0]) if err["loc"] else "?"
-        name = (
-            f"{path}: key {loc}"
-            if top in from_file
-            else f"DFM_{top.upper()}" + (f" ({loc})" if "." in loc else "")
-        )
+        name = f"{path}: key {loc}" if top in from_file else f"DFM_{top.upper()} ({loc})"
         raise ConfigError(f"setting {name}: {err['msg']}") from None
     if settings.hop_frames > settings.window_frames:
         raise ConfigError("setting DFM_HOP_FRAMES must not exceed DFM_WINDOW_FRAMES")

@@ -25,6 +25,10 @@ class SourceUnreachable(SourceError):
     retriable = True
 
 
+class FrameTooLarge(SourceError):
+    """Frames over ``DFM_MAX_FRAME_PIXELS``: refused before they are converted."""
+
+
 class ConfigError(StreamerError):
     """A setting has a value the service cannot use."""
 

@@ -37,6 +37,7 @@ from analyzer.errors import AnalyzerError
 from streamer.errors import (
     BadRequest,
     Busy,
+    FrameTooLarge,
     Rejected,
     StreamerError,
     TooLarge,
@@ -216,6 +217,11 @@ class UploadScanner:
         except BaseException as exc:
             self._slots.release()
             self._remove(path)
+            if isinstance(exc, FrameTooLarge):
+                raise TooLarge(
+                    f"{name}: its frames are larger than {self.settings.max_frame_pixels} pixels "
+                    "(DFM_MAX_FRAME_PIXELS); upload a smaller video"
+                ) from None
             if isinstance(exc, (StreamerError, AnalyzerError, StopIteration, OSError)):
                 log.info("upload %s is not a video: %s", name, exc)
                 raise Unsupported(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import numpy as np
 import pytest
 
 from analyzer.faces import FrameFaces
@@ -94,15 +95,25 @@ def test_offsets_are_committable_only_up_to_the_first_unfinished_message():
 
 
 def test_kafka_messages_are_checked_against_their_content_type():
-    from streamer.sources.kafka import Message, _check
+    import cv2
 
+    from streamer.sources.kafka import Message, _check, jpeg_size
+
+    limit = 3840 * 2160
     ts = b"\x47" + bytes(187)
-    assert _check("video/mp2t", Message(0, 0, ts * 3)) is None
-    assert "188-byte" in _check("video/mp2t", Message(0, 0, ts[:100]))
-    assert "188-byte" in _check("video/mp2t", Message(0, 0, bytes(188)))
-    assert "empty" in _check("video/mp2t", Message(0, 0, b""))
-    jpeg = b"\xff\xd8" + bytes(10) + b"\xff\xd9"
-    assert _check("image/jpeg", Message(0, 0, jpeg, 1.5)) is None
-    assert "pts" in _check("image/jpeg", Message(0, 0, jpeg, None))
-    assert "not a JPEG" in _check("image/jpeg", Message(0, 0, b"GIF89a", 1.0))
-    assert "unsupported" in _check("text/plain", Message(0, 0, b"x"))
+    assert _check("video/mp2t", Message(0, 0, ts * 3), limit) is None
+    assert "188-byte" in _check("video/mp2t", Message(0, 0, ts[:100]), limit)
+    assert "188-byte" in _check("video/mp2t", Message(0, 0, bytes(188)), limit)
+    assert "empty" in _check("video/mp2t", Message(0, 0, b""), limit)
+    jpeg = cv2.imencode(".jpg", np.zeros((48, 64, 3), np.uint8))[1].tobytes()
+    assert jpeg_size(jpeg) == (64, 48)
+    assert _check("image/jpeg", Message(0, 0, jpeg, 1.5), limit) is None
+    assert "pts" in _check("image/jpeg", Message(0, 0, jpeg, None), limit)
+    assert "not a JPEG" in _check("image/jpeg", Message(0, 0, b"GIF89a", 1.0), limit)
+    assert "unsupported" in _check("text/plain", Message(0, 0, b"x"), limit)
+    # A small file whose frame header claims 16000x16000: refused before any decoding.
+    bomb = bytearray(jpeg)
+    sof = bomb.index(b"\xff\xc0")
+    bomb[sof + 5 : sof + 9] = (16000).to_bytes(2, "big") * 2
+    assert jpeg_size(bytes(bomb)) == (16000, 16000)
+    assert "DFM_MAX_FRAME_PIXELS" in _check("image/jpeg", Message(0, 0, bytes(bomb), 1.0), limit)

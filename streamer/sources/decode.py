@@ -20,7 +20,7 @@ from typing import Any
 import av
 import numpy as np
 
-from streamer.errors import SourceError, SourceUnreachable, UrlRejected
+from streamer.errors import FrameTooLarge, SourceError, SourceUnreachable, UrlRejected
 from streamer.urls import NetPolicy, SourceUrl, parse_source_url, redact
 
 log = logging.getLogger(__name__)
@@ -111,7 +111,7 @@ def open_video(
     width, height = stream.codec_context.width, stream.codec_context.height
     if width * height > limits.max_pixels:
         container.close()
-        raise SourceError(_too_large(name, width, height, limits.max_pixels))
+        raise FrameTooLarge(_too_large(name, width, height, limits.max_pixels))
     # The decoder refuses larger pictures too (a stream can change size mid-way).
     stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
     return container
@@ -137,7 +137,7 @@ def decode(
         try:
             for frame in container.decode(stream):
                 if frame.width * frame.height > limits.max_pixels:
-                    raise SourceError(
+                    raise FrameTooLarge(
                         _too_large(name, frame.width, frame.height, limits.max_pixels)
                     )
                 t = frame.time if frame.time is not None else count / rate
