@@ -85,14 +85,20 @@ class HttpGuard:
         cap, setting = self.body_cap(method, path)
         responded = False
         received = 0
+        # After the last body piece (or with no body at all), receive() only waits for a
+        # disconnect: no read timeout then.
+        body_done = b"content-length" not in headers and b"transfer-encoding" not in headers
         late: list[_Refused] = []  # the refusal sent mid-body, if any
 
         async def guarded_receive() -> Message:
-            nonlocal received
+            nonlocal received, body_done
             if late:
                 return {"type": "http.disconnect"}
+            if body_done:
+                return await receive()
             try:
-                message = await asyncio.wait_for(receive(), self.read_timeout_s)
+                async with asyncio.timeout(self.read_timeout_s):
+                    message = await receive()
             except TimeoutError:
                 refused = _Refused(
                     408,
@@ -102,6 +108,7 @@ class HttpGuard:
                 )
                 return await refuse_midway(refused)
             if message["type"] == "http.request":
+                body_done = not message.get("more_body", False)
                 received += len(message.get("body", b""))
                 if received > cap:
                     return await refuse_midway(_too_large(cap, setting))

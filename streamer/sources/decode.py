@@ -7,6 +7,7 @@ the source and what went wrong.
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
 import socket
@@ -78,7 +79,10 @@ def open_video(
     started = time.monotonic()
     try:
         container = av.open(target, options=source.ffmpeg_options(), timeout=(timeout_s, timeout_s))
-    except av.error.InvalidDataError:
+    except (av.error.InvalidDataError, av.error.ArgumentError) as exc:
+        # EINVAL: the data matched a demuxer outside the allow-list (text, images, playlists).
+        if isinstance(exc, av.error.ArgumentError) and exc.errno != errno.EINVAL:
+            raise SourceError(f"cannot read video {name}: {source.scrub(_reason(exc))}") from None
         if source.is_network:
             # FFmpeg reports a server that stays silent past the timeout as bad data.
             if time.monotonic() - started >= 0.9 * timeout_s:
