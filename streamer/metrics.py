@@ -106,6 +106,11 @@ class Metrics:
         self.kafka_publish_errors = Counter(
             "deepfake_kafka_publish_errors_total", "Verdicts Kafka did not take", registry=r
         )
+        self.loop_tasks = Gauge(
+            "deepfake_event_loop_tasks",
+            "asyncio tasks alive in the service's event loop (a leak shows as growth)",
+            registry=r,
+        )
         self.build_info = Gauge(
             "deepfake_build_info", "Version and model", ["version", "model"], registry=r
         )

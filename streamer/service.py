@@ -127,6 +127,8 @@ class Service:
         s = self.settings
         stack = AsyncExitStack()
         self._stack = stack
+        loop = asyncio.get_running_loop()
+        self.metrics.loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
         try:
             for warning in self.warnings():
                 log.warning("%s", warning)

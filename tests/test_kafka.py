@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import jsonschema
+import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer
 
@@ -247,4 +248,175 @@ def test_video_from_kafka_ts_and_jpeg_with_bad_messages_skipped(broker, topics, 
         bad = svc.metric("deepfake_frames_dropped_total", stream="ts-cam", reason="bad_message")
         assert bad == 4
         assert "offset" in svc.log() and "not whole 188-byte MPEG-TS packets" in svc.log()
+        assert svc.terminate() == 0
+
+
+def test_poison_messages_are_skipped_and_counted_while_a_healthy_key_flows(
+    broker, topics, clip, tmp_path
+):
+    """A null header value used to kill the consumer task: no key flowed after it."""
+    import cv2
+    from aiokafka import AIOKafkaProducer
+
+    env = kafka_env(broker, topics, DFM_SINK="stdout", DFM_KAFKA_IDLE_S="30", DFM_MAX_GAP_S="5")
+    jpegs = jpeg_frames(clip, 120)
+    small = cv2.imencode(".jpg", np.zeros((48, 64, 3), np.uint8))[1].tobytes()
+    bomb = bytearray(small)
+    sof = bomb.index(b"\xff\xc0")
+    bomb[sof + 5 : sof + 9] = (16000).to_bytes(2, "big") * 2  # a 16000x16000 frame header
+
+    async def produce() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+        await producer.start()
+        try:
+            topic = topics["DFM_KAFKA_VIDEO_TOPIC"]
+            ct = ("content-type", b"image/jpeg")
+            poison = [
+                (b"null-hdr", small, [("content-type", None)]),
+                (b"bin-hdr", small, [("content-type", b"\xff\xfe")]),
+                (b"far-pts", small, [ct, ("pts", b"1e300")]),
+                (b"nan-pts", small, [ct, ("pts", b"nan")]),
+                (b"bomb", bytes(bomb), [ct, ("pts", b"0.0")]),
+                (b"bad key!", small, [ct, ("pts", b"0.0")]),
+                (None, small, [ct, ("pts", b"0.0")]),
+            ]
+            for key, value, headers in poison:
+                await producer.send_and_wait(topic, value, key=key, headers=headers)
+            # A healthy key after them, whose clock jumps by 3,000,000 s half-way.
+            for i, (t, data) in enumerate(jpegs):
+                pts = t if i < 60 else 3_000_000 + t
+                headers = [ct, ("pts", f"{pts:.4f}".encode())]
+                await producer.send_and_wait(topic, data, key=b"good-cam", headers=headers)
+        finally:
+            await producer.stop()
+
+    with Service(env, tmp_path) as svc:
+        asyncio.run(produce())
+        wait_until(lambda: len(svc.verdicts("good-cam")) >= 2, 90, "verdicts from the good key")
+        rejected = {
+            reason: svc.metric("deepfake_kafka_messages_rejected_total", reason=reason)
+            for reason in ("bad_header", "bad_key", "bad_payload")
+        }
+        assert rejected == {"bad_header": 4, "bad_key": 2, "bad_payload": 1}, rejected
+        wait_until(
+            lambda: svc.metric("deepfake_stream_discontinuities_total", stream="good-cam") == 1,
+            30,
+            "the jump counted",
+        )
+        text = svc.client.get("/metrics").text
+        for key in ("null-hdr", "bin-hdr", "far-pts", "nan-pts", "bomb", "bad key!"):
+            assert f'stream="{key}"' not in text  # no series for keys that never became streams
+        streams = [s["id"] for s in svc.client.get("/v1/streams").json()["streams"]]
+        assert streams == ["good-cam"]
+        # 2 s, a jump, 2 s more at 10 fps: about 20 + 20 frames, nothing filled in between,
+        # and each part gives its own window.
+        frames = svc.client.get("/v1/streams/good-cam").json()["frames"]
+        assert 35 <= frames <= 45, frames
+        assert [v["seq"] for v in svc.verdicts("good-cam")] == [0, 1]
+        assert svc.terminate() == 0
+
+
+def fuzz_messages(clip: Path, count: int, seed: int = 18) -> list[tuple]:
+    """``count`` hostile video messages: garbled keys, headers and payloads, cut TS, bad JPEGs."""
+    import random
+
+    rng = random.Random(seed)
+    ts = ts_bytes(clip)
+    jpegs = [data for _, data in jpeg_frames(clip, 10)]
+    keys = [b"fz0", b"fz1", b"fz2", b"fz3", b"fz4", None, b"", b"bad key", b"\xff\xfe", b"x" * 80]
+    types = [b"video/mp2t", b"image/jpeg", b"image/png", b"", b"video/mp2t; x=1", None, b"\x00"]
+    ptses = [b"0", b"0.1", b"-5", b"nan", b"inf", b"1e300", b"abc", b"", None, b"\xff"]
+    out = []
+    for _ in range(count):
+        kind = rng.randrange(6)
+        if kind == 0:  # TS cut anywhere, mostly on packet boundaries
+            step = 188 if rng.random() < 0.8 else 1
+            start = rng.randrange(0, len(ts) // step - 40) * step
+            payload = ts[start : start + step * rng.randrange(1, 40)]
+        elif kind == 1:  # whole TS packets, bytes flipped
+            start = rng.randrange(0, len(ts) // 188 - 20) * 188
+            data = bytearray(ts[start : start + 188 * rng.randrange(1, 20)])
+            for _ in range(rng.randrange(1, 30)):
+                data[rng.randrange(len(data))] = rng.randrange(256)
+            payload = bytes(data)
+        elif kind == 2:  # a JPEG cut or flipped
+            data = bytearray(rng.choice(jpegs))
+            if rng.random() < 0.5:
+                data = data[: rng.randrange(2, len(data))]
+            else:
+                for _ in range(rng.randrange(1, 30)):
+                    data[rng.randrange(len(data))] = rng.randrange(256)
+            payload = bytes(data)
+        elif kind == 3:
+            payload = rng.randbytes(rng.randrange(0, 4000))
+        elif kind == 4:
+            payload = b""
+        else:
+            payload = rng.choice(jpegs)
+        headers = []
+        if rng.random() < 0.95:
+            fitting = b"video/mp2t" if kind in (0, 1) else b"image/jpeg"
+            headers.append(("content-type", fitting if rng.random() < 0.7 else rng.choice(types)))
+        if rng.random() < 0.8:
+            good = f"{rng.uniform(0, 10):.3f}".encode()
+            headers.append(("pts", good if rng.random() < 0.7 else rng.choice(ptses)))
+        if rng.random() < 0.1:
+            headers.append((rng.choice(["x-junk", "Content-Type", "PTS"]), rng.randbytes(8)))
+        own = keys[:3] if kind in (0, 1) else keys[3:5]  # a key keeps one content type
+        key = rng.choice(own) if rng.random() < 0.7 else rng.choice(keys)
+        out.append((key, payload, headers))
+    return out
+
+
+def test_fuzzed_video_messages_never_stop_ingest(broker, topics, clip, tmp_path):
+    from aiokafka import AIOKafkaProducer
+
+    count = int(1000 * float(os.environ.get("DFM_TEST_FUZZ_SCALE", "1")))
+    messages = fuzz_messages(clip, count)
+    env = kafka_env(
+        broker, topics, DFM_SINK="stdout", DFM_KAFKA_IDLE_S="3", DFM_MAX_STREAMS="8",
+        DFM_LOG_LEVEL="WARNING",
+    )  # fmt: skip
+    jpegs = jpeg_frames(clip, 60)
+
+    async def produce(batch: list[tuple]) -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap, linger_ms=5)
+        await producer.start()
+        try:
+            topic = topics["DFM_KAFKA_VIDEO_TOPIC"]
+            for key, value, headers in batch:
+                await producer.send(topic, value, key=key, headers=headers)
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    with Service(env, tmp_path) as svc:
+        asyncio.run(produce(messages))
+        healthy = [
+            (b"good-cam", data, [("content-type", b"image/jpeg"), ("pts", f"{t:.4f}".encode())])
+            for t, data in jpegs
+        ]
+        asyncio.run(produce(healthy))
+        wait_until(lambda: len(svc.verdicts("good-cam")) >= 1, 120, "verdicts after the fuzz")
+        assert svc.client.get("/readyz").status_code == 200
+        text = svc.client.get("/metrics").text
+        rejected = sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("deepfake_kafka_messages_rejected_total{")
+        )
+        print(
+            f"fuzz kafka: {count} messages, {rejected:.0f} rejected as unusable, the rest decoded"
+        )
+        assert count // 10 <= rejected < count  # some reached the decoders, many did not
+        # The fuzzed keys idle out; their streams and series go with them.
+        wait_until(
+            lambda: (
+                [s["id"] for s in svc.client.get("/v1/streams").json()["streams"]]
+                in (["good-cam"], [])
+            ),
+            60,
+            "fuzzed streams to end",
+        )
+        assert 'stream="bad key"' not in svc.client.get("/metrics").text
         assert svc.terminate() == 0

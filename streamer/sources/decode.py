@@ -78,7 +78,12 @@ def open_video(
             raise SourceError(f"video {name} is empty (0 bytes); pass a complete video file")
     started = time.monotonic()
     try:
-        container = av.open(target, options=source.ffmpeg_options(), timeout=(timeout_s, timeout_s))
+        container = av.open(
+            target,
+            options=source.ffmpeg_options(),
+            timeout=(timeout_s, timeout_s),
+            metadata_errors="replace",  # tags are whatever bytes the file holds
+        )
     except (av.error.InvalidDataError, av.error.ArgumentError) as exc:
         # EINVAL: the data matched a demuxer outside the allow-list (text, images, playlists).
         if isinstance(exc, av.error.ArgumentError) and exc.errno != errno.EINVAL:
@@ -112,6 +117,9 @@ def open_video(
         container.close()
         raise SourceError(f"{name} has no video stream; pass a file with video in it")
     stream = container.streams.video[0]
+    if stream.codec_context is None:
+        container.close()
+        raise SourceError(f"{name} holds video in a codec this program cannot decode")
     width, height = stream.codec_context.width, stream.codec_context.height
     if width * height > limits.max_pixels:
         container.close()

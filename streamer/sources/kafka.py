@@ -180,7 +180,9 @@ class KafkaOpener(Opener):
     def _ts(self) -> Iterator[tuple[float, np.ndarray]]:
         reader = _ChunkReader(self.items, self.idle_s, self.on_done)
         try:
-            container = av.open(io.BufferedReader(reader), format="mpegts", mode="r")
+            container = av.open(
+                io.BufferedReader(reader), format="mpegts", mode="r", metadata_errors="replace"
+            )
             container.streams.video[0].codec_context.options = {"max_pixels": str(self.max_pixels)}
         except (av.error.FFmpegError, IndexError) as exc:
             raise SourceError(f"cannot demux the MPEG-TS stream: {exc}") from None
