@@ -313,6 +313,30 @@ def test_poison_messages_are_skipped_and_counted_while_a_healthy_key_flows(
         frames = svc.client.get("/v1/streams/good-cam").json()["frames"]
         assert 35 <= frames <= 45, frames
         assert [v["seq"] for v in svc.verdicts("good-cam")] == [0, 1]
+
+        # The cluster's directory: the API refuses a bad URL before it reaches the topic,
+        # and a bad record written there by someone else does not stop the directory.
+        bad = {"id": "bad-port", "url": "rtsp://u:p@cam:99999/x"}
+        r = svc.client.post("/v1/streams", json=bad)
+        assert r.status_code == 400 and "(port)" in r.json()["error"]
+
+        async def write_sources() -> None:
+            producer = AIOKafkaProducer(bootstrap_servers=broker.bootstrap)
+            await producer.start()
+            try:
+                topic = topics["DFM_KAFKA_SOURCES_TOPIC"]
+                for spec in (bad, {"id": "crlf", "url": "rtsp://h/a\r\nSET x 1"}):
+                    await producer.send_and_wait(topic, json.dumps(spec).encode(),
+                                                 key=spec["id"].encode())  # fmt: skip
+                await producer.send_and_wait(topic, b"\xff not json", key=b"junk")
+            finally:
+                await producer.stop()
+
+        asyncio.run(write_sources())
+        good = {"id": "after-bad", "url": f"file://{clip}", "options": {"loop": True}}
+        assert svc.client.post("/v1/streams", json=good).status_code == 202
+        wait_until(lambda: svc.verdicts("after-bad"), 60, "a stream started after bad records")
+        assert "rejected (port)" in svc.log() and "Traceback" not in svc.log()
         assert svc.terminate() == 0
 
 

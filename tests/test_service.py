@@ -162,7 +162,7 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_the_service_carries_on(tmp_pat
         code, reason = post({"id": "bad id!", "url": "rtsp://h/x"})
         assert code == 422 and reason.startswith("id")
         code, reason = post({"id": "x", "url": "http://example.invalid/x.mp4"})
-        assert code == 422 and "unsupported URL scheme 'http'" in reason
+        assert code == 400 and "unsupported URL scheme 'http'" in reason
         code, reason = post({"id": "x", "url": "rtsp://h/x", "options": {"speed": 2}})
         assert code == 422 and "speed" in reason
 
@@ -206,7 +206,8 @@ def test_sigterm_drains_and_flushes(live_clip, tmp_path):
         ({"DFM_HOP_FRAMES": "abc"}, "DFM_HOP_FRAMES"),
         ({"DFM_THRESHOLD": "1.5"}, "DFM_THRESHOLD"),
         ({"DFM_DEVICE": "tpu"}, "DFM_DEVICE"),
-        ({"DFM_NOT_A_SETTING": "1", "DFM_HOP_FRAMES": "500"}, "DFM_HOP_FRAMES"),
+        ({"DFM_HOP_FRAMES": "500"}, "DFM_HOP_FRAMES"),
+        ({"DFM_NOT_A_SETTING": "1"}, "unknown setting DFM_NOT_A_SETTING"),
     ],
 )
 def test_bad_settings_stop_start_up_with_one_line(env, needle, monkeypatch):

@@ -82,6 +82,41 @@ class WhipOpener(Opener):
         return resample(self._decoded(), self.fps)
 
 
+def check_offer(sdp: str) -> None:
+    """Refuse an offer aiortc would take and then fail on, or crash the loop with.
+
+    Parsed with aiortc's own parser; every media section needs DTLS fingerprints and ICE
+    credentials (else its connect task dies on an assertion after the 201), and every
+    port, candidates included, must be a UDP/TCP port (else the transport's ``sendto``
+    raises inside the event loop).
+    """
+    from aiortc.sdp import SessionDescription
+
+    if "m=video" not in sdp:
+        raise Invalid("the SDP offer has no video media section (m=video)")
+    try:
+        desc = SessionDescription.parse(sdp)
+    except Exception as exc:  # the parser raises ValueError, IndexError, KeyError, ...
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadRequest(f"cannot parse this SDP offer: {reason[:200]}") from None
+    if not any(m.kind == "video" for m in desc.media):
+        raise Invalid("the SDP offer has no video media section (m=video)")
+    for i, media in enumerate(desc.media):
+        where = f"media section {i} ({media.kind})"
+        if media.dtls is None or not media.dtls.fingerprints:
+            raise BadRequest(f"{where} has no a=fingerprint: WebRTC needs DTLS")
+        if media.ice is None or not media.ice.usernameFragment or not media.ice.password:
+            raise BadRequest(f"{where} has no a=ice-ufrag / a=ice-pwd")
+        ports = [media.port, media.rtcp_port or 0]
+        ports += [c.port for c in media.ice_candidates]
+        ports += [c.relatedPort or 0 for c in media.ice_candidates]
+        if any(not isinstance(p, int) or not 0 <= p <= 65535 for p in ports):
+            raise BadRequest(f"{where} names a port outside 0..65535")
+        for cand in media.ice_candidates:
+            if cand.protocol.lower() not in ("udp", "tcp"):
+                raise BadRequest(f"{where}: candidate protocol {cand.protocol[:20]!r}")
+
+
 @dataclass
 class WhipSession:
     stream_id: str
@@ -121,8 +156,7 @@ class WhipGateway:
     async def offer(self, stream_id: str, sdp: str) -> WhipSession:
         """Answer a publisher's offer; the answer is ``session.pc.localDescription``."""
         s = self.settings
-        if "m=video" not in sdp:
-            raise Invalid("the SDP offer has no video media section (m=video)")
+        check_offer(sdp)
         async with self._lock:
             if stream_id in self.sessions or stream_id in self.manager.streams:
                 raise Conflict(f"stream {stream_id!r} is already live; DELETE it first")
