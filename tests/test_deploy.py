@@ -140,3 +140,5 @@ def test_compose_stack_mounts_files_that_exist():
                 assert (REPO / "deploy" / source).exists(), f"{name}: {source} missing"
     app = compose["services"]["deepfake-monitor"]
     assert app["read_only"] is True and app["environment"]["DFM_KAFKA_BOOTSTRAP"] == "kafka:9092"
+    # It listens on 0.0.0.0 in the container: without a token it would refuse to start.
+    assert app["environment"]["DFM_API_TOKEN"].startswith("${DFM_API_TOKEN:?")
