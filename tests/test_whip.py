@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from analyzer.synthetic import synthesize
-from tests.servers import Service, WhipPublisher, thread_count, wait_until
+from tests.servers import GstWhipPublisher, Service, WhipPublisher, thread_count, wait_until
 
 ENV = {
     "DFM_FPS": "10",
@@ -136,4 +136,24 @@ def test_bad_whip_requests_get_a_4xx_with_a_reason(face_clip, tmp_path):
             before = len(svc.verdicts("live"))
             wait_until(lambda: len(svc.verdicts("live")) > before, 30, "the live one to go on")
         assert c.get("/healthz").status_code == 200
+        assert svc.terminate() == 0
+
+
+def test_a_gstreamer_webrtcbin_publisher_gets_verdicts(live_clip, tmp_path):
+    """GStreamer's WebRTC stack (libnice, OpenSSL DTLS with an RSA certificate).
+
+    It used to fail its DTLS handshake with "no shared cipher": the service answered as
+    the DTLS client, whose hello lists only ECDSA suites. It now answers as the server.
+    """
+    with Service(ENV, tmp_path) as svc:
+        url = f"http://127.0.0.1:{svc.port}/v1/whip/gst-1"
+        with GstWhipPublisher(url, live_clip) as pub:
+            wait_until(lambda: pub.said("CONNECTED") or pub.said("FAILED"), 30, "the publisher")
+            assert pub.said("CONNECTED"), pub.lines
+            assert pub.said("ANSWER") == "ANSWER a=setup:passive"
+            wait_until(lambda: len(svc.verdicts("gst-1")) >= 3, 60, "verdicts from GStreamer")
+            verdicts = svc.verdicts("gst-1")
+            assert gapless(verdicts) and any(v["faces"] for v in verdicts)
+            assert pub.stop() == 0 and not pub.said("DELETE failed"), pub.lines
+        wait_until(lambda: "gst-1" not in listed(svc), 10, "the stream to end on DELETE")
         assert svc.terminate() == 0

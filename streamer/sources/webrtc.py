@@ -117,6 +117,22 @@ def check_offer(sdp: str) -> None:
                 raise BadRequest(f"{where}: candidate protocol {cand.protocol[:20]!r}")
 
 
+def as_dtls_server(offer: str, answer: RTCSessionDescription) -> RTCSessionDescription:
+    """The answer with the service as the DTLS server wherever the offer lets it choose.
+
+    An offer's ``a=setup:actpass`` leaves the DTLS role to the answerer; aiortc answers
+    ``active`` (DTLS client), and its client offers only ECDSA cipher suites, which a
+    publisher with an RSA certificate (GStreamer's webrtcbin, via OpenSSL) cannot take:
+    "no shared cipher". Answering ``passive`` makes the publisher the client: its hello
+    lists the suites, and the service's own (ECDSA) certificate picks one. Browsers and
+    aiortc publishers take either role (RFC 8842, section 5.2).
+    """
+    if "a=setup:actpass" not in offer:
+        return answer
+    sdp = answer.sdp.replace("a=setup:active", "a=setup:passive")
+    return RTCSessionDescription(sdp=sdp, type=answer.type)
+
+
 @dataclass
 class WhipSession:
     stream_id: str
@@ -212,7 +228,7 @@ class WhipGateway:
         if not any(t.kind == "video" for t in pc.getTransceivers()):
             raise Invalid("the SDP offer has no video track")
         answer = await pc.createAnswer()
-        await pc.setLocalDescription(answer)
+        await pc.setLocalDescription(as_dtls_server(sdp, answer))
 
     @staticmethod
     def _spawn(session: WhipSession, coro: Any) -> None:

@@ -181,8 +181,7 @@ function handleEvent(ev, state) {
   }
 }
 
-function drawTimeline(state) {
-  const svg = $("timeline");
+function drawTimeline(state, svg = $("timeline"), caption = $("timeline-text")) {
   const W = 600, H = 200, pad = 24;
   svg.replaceChildren();
   const points = state.verdicts.filter((v) => v.score !== null);
@@ -215,7 +214,7 @@ function drawTimeline(state) {
     dot.appendChild(title);
   }
   const noFace = state.verdicts.length - points.length;
-  $("timeline-text").textContent =
+  caption.textContent =
     `${state.verdicts.length} window${state.verdicts.length === 1 ? "" : "s"} scored` +
     (noFace ? `, ${noFace} without a face` : "") + ".";
 }
@@ -387,5 +386,118 @@ async function removeStream(id) {
     $("add-error").hidden = false;
   }
 }
+
+// ---- check my camera: publish over WHIP, watch its verdicts --------------------------
+
+const camera = { pc: null, media: null, location: null, id: null, timer: null, threshold: 0.5 };
+
+function cameraStatus(text) { $("camera-status").textContent = text; }
+
+function cameraError(text) {
+  $("camera-error").textContent = text;
+  $("camera-error").hidden = !text;
+}
+
+function cameraButtons(running) {
+  $("camera-start").hidden = running;
+  $("screen-start").hidden = running;
+  $("camera-stop").hidden = !running;
+}
+
+// All ICE candidates in the offer: WHIP here answers once, with no trickle.
+function gathered(pc, timeoutMs) {
+  if (pc.iceGatheringState === "complete") return Promise.resolve();
+  return new Promise((resolve) => {
+    const done = () => { pc.removeEventListener("icegatheringstatechange", check); resolve(); };
+    const check = () => { if (pc.iceGatheringState === "complete") done(); };
+    pc.addEventListener("icegatheringstatechange", check);
+    setTimeout(done, timeoutMs);
+  });
+}
+
+async function startCamera(screen) {
+  cameraError("");
+  if (!navigator.mediaDevices || !window.RTCPeerConnection) {
+    cameraError("This browser cannot publish video (no WebRTC or camera access on this page; use https or localhost).");
+    return;
+  }
+  cameraButtons(true);
+  cameraStatus(screen ? "Asking to share a screen…" : "Asking for the camera…");
+  try {
+    camera.media = screen
+      ? await navigator.mediaDevices.getDisplayMedia({ video: { frameRate: 30 }, audio: false })
+      : await navigator.mediaDevices.getUserMedia({ video: { width: 640, height: 480 }, audio: false });
+  } catch (err) {
+    cameraButtons(false);
+    cameraStatus("");
+    cameraError(`No video: ${err.message || err.name}.`);
+    return;
+  }
+  $("camera-preview").srcObject = camera.media;
+  $("camera-view").hidden = false;
+  camera.id = `${screen ? "screen" : "camera"}-${Math.random().toString(16).slice(2, 8)}`;
+  const pc = new RTCPeerConnection();
+  camera.pc = pc;
+  for (const track of camera.media.getVideoTracks()) {
+    pc.addTransceiver(track, { direction: "sendonly", streams: [camera.media] });
+    track.addEventListener("ended", () => stopCamera("The shared video ended."));
+  }
+  pc.addEventListener("connectionstatechange", () => {
+    if (pc.connectionState === "connected") cameraStatus(`Publishing as stream ${camera.id}; the first verdict comes after one window.`);
+    if (pc.connectionState === "failed") stopCamera("The WebRTC connection failed (is UDP to the service blocked?).");
+  });
+  cameraStatus("Connecting…");
+  await pc.setLocalDescription(await pc.createOffer());
+  await gathered(pc, 3000);
+  const res = await api(`/v1/whip/${encodeURIComponent(camera.id)}`, {
+    method: "POST",
+    headers: { "Content-Type": "application/sdp" },
+    body: pc.localDescription.sdp,
+  });
+  if (res.status !== 201) {
+    const why = await errorText(res);
+    await stopCamera("");
+    cameraError(`The service did not take the video: ${why}`);
+    return;
+  }
+  camera.location = res.headers.get("Location");
+  await pc.setRemoteDescription({ type: "answer", sdp: await res.text() });
+  camera.timer = setInterval(pollCamera, 1000);
+}
+
+async function pollCamera() {
+  if (!camera.id) return;
+  const res = await api(`/v1/streams/${encodeURIComponent(camera.id)}/verdicts?limit=120`);
+  if (!res.ok) return;
+  const body = await res.json();
+  const verdicts = body.verdicts;
+  if (verdicts.length) camera.threshold = verdicts[verdicts.length - 1].threshold;
+  drawTimeline({ verdicts, threshold: camera.threshold }, $("camera-timeline"), $("camera-timeline-text"));
+  $("camera-timeline").dataset.points = String(verdicts.length);
+  const last = verdicts[verdicts.length - 1];
+  if (last) {
+    const score = last.score === null ? "" : ` (P(FAKE) ${last.score.toFixed(2)})`;
+    cameraStatus(`Stream ${camera.id}: latest window ${last.label === "NO_FACE" ? "has no face" : last.label}${score}.`);
+  }
+}
+
+async function stopCamera(message) {
+  clearInterval(camera.timer);
+  camera.timer = null;
+  const location = camera.location;
+  camera.location = null;
+  if (location) await api(location, { method: "DELETE" }).catch(() => {});
+  if (camera.pc) camera.pc.close();
+  if (camera.media) for (const track of camera.media.getTracks()) track.stop();
+  camera.pc = camera.media = null;
+  camera.id = null;
+  cameraButtons(false);
+  cameraStatus(message === undefined ? "Stopped; the stream is removed." : message);
+}
+
+$("camera-start").addEventListener("click", () => startCamera(false));
+$("screen-start").addEventListener("click", () => startCamera(true));
+$("camera-stop").addEventListener("click", () => stopCamera());
+window.addEventListener("pagehide", () => { if (camera.location) stopCamera(); });
 
 loadInfo();

@@ -262,5 +262,64 @@ class WhipPublisher:
         self.kill()
 
 
+class GstWhipPublisher:
+    """GStreamer's webrtcbin publishing a clip over WHIP (system python3, its own process)."""
+
+    def __init__(self, url: str, video: Path, token: str | None = None) -> None:
+        self.url, self.video, self.token = url, video, token
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: list[str] = []
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> GstWhipPublisher:
+        args = [SYSTEM_PYTHON, str(HERE / "gst_whip.py"), self.url, str(self.video)]
+        if self.token:
+            args += ["--token", self.token]
+        self.proc = subprocess.Popen(
+            args,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        return self
+
+    def _read(self) -> None:
+        assert self.proc is not None and self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.strip())
+
+    def said(self, word: str) -> str | None:
+        """The first line the publisher printed that starts with ``word``."""
+        return next((ln for ln in list(self.lines) if ln.startswith(word)), None)
+
+    def stop(self) -> int:
+        """End politely: the publisher DELETEs its session."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+        code = self.proc.wait(30)
+        if self._reader is not None:
+            self._reader.join(5)
+        return code
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait(10)
+            for pipe in (self.proc.stdin, self.proc.stdout):
+                if pipe is not None:
+                    pipe.close()
+
+    def __enter__(self) -> GstWhipPublisher:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
+
+
 def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
