@@ -62,16 +62,21 @@ if ! .venv/bin/python -c 'import cv2' 2>/dev/null; then
   apt_install libgl1 libglib2.0-0
 fi
 
-# 4. the GStreamer RTSP server the tests serve clips with (system python3 + gi)
+# 4. GStreamer for the tests (system python3 + gi): the RTSP server that serves clips, and
+#    webrtcbin (libnice, OpenSSL DTLS), a WHIP publisher on a WebRTC stack not our own
 if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && ! /usr/bin/python3 -c '
 import gi
 gi.require_version("GstRtspServer", "1.0")
-from gi.repository import Gst, GstRtspServer
+gi.require_version("GstWebRTC", "1.0")
+gi.require_version("GstSdp", "1.0")
+from gi.repository import Gst, GstRtspServer, GstWebRTC, GstSdp
 Gst.init(None)
-assert all(Gst.ElementFactory.find(e) for e in ("qtdemux", "h264parse", "rtph264pay"))' 2>/dev/null
+assert all(Gst.ElementFactory.find(e) for e in (
+    "qtdemux", "h264parse", "rtph264pay", "webrtcbin", "nicesrc", "vp8enc", "avdec_h264"))' 2>/dev/null
 then
   apt_install python3-gi gir1.2-gst-rtsp-server-1.0 gstreamer1.0-rtsp gstreamer1.0-plugins-base \
-    gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav
+    gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav \
+    gir1.2-gst-plugins-bad-1.0 gstreamer1.0-nice
 fi
 
 # 5. promtool (and a Prometheus server) for the rule and dashboard checks

@@ -5,7 +5,7 @@ check the page, not the model: the label the page shows is the service's, pinned
 DFM_THRESHOLD=0 (every window with a face is FAKE); the demo model's accuracy is in its own
 report. The browser starts with the flags that keep it off the network, and every request
 the page makes must go to the service itself.
-Screenshots go to the test's folder, or to DFM_SCREENSHOTS_DIR when set (the README's
+Screenshots go to the test's folder, or to DFM_TEST_SCREENSHOTS_DIR when set (the README's
 pictures are made that way).
 """
 
@@ -68,7 +68,7 @@ def screenshot(page: Page, tmp_path: Path, name: str) -> Path:
     # Not blank: many colours and real contrast.
     colours = len(np.unique(image.reshape(-1, 3)[::7], axis=0))
     assert colours > 30 and float(image.std()) > 15, f"{name}: the screenshot looks blank"
-    target = os.environ.get("DFM_SCREENSHOTS_DIR")
+    target = os.environ.get("DFM_TEST_SCREENSHOTS_DIR")
     if target:
         shutil.copyfile(path, Path(target) / path.name)
     return path
@@ -274,3 +274,69 @@ def test_service_stops_promptly_while_a_page_listens(tmp_path):
             started = time.monotonic()
             assert svc.terminate(timeout=30) == 0
             assert time.monotonic() - started < 10, "an open event stream held up shutdown"
+
+
+def y4m_of(clip: Path, out: Path, frames: int = 150) -> Path:
+    """The clip as a Y4M file, what Chromium's fake camera plays (in a loop)."""
+    import av
+
+    with av.open(str(clip)) as src, av.open(str(out), "w", format="yuv4mpegpipe") as dst:
+        stream = dst.add_stream("rawvideo", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for i, frame in enumerate(src.decode(video=0)):
+            if i == frames:
+                break
+            small = frame.reformat(width=320, height=240, format="yuv420p")
+            small.pts = None
+            for packet in stream.encode(small):
+                dst.mux(packet)
+        for packet in stream.encode():
+            dst.mux(packet)
+    return out
+
+
+def test_the_page_publishes_a_camera_and_shows_its_verdicts(live_clip, tmp_path):
+    """Chromium's own WebRTC stack (libwebrtc) publishing a fake camera through the page."""
+    camera = y4m_of(live_clip, tmp_path / "face.y4m")
+    flags = [
+        *OFFLINE_FLAGS,
+        "--use-fake-device-for-media-stream",
+        "--use-fake-ui-for-media-stream",
+        f"--use-file-for-fake-video-capture={camera}",
+    ]
+    # The default threshold: this test reads no label, and the picture shows a real one.
+    env = {**LIVE, "DFM_THRESHOLD": "0.5", "DFM_API_TOKEN": "s3cret", "DFM_WHIP_TIMEOUT_S": "5"}
+    auth = {"Authorization": "Bearer s3cret"}
+    with sync_playwright() as pw, Service(env, tmp_path) as svc:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, args=flags)
+        page = browser.new_page(viewport={"width": 1000, "height": 1100})
+        requests: list[str] = []
+        page.on("request", lambda r: requests.append(r.url))
+        page.goto(f"http://127.0.0.1:{svc.port}/")
+        page.fill("#token", "s3cret")
+        page.click("#token-form button")
+        page.click("#tab-live")
+        page.click("#camera-start")
+        timeline = page.locator("#camera-timeline")
+
+        def points() -> int:
+            return int(timeline.get_attribute("data-points") or 0)
+
+        wait_until(lambda: points() >= 3, 90, "three verdicts on the camera's timeline")
+        streams = svc.client.get("/v1/streams", headers=auth).json()["streams"]
+        (mine,) = [s for s in streams if s["id"].startswith("camera-")]
+        verdicts = svc.client.get(f"/v1/streams/{mine['id']}/verdicts", headers=auth).json()
+        assert any(v["faces"] for v in verdicts["verdicts"]), verdicts
+        assert mine["id"] in page.locator("#camera-status").inner_text()
+        assert page.locator("#camera-timeline circle").count() >= 1
+        screenshot(page, tmp_path, "camera")
+        page.click("#camera-stop")
+        wait_until(
+            lambda: not svc.client.get("/v1/streams", headers=auth).json()["streams"],
+            15,
+            "the stream to end with the WHIP DELETE",
+        )
+        assert "Stopped" in page.locator("#camera-status").inner_text()
+        only_local(requests, svc)
+        browser.close()
+        assert svc.terminate() == 0
