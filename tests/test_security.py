@@ -320,22 +320,30 @@ def one_line(result) -> str:
         ({"DFM_SOURCES": '[{"id": "a", "url": "rtsp://h:99999/x"}]'}, ["DFM_SOURCES", "port"]),
         ({"DFM_DEVICE": "cuda", "DFM_RANDOM_WEIGHTS": "true"}, ["DFM_DEVICE", "cpu"]),
         (
-            {"DFM_CHECKPOINT": "/etc/hostname", "DFM_RANDOM_WEIGHTS": "false"},
+            {"DFM_CHECKPOINT": "TRUNCATED", "DFM_RANDOM_WEIGHTS": "false"},
             ["not a checkpoint", "deepfake-monitor train"],
         ),
     ],
 )
-def test_operator_mistakes_stop_start_up_with_one_line(env, needles):
+def test_operator_mistakes_stop_start_up_with_one_line(env, needles, tmp_path):
     if env.get("DFM_DEVICE") == "cuda":
         import torch
 
         if torch.cuda.is_available():
             pytest.skip("this machine has a GPU: DFM_DEVICE=cuda is right here")
+    if env.get("DFM_CHECKPOINT") == "TRUNCATED":
+        # The first 64 KiB of the bundled checkpoint: a download that broke off.
+        from analyzer.model import BUNDLED_CHECKPOINT
+
+        cut = tmp_path / "cut.pt"
+        cut.write_bytes(BUNDLED_CHECKPOINT.read_bytes()[: 64 << 10])
+        env = {**env, "DFM_CHECKPOINT": str(cut)}
     result = run_cli_env(env)
     assert result.returncode == 2, result.stderr[-2000:]
     line = one_line(result)
     for needle in needles:
         assert needle in line, line
+    assert "Errno" not in line and "Pytorch" not in line  # no library internals pasted in
 
 
 def test_a_yaml_mistake_names_the_yaml_key(tmp_path):
