@@ -295,7 +295,7 @@ def y4m_of(clip: Path, out: Path, frames: int = 150) -> Path:
     return out
 
 
-def test_the_page_publishes_a_camera_and_shows_its_verdicts(live_clip, tmp_path):
+def test_the_page_publishes_a_camera_and_shows_its_verdicts(browser, live_clip, tmp_path):
     """Chromium's own WebRTC stack (libwebrtc) publishing a fake camera through the page."""
     camera = y4m_of(live_clip, tmp_path / "face.y4m")
     flags = [
@@ -307,9 +307,10 @@ def test_the_page_publishes_a_camera_and_shows_its_verdicts(live_clip, tmp_path)
     # The default threshold: this test reads no label, and the picture shows a real one.
     env = {**LIVE, "DFM_THRESHOLD": "0.5", "DFM_API_TOKEN": "s3cret", "DFM_WHIP_TIMEOUT_S": "5"}
     auth = {"Authorization": "Bearer s3cret"}
-    with sync_playwright() as pw, Service(env, tmp_path) as svc:
-        browser = pw.chromium.launch(executable_path=CHROMIUM, args=flags)
-        page = browser.new_page(viewport={"width": 1000, "height": 1100})
+    # A second Chromium from the module's Playwright, with the fake camera's flags.
+    camera_browser = browser.browser_type.launch(executable_path=CHROMIUM, args=flags)
+    with Service(env, tmp_path) as svc:
+        page = camera_browser.new_page(viewport={"width": 1000, "height": 1100})
         requests: list[str] = []
         page.on("request", lambda r: requests.append(r.url))
         page.goto(f"http://127.0.0.1:{svc.port}/")
@@ -336,7 +337,11 @@ def test_the_page_publishes_a_camera_and_shows_its_verdicts(live_clip, tmp_path)
             15,
             "the stream to end with the WHIP DELETE",
         )
-        assert "Stopped" in page.locator("#camera-status").inner_text()
+        page.wait_for_function(
+            "document.getElementById('camera-status').textContent.startsWith('Stopped')"
+        )
+        page.wait_for_timeout(1500)  # a poll in flight at Stop must not bring the old text back
+        assert page.locator("#camera-status").inner_text().startswith("Stopped")
         only_local(requests, svc)
-        browser.close()
+        camera_browser.close()
         assert svc.terminate() == 0

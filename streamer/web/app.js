@@ -466,10 +466,12 @@ async function startCamera(screen) {
 }
 
 async function pollCamera() {
-  if (!camera.id) return;
-  const res = await api(`/v1/streams/${encodeURIComponent(camera.id)}/verdicts?limit=120`);
-  if (!res.ok) return;
+  const id = camera.id;
+  if (!id) return;
+  const res = await api(`/v1/streams/${encodeURIComponent(id)}/verdicts?limit=120`);
+  if (!res.ok || camera.id !== id) return;  // stopped meanwhile: leave its status alone
   const body = await res.json();
+  if (camera.id !== id) return;
   const verdicts = body.verdicts;
   if (verdicts.length) camera.threshold = verdicts[verdicts.length - 1].threshold;
   drawTimeline({ verdicts, threshold: camera.threshold }, $("camera-timeline"), $("camera-timeline-text"));
