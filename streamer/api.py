@@ -95,6 +95,8 @@ class ApiBackend(Protocol):
 
     def readiness(self) -> dict[str, bool]: ...
 
+    def health(self) -> list[str]: ...
+
     def info(self) -> dict[str, Any]: ...
 
 
@@ -148,8 +150,12 @@ def create_app(service: ApiBackend) -> FastAPI:
         return JSONResponse({"error": str(exc.detail)}, exc.status_code)
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
+    async def healthz() -> JSONResponse:
+        """Liveness: fails when the engine is stalled or a supervised task died."""
+        problems = service.health()
+        if problems:
+            return JSONResponse({"status": "unhealthy", "problems": problems}, 503)
+        return JSONResponse({"status": "ok"})
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:

@@ -5,6 +5,10 @@ gathers them into batches, up to ``max_batch`` crops or ``max_wait_ms`` after th
 one, head work first, and runs each batch in the engine thread. Results go back through
 futures on the event loop.
 
+Health: every failed call is counted (``deepfake_engine_errors_total{stage}``) and every
+finished one beats ``deepfake_engine_last_batch_timestamp_seconds``; :meth:`stalled_for`
+and :meth:`died` feed ``/healthz``.
+
 Backpressure: at most ``max_inflight`` crops may wait for the engine. A stream that
 finds no room waits (:meth:`reserve`); meanwhile its own frame inbox fills and drops its
 oldest frames, counted as ``frames_dropped_total{reason="backpressure"}``. So memory and
@@ -16,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +30,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from analyzer.engine import Engine
+from streamer.faults import Faults, InjectedFault
 from streamer.metrics import Metrics
 from streamer.tasks import cancel_and_wait
 
@@ -47,14 +53,17 @@ class Batcher:
         max_batch: int = 64,
         max_wait_ms: float = 10.0,
         max_inflight: int = 256,
-        slow_ms: float = 0.0,
+        faults: Faults | None = None,
     ) -> None:
         self.engine = engine
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
         self.max_inflight = max(max_inflight, max_batch)
-        self.slow = slow_ms / 1000.0
+        self.faults = faults or Faults()
+        self._fault_rng = random.Random(self.faults.seed)
+        self._engine_calls = 0
+        self._call_started: float | None = None  # monotonic start of the call in flight
         self._crops: asyncio.Queue[_Request] = asyncio.Queue()
         self._heads: asyncio.Queue[_Request] = asyncio.Queue()
         self._wake = asyncio.Event()
@@ -91,6 +100,18 @@ class Batcher:
     @property
     def inflight(self) -> int:
         return self._inflight
+
+    def stalled_for(self) -> float:
+        """Seconds the engine call in flight has run (0 when none): a hung GPU shows here."""
+        started = self._call_started
+        return 0.0 if started is None else time.monotonic() - started
+
+    def died(self) -> BaseException | None:
+        """Why the batching task ended, if it did (then nothing reaches the engine)."""
+        task = self._task
+        if task is None or not task.done():
+            return None
+        return task.exception() if not task.cancelled() else asyncio.CancelledError()
 
     async def reserve(self, crops: int) -> None:
         """Wait until ``crops`` more crops may be queued for the engine."""
@@ -163,16 +184,24 @@ class Batcher:
         """Run one engine call for ``reqs`` and hand each its slice of the result."""
         items = [x for r in reqs for x in r.items]
         loop = asyncio.get_running_loop()
-        fn = self._backbone if stage == "backbone" else self.engine.head
+        fn = self._backbone if stage == "backbone" else self._head
         started = time.perf_counter()
+        self._call_started = time.monotonic()
         try:
             result = await loop.run_in_executor(self._executor, fn, items)
         except Exception as exc:
-            log.exception("engine %s batch of %d failed", stage, len(items))
+            self.metrics.engine_errors.labels(stage).inc()
+            if isinstance(exc, InjectedFault):
+                log.warning("engine %s batch of %d failed: %s", stage, len(items), exc)
+            else:
+                log.exception("engine %s batch of %d failed", stage, len(items))
             for req in reqs:
                 if not req.future.done():
                     req.future.set_exception(exc)
             return
+        finally:
+            self._call_started = None
+        self.metrics.engine_last_batch.set(time.time())
         self.metrics.inference_seconds.labels(stage).observe(time.perf_counter() - started)
         self.metrics.inference_batch.labels(stage).observe(len(items))
         at = 0
@@ -182,10 +211,20 @@ class Batcher:
                 req.future.set_result(result[at : at + n])
             at += n
 
+    def _inject(self) -> None:
+        """DFM_FAULTS (tests only), in the engine thread before each call."""
+        self._engine_calls += 1
+        limit = self.faults.calls
+        if self.faults.any and (limit is None or self._engine_calls <= limit):
+            self.faults.engine_call(self._fault_rng)
+
     def _backbone(self, crops: list[np.ndarray]) -> np.ndarray:
-        if self.slow:
-            time.sleep(self.slow)  # testing: an engine that falls behind
+        self._inject()
         return self.engine.backbone(np.stack(crops))
+
+    def _head(self, windows: list[np.ndarray]) -> np.ndarray:
+        self._inject()
+        return self.engine.head(windows)
 
 
 def _log_crash(task: asyncio.Task[None]) -> None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from streamer.errors import ConfigError, UrlRejected
+from streamer.faults import Faults
 from streamer.urls import DEFAULT_DENY_NETS, NetPolicy, parse_nets, parse_source_url
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -174,7 +175,15 @@ class Settings(BaseSettings):
         description="bytes of all uploads being received at once (the spool's disk quota)",
     )
     events_interval_s: float = Field(1.0, gt=0, le=60, description="web page stream updates")
-    slow_engine_ms: float = Field(0.0, ge=0, description="testing only: delay per engine call")
+    engine_stall_s: float = Field(
+        30.0,
+        gt=0,
+        le=3600,
+        description="work queued and no engine batch done this long: /healthz fails",
+    )
+    faults: Faults = Field(
+        default_factory=Faults, description="test-only fault injection, JSON (streamer/faults.py)"
+    )
 
     @field_validator("api_token", mode="before")
     @classmethod

@@ -78,6 +78,7 @@ class Counters:
     faces: int = 0
     verdicts: int = 0
     dropped: int = 0
+    skipped: int = 0  # due windows without a verdict (engine errors)
 
 
 class StreamRunner:
@@ -216,7 +217,10 @@ class StreamRunner:
                 await self._emit_window()
 
     def _features_done(self, pending: list[PendingCrop], fut: asyncio.Future[Any]) -> None:
-        if fut.cancelled() or fut.exception() is not None:
+        if fut.cancelled():
+            return
+        if fut.exception() is not None:
+            self.state.features_failed(pending)
             return
         late = self.state.set_features(pending, fut.result())
         if late:
@@ -226,9 +230,18 @@ class StreamRunner:
         if self._last_features is not None and not self._last_features.done():
             await asyncio.wait([self._last_features])
         job = self.state.build_window()
+        if self.state.lacks_features(job):
+            self._skip_window("engine_error", "features of some of its frames failed")
+            return
         scores: list[float] = []
         if job.sequences:
-            scores = [float(s) for s in await self.batcher.head(job.sequences)]
+            try:
+                scores = await self._head(job.sequences)
+            except Exception as exc:
+                self._skip_window("engine_error", f"the head failed twice ({exc})")
+                # Its features may be what the engine chokes on: start the tracks afresh.
+                self.state.restart()
+                return
         verdict = self.state.make_verdict(job, scores, self.model, time.monotonic())
         self.last_verdict = verdict
         self.counters.verdicts += 1
@@ -238,6 +251,19 @@ class StreamRunner:
         self.metrics.verdict_latency.observe(verdict.latency_ms / 1000.0)
         for sink in self.sinks:
             await sink.publish(verdict)
+
+    async def _head(self, sequences: list[Any]) -> list[float]:
+        """Head scores; one failed call is retried once (a flaky driver, an OOM blip)."""
+        try:
+            return [float(s) for s in await self.batcher.head(sequences)]
+        except Exception as exc:
+            log.warning("stream %s: head call failed (%s); retrying once", self.id, exc)
+            return [float(s) for s in await self.batcher.head(sequences)]
+
+    def _skip_window(self, reason: str, why: str) -> None:
+        self.counters.skipped += 1
+        self.metrics.windows_skipped.labels(self.id, reason).inc()
+        log.warning("stream %s: window skipped: %s", self.id, why)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -251,6 +277,7 @@ class StreamRunner:
             "faces": self.counters.faces,
             "verdicts": self.counters.verdicts,
             "dropped": self.counters.dropped,
+            "skipped_windows": self.counters.skipped,
             "tracks": sorted(self.state.tracks),
             "last_verdict": self.last_verdict.model_dump(by_alias=True)
             if self.last_verdict

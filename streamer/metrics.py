@@ -93,6 +93,24 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=r,
         )
+        self.engine_errors = Counter(
+            "deepfake_engine_errors_total",
+            "Engine calls that failed, by stage",
+            ["stage"],
+            registry=r,
+        )
+        self.engine_last_batch = Gauge(
+            "deepfake_engine_last_batch_timestamp_seconds",
+            "Unix time the engine last finished a batch (its heartbeat)",
+            registry=r,
+        )
+        self.windows_skipped = Counter(
+            "deepfake_windows_skipped_total",
+            "Due windows that got no verdict, by reason (engine_error: their features or "
+            "head call failed, so a verdict would have been wrong)",
+            ["stream", "reason"],
+            registry=r,
+        )
         self.uploads_active = Gauge(
             "deepfake_uploads_active", "Uploaded videos being scanned (POST /v1/scan)", registry=r
         )
@@ -129,7 +147,7 @@ class Metrics:
                 metric.remove(stream)
             except KeyError:
                 pass
-        for metric in (self.frames_dropped, self.verdicts):
+        for metric in (self.frames_dropped, self.verdicts, self.windows_skipped):
             for labels in [s.labels for s in _samples(metric) if s.labels.get("stream") == stream]:
                 try:
                     metric.remove(*[labels[n] for n in metric._labelnames])

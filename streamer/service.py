@@ -57,6 +57,7 @@ class Service:
         self._manager: StreamManager | None = None
         self._whip: WhipGateway | None = None
         self._uploads: UploadScanner | None = None
+        self._batcher: Batcher | None = None
         self.directory: SourceDirectory | None = None
         self.closing = asyncio.Event()  # set on stop: long-lived responses (SSE) end
 
@@ -116,9 +117,26 @@ class Service:
         assert self._uploads is not None, "service not started"
         return self._uploads
 
+    def health(self) -> list[str]:
+        """What makes this replica unfit to live (Kubernetes restarts it); empty when fine."""
+        problems = []
+        batcher = self._batcher
+        if batcher is not None:
+            stalled = batcher.stalled_for()
+            if stalled > self.settings.engine_stall_s:
+                problems.append(
+                    f"engine stalled: one call has run {stalled:.0f} s "
+                    f"(over DFM_ENGINE_STALL_S={self.settings.engine_stall_s:g})"
+                )
+            died = batcher.died()
+            if died is not None:
+                problems.append(f"the batching task stopped: {died!r}")
+        return problems
+
     def readiness(self) -> dict[str, bool]:
         return {
             "model": self._engine is not None,
+            "engine": not self.health(),
             "sinks": all(s.ready for s in self.sinks),
             "streams": self._manager is not None,
         }
@@ -146,15 +164,18 @@ class Service:
                 name=loaded.meta.name, version=loaded.meta.version, sha256=loaded.sha256
             )
 
+            if s.faults.any:
+                log.warning("DFM_FAULTS is set (%s): faults are injected; tests only", s.faults)
             batcher = Batcher(
                 engine,
                 self.metrics,
                 max_batch=s.max_batch,
                 max_wait_ms=s.max_wait_ms,
                 max_inflight=s.max_inflight_crops,
-                slow_ms=s.slow_engine_ms,
+                faults=s.faults,
             )
             await stack.enter_async_context(batcher)
+            self._batcher = batcher
             self._uploads = UploadScanner(s, batcher, self.metrics)
             stack.push_async_callback(self._uploads.stop)  # before the batcher stops
 

@@ -11,6 +11,7 @@ float32 each for the study's model).
 from __future__ import annotations
 
 import uuid
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -125,6 +126,7 @@ class StreamState:
         self.seq = 0
         self.smoothed: float | None = None
         self.label: Label | None = None
+        self._failed: deque[int] = deque()  # frames whose features the engine failed to make
         self._pts = np.zeros(window, np.float64)
         self._arrival = np.zeros(window, np.float64)
 
@@ -161,6 +163,20 @@ class StreamState:
             if self.tracks[track_id].last_frame < oldest:
                 del self.tracks[track_id]
         return pending
+
+    def features_failed(self, pending: Sequence[PendingCrop]) -> None:
+        """The engine could not make these crops' features: windows over them are unsound."""
+        self._failed.extend(sorted({p.frame for p in pending}))
+        oldest = self.frames_seen - self.window
+        while self._failed and self._failed[0] < oldest:
+            self._failed.popleft()
+
+    def lacks_features(self, job: WindowJob) -> bool:
+        """Whether a frame of ``job`` lost its features to an engine error.
+
+        Such a window gets no verdict: a face without features would read as NO_FACE.
+        """
+        return any(job.first_frame <= f <= job.last_frame for f in self._failed)
 
     def set_features(self, pending: Sequence[PendingCrop], feats: np.ndarray) -> int:
         """Write backbone features back; returns how many arrived too late to be kept."""

@@ -110,7 +110,7 @@ def test_backpressure_drops_frames_and_bounds_latency(live_clip, tmp_path):
         **FAST,
         "DFM_FPS": "30",
         "DFM_ALLOW_FILE_SOURCES": "true",
-        "DFM_SLOW_ENGINE_MS": "250",  # the engine takes at least 250 ms per backbone batch
+        "DFM_FAULTS": '{"engine_delay_ms": 250}',  # at least 250 ms per engine call
         "DFM_MAX_BATCH": "4",
         "DFM_MAX_INFLIGHT_CROPS": "8",
         "DFM_FRAME_QUEUE": "8",

@@ -1,0 +1,67 @@
+"""Engine faults against a real ``serve`` (DFM_FAULTS, test-only): seen, contained, recovered.
+
+Before: a failed backbone batch dropped its crops, so windows with a face came out as
+``NO_FACE`` while verdicts kept flowing; a failed head call stopped the stream for good;
+an engine hung for minutes left ``/healthz`` at 200.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from tests.servers import Service, wait_until
+
+FAST = {
+    "DFM_FPS": "10",
+    "DFM_WINDOW_FRAMES": "20",
+    "DFM_HOP_FRAMES": "10",
+    "DFM_ALLOW_FILE_SOURCES": "true",
+}
+
+
+def looped(clip) -> str:
+    return json.dumps([{"id": "cam", "url": f"file://{clip}", "options": {"loop": True}}])
+
+
+def test_engine_errors_are_counted_and_never_read_as_no_face(live_clip, tmp_path):
+    faults = {"engine_error_rate": 1.0, "calls": 25}  # the first 25 engine calls fail
+    env = {**FAST, "DFM_FAULTS": json.dumps(faults), "DFM_SOURCES": looped(live_clip)}
+    with Service(env, tmp_path) as svc:
+
+        def skipped() -> float:
+            name = "deepfake_windows_skipped_total"
+            return svc.metric(name, stream="cam", reason="engine_error") or 0
+
+        wait_until(lambda: skipped() >= 1, 60, "a window skipped for an engine error")
+        assert svc.metric("deepfake_engine_errors_total", stage="backbone") >= 1
+        assert svc.client.get("/healthz").status_code == 200  # errors are not a stall
+        # The fault is lifted after 25 calls: verdicts with the face come back.
+        wait_until(lambda: len(svc.verdicts("cam")) >= 4, 90, "verdicts after the faults")
+        verdicts = svc.verdicts("cam")
+        assert [v["label"] for v in verdicts].count("NO_FACE") == 0, verdicts
+        assert all(v["faces"] for v in verdicts)
+        seqs = [v["seq"] for v in verdicts]
+        assert seqs == list(range(len(seqs)))  # skipped windows leave no gap in seq
+        status = svc.client.get("/v1/streams/cam").json()
+        assert status["state"] == "running" and status["skipped_windows"] >= 1
+        assert svc.terminate() == 0
+
+
+def test_a_stalled_engine_fails_the_liveness_probe_and_recovers(live_clip, tmp_path):
+    faults = {"engine_delay_ms": 9000, "calls": 1}  # the first engine call hangs 9 s
+    env = {**FAST, "DFM_FAULTS": json.dumps(faults), "DFM_ENGINE_STALL_S": "2"}
+    with Service(env, tmp_path) as svc:
+        # The model's warm-up is not the batcher's: the stall is the stream's first batch.
+        spec = json.loads(looped(live_clip))[0]
+        assert svc.client.post("/v1/streams", json=spec).status_code == 201
+        started = time.monotonic()
+        wait_until(lambda: svc.client.get("/healthz").status_code == 503, 2 + 5 + 5, "healthz 503")
+        failing = svc.client.get("/healthz").json()
+        assert "engine stalled" in failing["problems"][0], failing
+        assert svc.client.get("/readyz").status_code == 503
+        wait_until(lambda: svc.client.get("/healthz").status_code == 200, 20, "healthz back")
+        assert time.monotonic() - started < 30
+        wait_until(lambda: len(svc.verdicts("cam")) >= 2, 60, "verdicts after the stall")
+        assert svc.metric("deepfake_engine_last_batch_timestamp_seconds") > time.time() - 60
+        assert svc.terminate() == 0
