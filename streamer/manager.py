@@ -272,6 +272,7 @@ class StreamRunner:
             "options": self.spec.options,
             "state": str(self.source_state),
             "reason": self.reason,
+            "attempts": self.worker.attempts,
             "session": self.state.session,
             "frames": self.counters.frames,
             "faces": self.counters.faces,

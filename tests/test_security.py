@@ -8,10 +8,10 @@ before auth, a token with a newline locked everyone out, the gap file never ende
 
 from __future__ import annotations
 
+import contextlib
 import fractions
 import json
 import socket
-import threading
 import time
 from pathlib import Path
 
@@ -21,48 +21,36 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from tests.servers import Service, wait_until
+from tests.servers import Service, SilentServer, wait_until
 
 FAST = {"DFM_FPS": "10", "DFM_WINDOW_FRAMES": "20", "DFM_HOP_FRAMES": "10"}
 TOKEN = "s3cret"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
-class Recorder:
+class Recorder(SilentServer):
     """A TCP listener that records every byte anyone sends it (an internal Redis, say)."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.sock.settimeout(0.2)
-        self.port = self.sock.getsockname()[1]
+        super().__init__()
         self.received = b""
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
+    def _accept(self) -> None:
+        self.sock.settimeout(0.2)
         while not self._stop.is_set():
             try:
                 conn, _ = self.sock.accept()
             except TimeoutError:
                 continue
             conn.settimeout(0.5)
-            try:
+            with contextlib.suppress(OSError):
                 while chunk := conn.recv(4096):
                     self.received += chunk
-            except OSError:
-                pass
             conn.close()
 
     def __enter__(self) -> Recorder:
-        self._thread.start()
+        super().__enter__()
         return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.sock.close()
 
 
 def write_video(path: Path, times: list[float], size: tuple[int, int] = (64, 64)) -> Path:

@@ -8,7 +8,7 @@ import jsonschema
 import pytest
 
 from tests.conftest import SCHEMA_FILE, run_cli
-from tests.servers import RtspServer, Service, SilentServer, wait_until
+from tests.servers import RtspServer, Service, SilentServer, free_port, wait_until
 
 # Small windows at 10 fps: a verdict per stream every second, so tests stay short.
 FAST = {
@@ -180,11 +180,32 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_the_service_carries_on(tmp_pat
 
         wait_until(lambda: state("junk")["state"] == "failed", 30, "corrupt file to fail")
         assert "not a video" in state("junk")["reason"]
-        wait_until(lambda: state("mute")["state"] == "failed", 60, "silent URL to fail")
-        assert "did not answer" in state("mute")["reason"]
+        # A camera that does not answer is never given up on: it says so and keeps trying.
+        wait_until(lambda: state("mute")["attempts"] >= 2, 60, "silent URL retried")
+        mute = state("mute")
+        assert mute["state"] == "reconnecting" and "did not answer" in mute["reason"]
+        assert f"(attempt {mute['attempts']})" in mute["reason"] or "attempt" in mute["reason"]
         assert c.get("/healthz").status_code == 200
         assert c.get("/v1/streams/nope", headers=auth).status_code == 404
         assert c.delete("/v1/streams/mute", headers=auth).status_code == 204
+        assert svc.terminate() == 0
+
+
+def test_a_camera_down_at_first_is_watched_once_it_appears(live_clip, tmp_path):
+    """It used to go `failed` for good after its first 3 attempts."""
+    port = free_port()
+    with Service(FAST, tmp_path) as svc:
+        url = f"rtsp://127.0.0.1:{port}/cam"
+        assert svc.client.post("/v1/streams", json={"id": "late", "url": url}).status_code == 201
+
+        def state() -> dict:
+            return svc.client.get("/v1/streams/late").json()
+
+        wait_until(lambda: state()["attempts"] >= 5, 30, "five failed attempts")
+        assert state()["state"] == "reconnecting" and "refused" in state()["reason"]
+        with RtspServer({"cam": live_clip}, port=port):
+            wait_until(lambda: svc.verdicts("late"), 60, "verdicts once the camera is up")
+            assert state()["state"] == "running" and state()["attempts"] == 0
         assert svc.terminate() == 0
 
 

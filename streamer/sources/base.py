@@ -3,8 +3,10 @@
 A :class:`SourceWorker` runs in its own thread: it opens the source, decodes, resamples
 to the model fps, runs the stream's face tracker, and hands each frame's faces to the
 event loop through ``on_item`` (called in the worker thread; the receiver must be
-thread-safe). On failure it reconnects with capped exponential backoff and jitter when
-the source says a retry can help, and goes ``failed`` when it cannot.
+thread-safe). On failure it reconnects with capped exponential backoff and jitter, for
+ever: a camera that is down during a rolling update is watched again once it is back.
+Only a local file that is not a video goes ``failed`` (no retry can change it); an
+operator removes a stream, the service does not.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from analyzer.faces import FaceTracker, FrameFaces
-from streamer.errors import SourceError
+from streamer.errors import SourceError, UrlRejected
 from streamer.sources.decode import VideoFrame
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,7 @@ class Backoff:
     max_s: float = 30.0
 
     def delay(self, attempt: int) -> float:
-        """Full-jitter exponential backoff: uniform in [0.5, 1] of min(max, initial * 2^n)."""
+        """Exponential backoff with jitter: uniform in [0.5, 1] of min(max, initial * 2^n)."""
         base = min(self.max_s, self.initial_s * (2 ** max(0, attempt - 1)))
         return base * random.uniform(0.5, 1.0)
 
@@ -74,6 +76,8 @@ class Opener:
     ends: bool = False
     #: Whether an end of frames means "start again at once" (a looped file).
     restarts: bool = False
+    #: Whether it reaches over the network: then every failure is worth a retry.
+    network: bool = False
 
     def open(self) -> Iterator[VideoFrame]:
         raise NotImplementedError
@@ -89,7 +93,6 @@ class SourceWorker:
         on_state: Callable[[SourceState, str | None], None],
         on_reconnect: Callable[[], None],
         backoff: Backoff,
-        initial_attempts: int = 3,
         scrub: Callable[[str], str] = lambda text: text,
     ) -> None:
         self.stream_id = stream_id
@@ -99,7 +102,7 @@ class SourceWorker:
         self.on_state = on_state
         self.on_reconnect = on_reconnect
         self.backoff = backoff
-        self.initial_attempts = initial_attempts
+        self.attempts = 0  # failed attempts in a row; 0 while frames flow
         self.scrub = scrub  # takes credentials out of every reason shown or logged
         self.state = SourceState.STARTING
         self.reason: str | None = None
@@ -122,9 +125,15 @@ class SourceWorker:
         return not self._thread.is_alive()
 
     def _set(self, state: SourceState, reason: str | None = None) -> None:
-        if state == self.state or state not in ALLOWED[self.state]:
+        """Move to ``state``; in the same state, a new reason (the next attempt) is passed on."""
+        if state != self.state and state not in ALLOWED[self.state]:
             return
         reason = self.scrub(reason) if reason is not None else None
+        if state == self.state:
+            if reason != self.reason:
+                self.reason = reason
+                self.on_state(state, reason)
+            return
         self.state, self.reason = state, reason
         log.info("stream %s: source %s%s", self.stream_id, state, f" ({reason})" if reason else "")
         self.on_state(state, reason)
@@ -144,7 +153,6 @@ class SourceWorker:
 
     def _run(self) -> None:
         attempt = 0
-        has_run = False
         tracker = self.tracker = self.tracker_factory()
         try:
             while not self._stop.is_set():
@@ -158,7 +166,7 @@ class SourceWorker:
                             break
                         if self.state != SourceState.RUNNING:
                             self._set(SourceState.RUNNING)
-                            attempt, has_run = 0, True
+                            attempt = self.attempts = 0
                         if frame.restart:
                             # A discontinuity: the faces seen before it are not these.
                             self._add_tracker_times(tracker)
@@ -170,22 +178,23 @@ class SourceWorker:
                     if self.opener.restarts:
                         continue
                     reason = "stream ended"
+                except UrlRejected as exc:  # the destination policy: no retry changes it
+                    self._set(SourceState.FAILED, exc.reason)
+                    return
                 except SourceError as exc:
-                    if not exc.retriable:
+                    if not exc.retriable and not self.opener.network:
                         self._set(SourceState.FAILED, str(exc))
                         return
                     reason = str(exc)
-                attempt += 1
-                if not has_run and attempt >= self.initial_attempts:
-                    # Never up: most likely a wrong address. Say so rather than retry forever.
-                    self._set(SourceState.FAILED, f"{reason} ({attempt} attempts)")
-                    return
-                self._set(SourceState.RECONNECTING, reason)
+                attempt = self.attempts = attempt + 1
                 delay = self.backoff.delay(attempt)
+                # Never given up: the state says why and how often, until an operator acts.
+                self._set(SourceState.RECONNECTING, f"{reason} (attempt {attempt})")
                 log.warning(
-                    "stream %s: %s; reconnecting in %.1f s",
+                    "stream %s: %s; attempt %d, reconnecting in %.1f s",
                     self.stream_id,
                     self.scrub(reason),
+                    attempt,
                     delay,
                 )
                 if self._stop.wait(delay):

@@ -15,6 +15,7 @@ from streamer.urls import SourceUrl
 
 class RtspOpener(Opener):
     ends = False
+    network = True
 
     def __init__(
         self,

@@ -5,6 +5,7 @@ Every server a test starts, the test stops (context managers).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -206,17 +207,21 @@ class Service:
         self.stop()
 
 
-class WhipPublisher:
-    """An aiortc WHIP publisher in its own process (so a test can kill it outright)."""
+class _Publisher:
+    """A WHIP publisher in its own process (so a test can kill it outright).
+
+    A line on its stdin makes it DELETE its session and exit.
+    """
+
+    script = ""
+    python = sys.executable
 
     def __init__(self, url: str, video: Path, token: str | None = None) -> None:
         self.url, self.video, self.token = url, video, token
         self.proc: subprocess.Popen[str] | None = None
-        self.location: str | None = None
-        self.first_sent: float | None = None
 
-    def start(self) -> WhipPublisher:
-        args = [sys.executable, str(HERE / "whip_client.py"), self.url, str(self.video)]
+    def _spawn(self) -> subprocess.Popen[str]:
+        args = [self.python, str(HERE / self.script), self.url, str(self.video)]
         if self.token:
             args += ["--token", self.token]
         self.proc = subprocess.Popen(
@@ -226,13 +231,7 @@ class WhipPublisher:
             stderr=subprocess.DEVNULL,
             text=True,
         )
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline().split()
-        if not line or line[0] != "PUBLISHING":
-            self.kill()
-            raise AssertionError(f"WHIP publisher did not start: {' '.join(line)}")
-        self.location, self.first_sent = line[1], float(line[2])
-        return self
+        return self.proc
 
     def stop(self) -> int:
         """End politely: the publisher DELETEs its session."""
@@ -255,70 +254,61 @@ class WhipPublisher:
                 if pipe is not None:
                     pipe.close()
 
-    def __enter__(self) -> WhipPublisher:
-        return self.start()
-
     def __exit__(self, *exc: object) -> None:
         self.kill()
 
 
-class GstWhipPublisher:
-    """GStreamer's webrtcbin publishing a clip over WHIP (system python3, its own process)."""
+class WhipPublisher(_Publisher):
+    """aiortc publishing a clip (``whip_client.py``)."""
+
+    script = "whip_client.py"
 
     def __init__(self, url: str, video: Path, token: str | None = None) -> None:
-        self.url, self.video, self.token = url, video, token
-        self.proc: subprocess.Popen[str] | None = None
-        self.lines: list[str] = []
-        self._reader: threading.Thread | None = None
+        super().__init__(url, video, token)
+        self.location: str | None = None
+        self.first_sent: float | None = None
 
-    def start(self) -> GstWhipPublisher:
-        args = [SYSTEM_PYTHON, str(HERE / "gst_whip.py"), self.url, str(self.video)]
-        if self.token:
-            args += ["--token", self.token]
-        self.proc = subprocess.Popen(
-            args,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
+    def start(self) -> WhipPublisher:
+        proc = self._spawn()
+        assert proc.stdout is not None
+        line = proc.stdout.readline().split()
+        if not line or line[0] != "PUBLISHING":
+            self.kill()
+            raise AssertionError(f"WHIP publisher did not start: {' '.join(line)}")
+        self.location, self.first_sent = line[1], float(line[2])
         return self
 
-    def _read(self) -> None:
-        assert self.proc is not None and self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line.strip())
+    def __enter__(self) -> WhipPublisher:
+        return self.start()
+
+
+class GstWhipPublisher(_Publisher):
+    """GStreamer's webrtcbin publishing a clip (``gst_whip.py``, system python3)."""
+
+    script = "gst_whip.py"
+    python = SYSTEM_PYTHON
+
+    def __init__(self, url: str, video: Path, token: str | None = None) -> None:
+        super().__init__(url, video, token)
+        self.lines: list[str] = []
+
+    def start(self) -> GstWhipPublisher:
+        proc = self._spawn()
+        threading.Thread(target=self._read, args=(proc,), daemon=True).start()
+        return self
+
+    def _read(self, proc: subprocess.Popen[str]) -> None:
+        assert proc.stdout is not None
+        with contextlib.suppress(ValueError, OSError):  # closed by kill()
+            for line in proc.stdout:
+                self.lines.append(line.strip())
 
     def said(self, word: str) -> str | None:
         """The first line the publisher printed that starts with ``word``."""
         return next((ln for ln in list(self.lines) if ln.startswith(word)), None)
 
-    def stop(self) -> int:
-        """End politely: the publisher DELETEs its session."""
-        assert self.proc is not None and self.proc.stdin is not None
-        self.proc.stdin.write("\n")
-        self.proc.stdin.flush()
-        code = self.proc.wait(30)
-        if self._reader is not None:
-            self._reader.join(5)
-        return code
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(10)
-            for pipe in (self.proc.stdin, self.proc.stdout):
-                if pipe is not None:
-                    pipe.close()
-
     def __enter__(self) -> GstWhipPublisher:
         return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.kill()
 
 
 def thread_count(pid: int) -> int:
