@@ -188,6 +188,7 @@ def create_app(service: ApiBackend) -> FastAPI:
     ) -> StreamingResponse:
         """Score one uploaded video (the request body); NDJSON events as windows finish."""
         uploads = service.uploads
+        intake_open()
         try:
             uploads.check_room()  # before reading a body it would turn away
             path, size = await uploads.receive(request)
@@ -223,8 +224,13 @@ def create_app(service: ApiBackend) -> FastAPI:
     async def list_streams() -> dict[str, Any]:
         return {"streams": service.control.streams()}
 
+    def intake_open() -> None:
+        if service.closing.is_set():
+            raise Busy("this replica is shutting down; send the request again", retry_after_s=5)
+
     @app.post("/v1/streams", status_code=201)
     async def add_stream(spec: StreamSpec) -> JSONResponse:
+        intake_open()
         done = await service.control.add(spec)
         headers = {"Location": f"/v1/streams/{spec.id}"}
         return JSONResponse(done.status, 202 if done.accepted else 201, headers=headers)
@@ -254,6 +260,7 @@ def create_app(service: ApiBackend) -> FastAPI:
     async def whip_post(stream_id: str, request: Request) -> Response:
         if not STREAM_ID.match(stream_id):
             raise Invalid("stream id must be 1-64 characters of A-Z a-z 0-9 . _ -")
+        intake_open()
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if ctype != "application/sdp":
             raise Unsupported(f"WHIP offers are Content-Type application/sdp, not {ctype!r}")

@@ -154,6 +154,9 @@ class Settings(BaseSettings):
     reconnect_initial_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
     drain_grace_s: float = Field(10.0, ge=0, description="SIGTERM: time to finish due windows")
+    flush_grace_s: float = Field(
+        10.0, ge=0, le=600, description="SIGTERM: time for sinks to deliver buffered verdicts"
+    )
     verdict_ring: int = Field(100, ge=1, le=10000, description="recent verdicts kept per stream")
     whip_max_sessions: int = Field(8, ge=0, le=1024, description="concurrent WHIP publishers")
     whip_max_sdp_bytes: int = Field(65536, ge=1024, le=1 << 20, description="largest SDP offer")

@@ -35,6 +35,8 @@ from streamer.verdict import ModelRef, Verdict
 
 log = logging.getLogger(__name__)
 
+WORKER_JOIN_S = 5.0  # at most this long for a source thread to end once asked
+
 
 class Inbox:
     """Frames from a worker thread to the loop; full means the oldest frame is dropped."""
@@ -159,7 +161,9 @@ class StreamRunner:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
-        await asyncio.to_thread(self.worker.join, max(grace_s, self.settings.open_timeout_s))
+        # A worker blocked in a read sees the stop flag within its read timeout; it is a
+        # daemon thread, so shutdown waits a bounded time for it and no longer.
+        await asyncio.to_thread(self.worker.join, WORKER_JOIN_S)
 
     # -- worker-thread callbacks -------------------------------------------------------
     def _on_item(self, item: FrameItem) -> None:

@@ -3,9 +3,11 @@ reverse (an ``AsyncExitStack``), and turns SIGTERM/SIGINT into a drain.
 
 Start order: metrics, model + engine (warmed up), batcher, sinks, streams, and with Kafka
 the stream directory (``deepfake.sources``) and the video ingest (``deepfake.video``),
-then the WHIP gateway and HTTP. On a signal the HTTP server closes, WHIP sessions end,
-Kafka consumers leave their groups, streams stop taking frames and finish their due
-windows (within ``drain_grace_s``), sinks flush, the engine thread ends.
+then the WHIP gateway and HTTP. On a signal ``/readyz`` turns 503 (new work goes
+elsewhere), WHIP sessions end, Kafka consumers leave their groups, streams stop taking
+frames and finish their due windows (within ``drain_grace_s``), sinks flush (within
+``flush_grace_s``), the engine thread ends, and HTTP closes last, so ``/metrics`` shows
+the shutdown's own counts. :func:`shutdown_worst_case_s` bounds it all.
 """
 
 from __future__ import annotations
@@ -42,6 +44,21 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+HTTP_CLOSE_S = 5  # uvicorn's graceful close: open responses (an upload's events) are cut
+
+
+def shutdown_worst_case_s(settings: Settings) -> float:
+    """The longest a SIGTERM can take to end in an exit: the pod's grace must be longer.
+
+    Streams finish due windows (``drain_grace_s``), their source threads get
+    ``WORKER_JOIN_S``, sinks deliver what they buffer (``flush_grace_s``), then HTTP closes
+    (``HTTP_CLOSE_S``). Everything else (Kafka consumers leaving, WHIP sessions closing,
+    the engine thread) is quick, within the margin added here.
+    """
+    from streamer.manager import WORKER_JOIN_S
+
+    return settings.drain_grace_s + WORKER_JOIN_S + settings.flush_grace_s + HTTP_CLOSE_S + 2.0
+
 
 class Service:
     def __init__(self, settings: Settings, *, extra_sinks: Sequence[Sink] = ()) -> None:
@@ -58,6 +75,7 @@ class Service:
         self._whip: WhipGateway | None = None
         self._uploads: UploadScanner | None = None
         self._batcher: Batcher | None = None
+        self._http: tuple[Server, asyncio.Task[None]] | None = None
         self.directory: SourceDirectory | None = None
         self.closing = asyncio.Event()  # set on stop: long-lived responses (SSE) end
 
@@ -135,6 +153,7 @@ class Service:
 
     def readiness(self) -> dict[str, bool]:
         return {
+            "accepting": not self.closing.is_set(),  # draining: send new work elsewhere
             "model": self._engine is not None,
             "engine": not self.health(),
             "sinks": all(s.ready for s in self.sinks),
@@ -147,6 +166,9 @@ class Service:
         self._stack = stack
         loop = asyncio.get_running_loop()
         self.metrics.loop_tasks.set_function(lambda: len(asyncio.all_tasks(loop)))
+        # Registered first, so it runs last: /metrics and the probes answer through the
+        # whole drain, and the losses counted at shutdown can still be scraped.
+        stack.push_async_callback(self._stop_http)
         try:
             for warning in self.warnings():
                 log.warning("%s", warning)
@@ -200,7 +222,7 @@ class Service:
                 await stack.enter_async_context(KafkaVideoIngest(s, self._manager, self.metrics))
             self._whip = WhipGateway(s, self._manager)
             await stack.enter_async_context(self._whip)
-            await self._start_http(stack)
+            await self._start_http()
         except BaseException:
             await stack.aclose()
             raise
@@ -221,11 +243,11 @@ class Service:
         from streamer.sinks.kafka import KafkaSink
 
         return [
-            KafkaSink(self.settings, self.metrics, flush_timeout_s=self.settings.drain_grace_s),
+            KafkaSink(self.settings, self.metrics, flush_timeout_s=self.settings.flush_grace_s),
             *self.extra_sinks,
         ]
 
-    async def _start_http(self, stack: AsyncExitStack) -> None:
+    async def _start_http(self) -> None:
         s = self.settings
         config = uvicorn.Config(
             guarded_app(self),
@@ -234,10 +256,11 @@ class Service:
             log_level="warning",
             access_log=False,
             lifespan="off",
-            timeout_graceful_shutdown=5,  # then open responses (an upload's events) are cut
+            timeout_graceful_shutdown=HTTP_CLOSE_S,  # then open responses are cut
         )
         server = Server(config)
         task = asyncio.create_task(server.serve(), name="http")
+        self._http = (server, task)
         while not server.started:
             if task.done():
                 task.result()  # raises what stopped it
@@ -248,12 +271,14 @@ class Service:
             await asyncio.sleep(0.02)
         self.http_port = server.servers[0].sockets[0].getsockname()[1]
 
-        async def stop_http() -> None:
-            server.should_exit = True
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-        stack.push_async_callback(stop_http)
+    async def _stop_http(self) -> None:
+        if self._http is None:
+            return
+        server, task = self._http
+        self._http = None
+        server.should_exit = True
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
     async def stop(self) -> None:
         """Stop everything in reverse start order. Safe to call twice."""

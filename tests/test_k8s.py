@@ -62,7 +62,16 @@ def test_the_pod_is_locked_down_and_drains_before_it_is_killed():
     assert sc["readOnlyRootFilesystem"] is True and sc["capabilities"]["drop"] == ["ALL"]
     assert sc["allowPrivilegeEscalation"] is False
     config = next(d for d in render("k8s/base") if d["kind"] == "ConfigMap")["data"]
-    assert pod["terminationGracePeriodSeconds"] > float(config["DFM_DRAIN_GRACE_S"])
+    # The grace period covers the preStop sleep plus the worst case the settings allow.
+    from streamer.config import Settings
+    from streamer.service import shutdown_worst_case_s
+
+    settings = Settings(
+        **{k.removeprefix("DFM_").lower(): v for k, v in config.items()}, api_token="x"
+    )
+    pre_stop = float(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    worst = pre_stop + shutdown_worst_case_s(settings)
+    assert worst < pod["terminationGracePeriodSeconds"], (worst, pod)
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert container["startupProbe"]["httpGet"]["path"] == "/readyz"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 
 import jsonschema
 import pytest
@@ -210,11 +211,18 @@ def test_a_camera_down_at_first_is_watched_once_it_appears(live_clip, tmp_path):
 
 
 def test_sigterm_drains_and_flushes(live_clip, tmp_path):
-    env = {**FAST, "DFM_ALLOW_FILE_SOURCES": "true"}
+    # A slow engine makes the drain last: meanwhile the pod is unready, refuses new work,
+    # and still answers /metrics (HTTP closes last).
+    env = {**FAST, "DFM_ALLOW_FILE_SOURCES": "true", "DFM_FAULTS": '{"engine_delay_ms": 400}'}
     spec = json.dumps([{"id": "loop", "url": f"file://{live_clip}", "options": {"loop": True}}])
     with Service({**env, "DFM_SOURCES": spec}, tmp_path) as svc:
         wait_until(lambda: len(svc.verdicts("loop")) >= 3, 60, "verdicts")
-        assert svc.terminate(timeout=30) == 0
+        svc.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: svc.client.get("/readyz").status_code == 503, 5, "unready on SIGTERM")
+        assert svc.client.get("/metrics").status_code == 200
+        r = svc.client.post("/v1/streams", json={"id": "late", "url": "rtsp://127.0.0.1/x"})
+        assert r.status_code == 503 and "shutting down" in r.json()["error"]
+        assert svc.terminate(timeout=30, signalled=True) == 0
         assert svc.lines[-1].endswith("\n")  # the last verdict is whole
         verdicts = svc.verdicts("loop")
         assert gapless(verdicts)

@@ -178,9 +178,11 @@ class Service:
                 return float(value)
         return None
 
-    def terminate(self, timeout: float = 60) -> int:
+    def terminate(self, timeout: float = 60, *, signalled: bool = False) -> int:
+        """SIGTERM (unless the test sent it already), wait for the exit; its status."""
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
+        if not signalled:
+            self.proc.send_signal(signal.SIGTERM)
         code = self.proc.wait(timeout)
         if self._reader is not None:
             self._reader.join(10)
