@@ -73,6 +73,8 @@ class Batcher:
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
+        self.metrics.queue_capacity.labels("engine_crops").set(self.max_inflight)
+        self.metrics.queue_depth.labels("engine_crops").set(0)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
         self._task = asyncio.create_task(self._run(), name="batcher")
         self._task.add_done_callback(_log_crash)

@@ -121,6 +121,12 @@ class Metrics:
             registry=r,
         )
         self.queue_depth = Gauge("deepfake_queue_depth", "Items waiting", ["queue"], registry=r)
+        self.queue_capacity = Gauge(
+            "deepfake_queue_capacity",
+            "Items a queue holds at most (depth / capacity is its fill)",
+            ["queue"],
+            registry=r,
+        )
         self.kafka_publish_errors = Counter(
             "deepfake_kafka_publish_errors_total", "Verdicts Kafka did not take", registry=r
         )

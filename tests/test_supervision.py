@@ -35,6 +35,7 @@ def test_engine_errors_are_counted_and_never_read_as_no_face(live_clip, tmp_path
 
         wait_until(lambda: skipped() >= 1, 60, "a window skipped for an engine error")
         assert svc.metric("deepfake_engine_errors_total", stage="backbone") >= 1
+        assert svc.metric("deepfake_queue_capacity", queue="engine_crops") == 256
         assert svc.client.get("/healthz").status_code == 200  # errors are not a stall
         # The fault is lifted after 25 calls: verdicts with the face come back.
         wait_until(lambda: len(svc.verdicts("cam")) >= 4, 90, "verdicts after the faults")

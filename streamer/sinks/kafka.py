@@ -53,6 +53,8 @@ class KafkaSink:
         return len(self._buffer)
 
     async def start(self) -> None:
+        self.metrics.queue_capacity.labels("kafka_verdicts").set(self.settings.kafka_buffer)
+        self.metrics.queue_depth.labels("kafka_verdicts").set(0)
         self._task = asyncio.create_task(self._run(), name="kafka-sink")
 
     async def publish(self, verdict: Verdict) -> None:

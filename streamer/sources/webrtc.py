@@ -44,11 +44,14 @@ class WhipOpener(Opener):
 
     ends = True  # a finished session is a finished stream
 
-    def __init__(self, fps: float, timeout_s: float, size: int = 8) -> None:
+    def __init__(
+        self, fps: float, timeout_s: float, size: int = 8, on_drop: Any = lambda: None
+    ) -> None:
         self.fps = fps
         self.timeout_s = timeout_s
         self.frames: queue.Queue[Any] = queue.Queue(maxsize=size)
         self.dropped = 0
+        self.on_drop = on_drop  # counts each lost frame in /metrics
 
     def push(self, item: Any) -> None:
         """Called on the event loop; never blocks: a full queue loses its oldest frame."""
@@ -60,6 +63,7 @@ class WhipOpener(Opener):
                 with contextlib.suppress(queue.Empty):
                     self.frames.get_nowait()
                     self.dropped += 1
+                    self.on_drop()
 
     def close(self) -> None:
         self.push(_END)
@@ -188,7 +192,12 @@ class WhipGateway:
                 ]
             )
             pc = RTCPeerConnection(configuration=config)
-            opener = WhipOpener(s.fps, s.whip_timeout_s)
+            dropped = self.manager.metrics.frames_dropped
+            opener = WhipOpener(
+                s.fps,
+                s.whip_timeout_s,
+                on_drop=lambda: dropped.labels(stream_id, "whip_queue").inc(),
+            )
             session = WhipSession(stream_id, uuid.uuid4().hex, pc, opener)
             try:
                 await self._negotiate(session, sdp)
