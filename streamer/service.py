@@ -276,6 +276,8 @@ class Service:
             return
         server, task = self._http
         self._http = None
+        if task.done():  # it never started (the port was taken): start() says why
+            return
         server.should_exit = True
         with contextlib.suppress(asyncio.CancelledError):
             await task
