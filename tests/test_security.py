@@ -371,3 +371,16 @@ def test_train_on_too_few_people_says_how_many_groups_it_found(tmp_path):
     assert result.returncode == 2
     line = one_line(result)
     assert "2 identity groups" in line and "needs at least" in line
+
+
+def test_a_taken_port_stops_start_up_with_one_line():
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = run_cli_env({"DFM_HTTP_PORT": str(port)})
+    assert result.returncode == 2
+    line = one_line(result)
+    assert "DFM_HTTP_PORT" in line and str(port) in line
