@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
@@ -76,6 +77,7 @@ class Service:
         self._uploads: UploadScanner | None = None
         self._batcher: Batcher | None = None
         self._http: tuple[Server, asyncio.Task[None]] | None = None
+        self._sock: socket.socket | None = None
         self.directory: SourceDirectory | None = None
         self.closing = asyncio.Event()  # set on stop: long-lived responses (SSE) end
 
@@ -169,6 +171,7 @@ class Service:
         # Registered first, so it runs last: /metrics and the probes answer through the
         # whole drain, and the losses counted at shutdown can still be scraped.
         stack.push_async_callback(self._stop_http)
+        self._bind_http()
         try:
             for warning in self.warnings():
                 log.warning("%s", warning)
@@ -259,7 +262,9 @@ class Service:
             timeout_graceful_shutdown=HTTP_CLOSE_S,  # then open responses are cut
         )
         server = Server(config)
-        task = asyncio.create_task(server.serve(), name="http")
+        assert self._sock is not None
+        sock, self._sock = self._sock, None
+        task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
         self._http = (server, task)
         while not server.started:
             if task.done():
@@ -271,7 +276,27 @@ class Service:
             await asyncio.sleep(0.02)
         self.http_port = server.servers[0].sockets[0].getsockname()[1]
 
+    def _bind_http(self) -> None:
+        """Take the HTTP port first: a taken port fails in one line, before the model loads
+        (uvicorn, left to bind it, would ``sys.exit`` from inside its task)."""
+        s = self.settings
+        family = socket.AF_INET6 if ":" in s.http_host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((s.http_host, s.http_port))
+        except OSError as exc:
+            sock.close()
+            raise ConfigError(
+                f"HTTP server could not listen on {s.http_host}:{s.http_port} ({exc.strerror}); "
+                "change DFM_HTTP_HOST / DFM_HTTP_PORT or stop what holds the port"
+            ) from None
+        self._sock = sock
+
     async def _stop_http(self) -> None:
+        if self._sock is not None:  # bound, never served (start-up failed later)
+            self._sock.close()
+            self._sock = None
         if self._http is None:
             return
         server, task = self._http
