@@ -122,8 +122,12 @@ def test_broker_outage_holds_verdicts_and_delivers_each_once_in_order(
     with Service(kafka_env(broker, topics), tmp_path) as svc:
         spec = {"id": "cam-o", "url": f"file://{clip}", "options": {"loop": True}}
         assert svc.client.post("/v1/streams", json=spec).status_code == 202
-        wait_until(lambda: svc.metric("deepfake_queue_depth", queue="kafka_verdicts") is not None,
-                   60, "the first verdicts")  # fmt: skip
+
+        def made() -> int:
+            return int(sum(svc.metric("deepfake_verdicts_total", stream="cam-o", label=lb) or 0
+                           for lb in ("REAL", "FAKE", "NO_FACE")))  # fmt: skip
+
+        wait_until(lambda: made() >= 1, 60, "the first verdicts")
         frames_before = svc.metric("deepfake_frames_decoded_total", stream="cam-o")
         broker.stop()
         time.sleep(12)
@@ -134,8 +138,7 @@ def test_broker_outage_holds_verdicts_and_delivers_each_once_in_order(
         broker.start()
         wait_until(lambda: svc.metric("deepfake_queue_depth", queue="kafka_verdicts") == 0, 60,
                    "the held verdicts to go out")  # fmt: skip
-        produced = int(sum(svc.metric("deepfake_verdicts_total", stream="cam-o", label=lb) or 0
-                           for lb in ("REAL", "FAKE", "NO_FACE")))  # fmt: skip
+        produced = made()
         records = read_verdicts(
             broker.bootstrap, topics["DFM_KAFKA_VERDICTS_TOPIC"], until=produced
         )
