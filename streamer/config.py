@@ -313,11 +313,10 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
             "is set: anyone who reaches the port could control the service; set DFM_API_TOKEN, "
             "or DFM_AUTH=none to serve without one on purpose"
         )
+    policy = settings.net_policy()
     for spec in settings.sources:
         try:
-            parse_source_url(
-                spec.url, allow_file=settings.allow_file_sources, policy=settings.net_policy()
-            )
+            parse_source_url(spec.url, allow_file=settings.allow_file_sources, policy=policy)
         except UrlRejected as exc:
             raise ConfigError(f"setting DFM_SOURCES: stream {spec.id!r}: {exc.reason}") from None
     return settings

@@ -77,12 +77,12 @@ class HttpGuard:
             return
         method, path = scope["method"], scope["path"]
         headers = {k.lower(): v for k, v in scope.get("headers", [])}
+        cap, setting = self.body_cap(method, path)
         try:
-            self._check_head(method, path, headers)
+            self._check_head(method, path, headers, cap, setting)
         except _Refused as refused:
             await self._refuse(send, refused)
             return
-        cap, setting = self.body_cap(method, path)
         responded = False
         received = 0
         # After the last body piece (or with no body at all), receive() only waits for a
@@ -137,7 +137,9 @@ class HttpGuard:
                 raise
             # The app saw a disconnect after our refusal and gave up: nothing more to say.
 
-    def _check_head(self, method: str, path: str, headers: dict[bytes, bytes]) -> None:
+    def _check_head(
+        self, method: str, path: str, headers: dict[bytes, bytes], cap: int, setting: str
+    ) -> None:
         if self.check_host:
             host = headers.get(b"host", b"").decode("latin-1").strip().lower()
             name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
@@ -156,7 +158,6 @@ class HttpGuard:
         if declared is not None:
             if not declared.strip().isdigit():
                 raise _Refused(400, "Content-Length is not a number", "bad_length")
-            cap, setting = self.body_cap(method, path)
             if int(declared) > cap:
                 raise _too_large(cap, setting)
 

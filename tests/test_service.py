@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 
 import jsonschema
@@ -181,11 +182,16 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_the_service_carries_on(tmp_pat
 
         wait_until(lambda: state("junk")["state"] == "failed", 30, "corrupt file to fail")
         assert "not a video" in state("junk")["reason"]
+
         # A camera that does not answer is never given up on: it says so and keeps trying.
-        wait_until(lambda: state("mute")["attempts"] >= 2, 60, "silent URL retried")
+        def attempt_in_reason() -> int:
+            found = re.search(r"\(attempt (\d+)\)$", state("mute")["reason"] or "")
+            return int(found.group(1)) if found else 0
+
+        wait_until(lambda: attempt_in_reason() >= 2, 60, "silent URL retried")
         mute = state("mute")
         assert mute["state"] == "reconnecting" and "did not answer" in mute["reason"]
-        assert f"(attempt {mute['attempts']})" in mute["reason"] or "attempt" in mute["reason"]
+        assert mute["attempts"] >= 2
         assert c.get("/healthz").status_code == 200
         assert c.get("/v1/streams/nope", headers=auth).status_code == 404
         assert c.delete("/v1/streams/mute", headers=auth).status_code == 204
