@@ -19,6 +19,7 @@ Each refusal is ``{"error": ...}`` with its status, and counted in
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
@@ -36,6 +37,8 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/", "/favicon.ico"})
 LOCAL_HOSTS = frozenset({"localhost", "127.0.0.1", "[::1]", "::1"})
 JSON_MAX_BYTES = 64 << 10
+LINGER_BYTES = 8 << 20  # a refused body up to this size is read and dropped, not reset
+LINGER_S = 2.0
 
 
 def is_open(method: str, path: str) -> bool:
@@ -81,6 +84,7 @@ class HttpGuard:
         try:
             self._check_head(method, path, headers, cap, setting)
         except _Refused as refused:
+            await self._drain_small(receive, headers)
             await self._refuse(send, refused)
             return
         responded = False
@@ -160,6 +164,27 @@ class HttpGuard:
                 raise _Refused(400, "Content-Length is not a number", "bad_length")
             if int(declared) > cap:
                 raise _too_large(cap, setting)
+
+    async def _drain_small(self, receive: Receive, headers: dict[bytes, bytes]) -> None:
+        """Read and drop a small refused body first, so its client reads our answer.
+
+        A server that answers and closes while the client is still sending makes the
+        kernel reset the connection, and the client sees that instead of the 401/413.
+        Bodies over ``LINGER_BYTES`` (or of unknown size) are not read: cut at once.
+        """
+        declared = headers.get(b"content-length", b"").strip()
+        if not declared.isdigit() or not 0 < int(declared) <= LINGER_BYTES:
+            return
+        left = int(declared)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(LINGER_S):
+                while left > 0:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return
+                    left -= len(message.get("body", b""))
+                    if not message.get("more_body", False):
+                        return
 
     async def _refuse(self, send: Send, refused: _Refused) -> None:
         self.on_reject(refused.label)
