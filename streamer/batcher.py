@@ -7,7 +7,7 @@ futures on the event loop.
 
 Health: every failed call is counted (``deepfake_engine_errors_total{stage}``) and every
 finished one beats ``deepfake_engine_last_batch_timestamp_seconds``; :meth:`stalled_for`
-and :meth:`died` feed ``/healthz``.
+feeds ``/healthz``. The batching loop runs under the service's :class:`Supervisor`.
 
 Backpressure: at most ``max_inflight`` crops may wait for the engine. A stream that
 finds no room waits (:meth:`reserve`); meanwhile its own frame inbox fills and drops its
@@ -32,7 +32,7 @@ import numpy as np
 from analyzer.engine import Engine
 from streamer.faults import Faults, InjectedFault
 from streamer.metrics import Metrics
-from streamer.tasks import cancel_and_wait
+from streamer.tasks import Supervisor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -54,8 +54,10 @@ class Batcher:
         max_wait_ms: float = 10.0,
         max_inflight: int = 256,
         faults: Faults | None = None,
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.engine = engine
+        self.supervisor = supervisor or Supervisor(metrics.task_restarts)
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
@@ -70,19 +72,16 @@ class Batcher:
         self._room = asyncio.Condition()
         self._inflight = 0
         self._executor: ThreadPoolExecutor | None = None
-        self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         self.metrics.queue_capacity.labels("engine_crops").set(self.max_inflight)
         self.metrics.queue_depth.labels("engine_crops").set(0)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
-        self._task = asyncio.create_task(self._run(), name="batcher")
-        self._task.add_done_callback(_log_crash)
+        self.supervisor.spawn("batcher", self._run)
 
     async def stop(self) -> None:
         """Finish nothing new; fail what waits. Safe to call twice."""
-        await cancel_and_wait(self._task)
-        self._task = None
+        await self.supervisor.cancel("batcher")
         for queue in (self._crops, self._heads):
             while not queue.empty():
                 req = queue.get_nowait()
@@ -107,13 +106,6 @@ class Batcher:
         """Seconds the engine call in flight has run (0 when none): a hung GPU shows here."""
         started = self._call_started
         return 0.0 if started is None else time.monotonic() - started
-
-    def died(self) -> BaseException | None:
-        """Why the batching task ended, if it did (then nothing reaches the engine)."""
-        task = self._task
-        if task is None or not task.done():
-            return None
-        return task.exception() if not task.cancelled() else asyncio.CancelledError()
 
     async def reserve(self, crops: int) -> None:
         """Wait until ``crops`` more crops may be queued for the engine."""
@@ -227,8 +219,3 @@ class Batcher:
     def _head(self, windows: list[np.ndarray]) -> np.ndarray:
         self._inject()
         return self.engine.head(windows)
-
-
-def _log_crash(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.error("batcher stopped: %r", task.exception())

@@ -10,7 +10,6 @@ group protocol spreads streams over replicas and moves them when replicas come a
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import json
 import logging
@@ -23,7 +22,6 @@ from streamer.config import Settings, StreamSpec
 from streamer.errors import Rejected
 from streamer.kafka_common import client_options, ensure_topic
 from streamer.manager import StreamManager
-from streamer.tasks import cancel_and_wait
 from streamer.urls import redact
 
 log = logging.getLogger(__name__)
@@ -49,7 +47,7 @@ class SourceDirectory:
         self.partitions: set[int] = set()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._running = False
 
     async def start(self) -> None:
         opts = client_options(self.settings)
@@ -67,12 +65,14 @@ class SourceDirectory:
         )
         self._consumer.subscribe([self.topic], listener=_Listener(self))
         await self._consumer.start()
-        self._task = asyncio.create_task(self._run(), name="source-directory")
+        self.manager.supervisor.spawn("source-directory", self._run)
+        self._running = True
 
     async def stop(self) -> None:
         """Leave the group (its streams move to other replicas). Safe to call twice."""
-        await cancel_and_wait(self._task)
-        self._task = None
+        if self._running:
+            await self.manager.supervisor.cancel("source-directory")
+            self._running = False
         for client in (self._consumer, self._producer):
             if client is not None:
                 with contextlib.suppress(KafkaError):

@@ -178,6 +178,10 @@ class Settings(BaseSettings):
         description="bytes of all uploads being received at once (the spool's disk quota)",
     )
     events_interval_s: float = Field(1.0, gt=0, le=60, description="web page stream updates")
+    shed_max_stride: int = Field(
+        8, ge=1, le=30, description="overload: streams analyse at least 1 frame in this many"
+    )
+    shed_interval_s: float = Field(2.0, gt=0, le=60, description="overload: judged this often")
     engine_stall_s: float = Field(
         30.0,
         gt=0,

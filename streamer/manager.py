@@ -3,7 +3,9 @@
 The worker (decode, resample, faces) hands frames to the stream's :class:`Inbox`, a
 bounded drop-oldest queue; the stream task feeds them to its :class:`StreamState`, sends
 crops to the batcher, and publishes a verdict whenever a window is due. A stream that
-fails is marked ``failed`` with its reason and never disturbs the others.
+fails is marked ``failed`` with its reason and never disturbs the others. Under overload
+the manager's governor raises the node's analysis stride (``streamer/shedding.py``), and
+every worker skips frames before face detection instead of inboxes dropping them.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from streamer.batcher import Batcher
 from streamer.config import Settings, StreamOptions, StreamSpec
 from streamer.errors import Conflict, Invalid, LimitReached
 from streamer.metrics import Metrics
+from streamer.shedding import LoadShedder, Sample
 from streamer.sinks.base import Sink
 from streamer.sinks.stdout import RecentVerdicts
 from streamer.sources.base import Backoff, FrameItem, Opener, SourceState, SourceWorker
@@ -30,6 +33,7 @@ from streamer.sources.decode import DecodeLimits
 from streamer.sources.file import FileOpener
 from streamer.sources.rtsp import RtspOpener
 from streamer.streams import PendingCrop, StreamState
+from streamer.tasks import Supervisor
 from streamer.urls import SourceUrl, parse_source_url
 from streamer.verdict import ModelRef, Verdict
 
@@ -79,7 +83,8 @@ class Counters:
     frames: int = 0
     faces: int = 0
     verdicts: int = 0
-    dropped: int = 0
+    dropped: int = 0  # backpressure: taken from the inbox's oldest end
+    shed: int = 0  # skipped by the worker under overload (the analysis stride)
     skipped: int = 0  # due windows without a verdict (engine errors)
 
 
@@ -96,6 +101,7 @@ class StreamRunner:
         model: ModelRef,
         detector_factory: Callable[[], Detector],
         source: SourceUrl | None = None,
+        shedder: LoadShedder | None = None,
     ) -> None:
         self.spec = spec
         self.id = spec.id
@@ -121,6 +127,8 @@ class StreamRunner:
         self.last_verdict: Verdict | None = None
         self.started_at = time.time()
         max_faces = options.max_faces or settings.max_faces
+        self._stride = 1
+        self._shed_metric = metrics.frames_dropped.labels(spec.id, "shed")
         self.worker = SourceWorker(
             spec.id,
             opener,
@@ -132,6 +140,8 @@ class StreamRunner:
             on_reconnect=self._on_reconnect,
             backoff=Backoff(settings.reconnect_initial_s, settings.reconnect_max_s),
             scrub=self._scrub,
+            stride=(lambda: shedder.stride) if shedder is not None else (lambda: 1),
+            on_shed=self._on_shed,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inbox: Inbox | None = None
@@ -175,6 +185,10 @@ class StreamRunner:
             with contextlib.suppress(RuntimeError):
                 self._loop.call_soon_threadsafe(self._on_state, state, reason)
 
+    def _on_shed(self) -> None:
+        self.counters.shed += 1
+        self._shed_metric.inc()
+
     def _on_reconnect(self) -> None:
         self.metrics.source_reconnects.labels(self.id).inc()
 
@@ -206,6 +220,10 @@ class StreamRunner:
                 log.warning("stream %s: timestamps jump; tracks and windows restart", self.id)
                 self.metrics.discontinuities.labels(self.id).inc()
                 self.state.restart()
+            if item.stride != self._stride:
+                # The analysis stride changed: the verdicts say the frame rate analysed.
+                self._stride = item.stride
+                self.state.fps = self.settings.fps / item.stride
             self.counters.frames += 1
             self.metrics.frames_decoded.labels(self.id).inc()
             if item.faces.crops:
@@ -282,6 +300,8 @@ class StreamRunner:
             "faces": self.counters.faces,
             "verdicts": self.counters.verdicts,
             "dropped": self.counters.dropped,
+            "shed": self.counters.shed,
+            "stride": self._stride,
             "skipped_windows": self.counters.skipped,
             "tracks": sorted(self.state.tracks),
             "last_verdict": self.last_verdict.model_dump(by_alias=True)
@@ -300,8 +320,11 @@ class StreamManager:
         metrics: Metrics,
         model: ModelRef,
         detector_factory: Callable[[], Detector],
+        supervisor: Supervisor | None = None,
     ) -> None:
         self.settings = settings
+        self.supervisor = supervisor or Supervisor(metrics.task_restarts)
+        self.shedder = LoadShedder(settings.shed_max_stride)
         self.batcher = batcher
         self.sinks = sinks
         self.recent = recent
@@ -313,6 +336,8 @@ class StreamManager:
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
+        self.metrics.analysis_stride.set(self.shedder.stride)
+        self.supervisor.spawn("shed-governor", self._govern)
         # With Kafka, DFM_SOURCES go to the cluster's directory instead (streamer/cluster.py).
         if not self.settings.kafka_bootstrap:
             for spec in self.settings.sources:
@@ -331,6 +356,7 @@ class StreamManager:
 
     async def stop(self) -> None:
         """Drain every stream within the grace period. Safe to call twice."""
+        await self.supervisor.cancel("shed-governor")
         runners = list(self.streams.values())
         await asyncio.gather(
             *(r.stop(drain=True, grace_s=self.settings.drain_grace_s) for r in runners)
@@ -393,12 +419,39 @@ class StreamManager:
                 self.model,
                 self.detector_factory,
                 source,
+                self.shedder,
             )
             self.streams[spec.id] = runner
             self.metrics.streams_active.set(len(self.streams))
             await runner.start()
             log.info("stream %s: added (%s)", spec.id, runner.url)
             return runner
+
+    async def _govern(self) -> None:
+        """Every ``shed_interval_s``: judge the load and set the node's analysis stride."""
+        last: dict[str, tuple[int, int]] = {}
+        while True:
+            await asyncio.sleep(self.settings.shed_interval_s)
+            now = {sid: (r.counters.frames, r.counters.dropped) for sid, r in self.streams.items()}
+            analysed = dropped = 0
+            for sid, (frames, drops) in now.items():
+                f0, d0 = last.get(sid, (frames, drops))  # a new stream counts from here
+                analysed += frames - f0
+                dropped += drops - d0
+            last = now
+            before = self.shedder.stride
+            stride = self.shedder.observe(Sample(analysed, dropped))
+            if stride != before:
+                log.warning(
+                    "overload: streams now analyse 1 frame in %d (was %d): %d frames taken, "
+                    "%d dropped in the last %.0f s",
+                    stride,
+                    before,
+                    analysed,
+                    dropped,
+                    self.settings.shed_interval_s,
+                )
+                self.metrics.analysis_stride.set(stride)
 
     async def remove(self, stream_id: str) -> bool:
         async with self._lock:

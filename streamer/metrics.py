@@ -104,6 +104,17 @@ class Metrics:
             "Unix time the engine last finished a batch (its heartbeat)",
             registry=r,
         )
+        self.analysis_stride = Gauge(
+            "deepfake_analysis_stride",
+            "Streams analyse 1 frame in this many (above 1: the node sheds load)",
+            registry=r,
+        )
+        self.task_restarts = Counter(
+            "deepfake_task_restarts_total",
+            "Background task failures (each restarted with backoff, or given up)",
+            ["task"],
+            registry=r,
+        )
         self.windows_skipped = Counter(
             "deepfake_windows_skipped_total",
             "Due windows that got no verdict, by reason (engine_error: their features or "

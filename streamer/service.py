@@ -33,10 +33,12 @@ from streamer.config import Settings, checkpoint_path, is_loopback
 from streamer.control import ClusterControl, LocalControl, StreamControl
 from streamer.errors import ConfigError
 from streamer.manager import StreamManager
+from streamer.memory import trim_forever
 from streamer.metrics import Metrics
 from streamer.sinks.base import Sink
 from streamer.sinks.stdout import RecentVerdicts, StdoutSink
 from streamer.sources.webrtc import WhipGateway
+from streamer.tasks import Supervisor
 from streamer.uploads import UploadScanner
 from streamer.verdict import ModelRef
 
@@ -67,6 +69,7 @@ class Service:
         self.extra_sinks = list(extra_sinks)
         self.version = __version__
         self.metrics = Metrics()
+        self.supervisor = Supervisor(self.metrics.task_restarts)
         self.recent = RecentVerdicts(settings.verdict_ring)
         self.sinks: list[Sink] = []
         self.http_port: int | None = None
@@ -148,9 +151,7 @@ class Service:
                     f"engine stalled: one call has run {stalled:.0f} s "
                     f"(over DFM_ENGINE_STALL_S={self.settings.engine_stall_s:g})"
                 )
-            died = batcher.died()
-            if died is not None:
-                problems.append(f"the batching task stopped: {died!r}")
+        problems += self.supervisor.problems()
         return problems
 
     def readiness(self) -> dict[str, bool]:
@@ -198,6 +199,7 @@ class Service:
                 max_wait_ms=s.max_wait_ms,
                 max_inflight=s.max_inflight_crops,
                 faults=s.faults,
+                supervisor=self.supervisor,
             )
             await stack.enter_async_context(batcher)
             self._batcher = batcher
@@ -210,7 +212,7 @@ class Service:
                 stack.push_async_callback(sink.stop)
 
             self._manager = StreamManager(
-                s, batcher, self.sinks, self.recent, self.metrics, model, _detector
+                s, batcher, self.sinks, self.recent, self.metrics, model, _detector, self.supervisor
             )
             await stack.enter_async_context(self._manager)
             if s.kafka_bootstrap:
@@ -223,6 +225,8 @@ class Service:
                 from streamer.sources.kafka import KafkaVideoIngest
 
                 await stack.enter_async_context(KafkaVideoIngest(s, self._manager, self.metrics))
+            self.supervisor.spawn("memory-trim", trim_forever)  # streamer/memory.py
+            stack.push_async_callback(self.supervisor.cancel, "memory-trim")
             self._whip = WhipGateway(s, self._manager)
             await stack.enter_async_context(self._whip)
             await self._start_http()
@@ -246,7 +250,12 @@ class Service:
         from streamer.sinks.kafka import KafkaSink
 
         return [
-            KafkaSink(self.settings, self.metrics, flush_timeout_s=self.settings.flush_grace_s),
+            KafkaSink(
+                self.settings,
+                self.metrics,
+                flush_timeout_s=self.settings.flush_grace_s,
+                supervisor=self.supervisor,
+            ),
             *self.extra_sinks,
         ]
 

@@ -24,7 +24,11 @@ class WindowSpan(_Strict):
     start_pts_s: float = Field(description="stream time of the window's first frame, seconds")
     end_pts_s: float = Field(description="stream time of the window's last frame, seconds")
     frames: int = Field(ge=1, description="frames in the window")
-    fps: float = Field(gt=0, description="model frame rate the stream was resampled to")
+    fps: float = Field(
+        gt=0,
+        description="frames per second analysed: the model frame rate, divided by the "
+        "analysis stride while the node sheds overload",
+    )
 
 
 class FaceScore(_Strict):

@@ -66,3 +66,42 @@ def test_a_stalled_engine_fails_the_liveness_probe_and_recovers(live_clip, tmp_p
         wait_until(lambda: len(svc.verdicts("cam")) >= 2, 60, "verdicts after the stall")
         assert svc.metric("deepfake_engine_last_batch_timestamp_seconds") > time.time() - 60
         assert svc.terminate() == 0
+
+
+def test_overload_is_shed_by_a_stride_and_every_stream_keeps_getting_verdicts(live_clip, tmp_path):
+    """Before: inboxes dropped frames at random for as long as the overload lasted."""
+    # The engine made slow on purpose: 4-crop batches at 100 ms a call take about 40 crops/s,
+    # and 6 one-face streams at 10 fps offer 60/s plus their head calls: about twice that.
+    streams = [
+        {"id": f"cam{i}", "url": f"file://{live_clip}", "options": {"loop": True}} for i in range(6)
+    ]
+    env = {
+        **FAST,
+        "DFM_FAULTS": json.dumps({"engine_delay_ms": 100}),
+        "DFM_MAX_BATCH": "4",
+        "DFM_SHED_INTERVAL_S": "1",
+        "DFM_SOURCES": json.dumps(streams),
+    }
+    with Service(env, tmp_path) as svc:
+
+        def counts() -> dict[str, dict]:
+            return {s["id"]: s for s in svc.client.get("/v1/streams").json()["streams"]}
+
+        stride = lambda: svc.metric("deepfake_analysis_stride") or 0  # noqa: E731
+        wait_until(lambda: stride() >= 2, 40, "the node to shed load")
+        time.sleep(6)  # the stride settles
+        before = counts()
+        time.sleep(12)
+        after = counts()
+        frames = sum(after[i]["frames"] - before[i]["frames"] for i in after)
+        dropped = sum(after[i]["dropped"] - before[i]["dropped"] for i in after)
+        # The loss is now a stated policy, not random: frames are skipped whole and counted.
+        assert dropped <= 0.1 * frames, (dropped, frames)
+        for sid in after:
+            assert after[sid]["verdicts"] - before[sid]["verdicts"] >= 2, (sid, before, after)
+            assert after[sid]["shed"] > before[sid]["shed"], sid
+        assert svc.metric("deepfake_frames_dropped_total", stream="cam0", reason="shed") > 0
+        # Each verdict says the frame rate it analysed: 10 fps over the stride of the time.
+        rates = {v["window"]["fps"] for v in svc.verdicts()}
+        assert rates <= {10 / s for s in range(1, 9)} and min(rates) < 10, rates
+        assert svc.terminate() == 0

@@ -21,7 +21,7 @@ from aiokafka.errors import KafkaError
 from streamer.config import Settings
 from streamer.kafka_common import client_options
 from streamer.metrics import Metrics
-from streamer.tasks import cancel_and_wait
+from streamer.tasks import Supervisor
 from streamer.verdict import Verdict
 
 log = logging.getLogger(__name__)
@@ -30,8 +30,16 @@ log = logging.getLogger(__name__)
 class KafkaSink:
     name = "kafka"
 
-    def __init__(self, settings: Settings, metrics: Metrics, *, flush_timeout_s: float = 10.0):
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        flush_timeout_s: float = 10.0,
+        supervisor: Supervisor | None = None,
+    ):
         self.settings = settings
+        self.supervisor = supervisor or Supervisor(metrics.task_restarts)
         self.metrics = metrics
         self.topic = settings.kafka_verdicts_topic
         self.flush_timeout_s = flush_timeout_s
@@ -40,7 +48,7 @@ class KafkaSink:
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._producer: AIOKafkaProducer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._started = False
         self._healthy = False
         self.sent = 0
 
@@ -55,7 +63,8 @@ class KafkaSink:
     async def start(self) -> None:
         self.metrics.queue_capacity.labels("kafka_verdicts").set(self.settings.kafka_buffer)
         self.metrics.queue_depth.labels("kafka_verdicts").set(0)
-        self._task = asyncio.create_task(self._run(), name="kafka-sink")
+        self.supervisor.spawn("kafka-sink", self._run)
+        self._started = True
 
     async def publish(self, verdict: Verdict) -> None:
         if len(self._buffer) >= self.settings.kafka_buffer:
@@ -93,6 +102,10 @@ class KafkaSink:
                 delay = min(delay * 2, 10.0)
 
     async def _run(self) -> None:
+        if self._producer is not None:  # restarted after a failure: a fresh producer
+            with contextlib.suppress(KafkaError):
+                await self._producer.stop()
+        self._healthy = False
         self._producer = await self._connect()
         self._healthy = True
         delay = 0.5
@@ -151,14 +164,14 @@ class KafkaSink:
 
     async def stop(self) -> None:
         """Flush what is buffered (up to ``flush_timeout_s``), then close. Safe twice."""
-        if self._task is None:
+        if not self._started:
             return
         await self.flush(self.flush_timeout_s, give_up_when_away=True)
         if self._buffer:
             log.error("kafka: %d verdicts not delivered at shutdown", len(self._buffer))
             self.metrics.kafka_publish_errors.inc(len(self._buffer))
-        await cancel_and_wait(self._task)
-        self._task = None
+        await self.supervisor.cancel("kafka-sink")
+        self._started = False
         if self._producer is not None:
             with contextlib.suppress(KafkaError):
                 await self._producer.stop()

@@ -56,6 +56,7 @@ class FrameItem:
     faces: FrameFaces
     arrival: float  # time.monotonic() when decoded
     restart: bool = False  # first frame after a discontinuity: tracks and windows restart
+    stride: int = 1  # the node's analysis stride when it was taken (streamer/shedding.py)
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,8 @@ class SourceWorker:
         on_reconnect: Callable[[], None],
         backoff: Backoff,
         scrub: Callable[[str], str] = lambda text: text,
+        stride: Callable[[], int] = lambda: 1,
+        on_shed: Callable[[], None] = lambda: None,
     ) -> None:
         self.stream_id = stream_id
         self.opener = opener
@@ -104,6 +107,8 @@ class SourceWorker:
         self.backoff = backoff
         self.attempts = 0  # failed attempts in a row; 0 while frames flow
         self.scrub = scrub  # takes credentials out of every reason shown or logged
+        self.stride = stride  # overload: analyse 1 frame in stride() (read per frame)
+        self.on_shed = on_shed  # a frame skipped for that, before its faces were sought
         self.state = SourceState.STARTING
         self.reason: str | None = None
         # CPU seconds of this thread per stage, for benchmarks: decode, faces, crop.
@@ -153,6 +158,8 @@ class SourceWorker:
 
     def _run(self) -> None:
         attempt = 0
+        taken = 0  # frames since start, for the analysis stride
+        restart = False  # a discontinuity not yet passed on (its frame may be shed)
         tracker = self.tracker = self.tracker_factory()
         try:
             while not self._stop.is_set():
@@ -171,8 +178,16 @@ class SourceWorker:
                             # A discontinuity: the faces seen before it are not these.
                             self._add_tracker_times(tracker)
                             tracker = self.tracker = self.tracker_factory()
+                            restart = True
+                        stride = self.stride()
+                        taken += 1
+                        if stride > 1 and taken % stride:
+                            self.on_shed()  # overload: skipped before face detection
+                            continue
                         faces = tracker.update(frame.rgb)
-                        self.on_item(FrameItem(frame.pts_s, faces, time.monotonic(), frame.restart))
+                        item = FrameItem(frame.pts_s, faces, time.monotonic(), restart, stride)
+                        restart = False
+                        self.on_item(item)
                     if self._stop.is_set() or self.opener.ends:
                         break
                     if self.opener.restarts:

@@ -39,7 +39,6 @@ from streamer.kafka_common import client_options, ensure_topic
 from streamer.metrics import Metrics
 from streamer.sources.base import Opener
 from streamer.sources.decode import VideoFrame, resample
-from streamer.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -216,7 +215,7 @@ class KafkaVideoIngest:
         self.offsets = OffsetTracker()
         self.openers: dict[str, KafkaOpener] = {}
         self._consumer: AIOKafkaConsumer | None = None
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
     async def start(self) -> None:
@@ -231,15 +230,17 @@ class KafkaVideoIngest:
             auto_offset_reset="earliest",
         )
         await self._consumer.start()
-        self._tasks = [
-            asyncio.create_task(self._consume(), name="kafka-video"),
-            asyncio.create_task(self._housekeeping(), name="kafka-video-commit"),
-        ]
+        for name, run in (
+            ("kafka-video", self._consume),
+            ("kafka-video-commit", self._housekeeping),
+        ):
+            self.manager.supervisor.spawn(name, run)
+            self._tasks.append(name)
 
     async def stop(self) -> None:
         """Stop consuming, commit what is done. Safe to call twice."""
-        for task in self._tasks:
-            await cancel_and_wait(task)
+        for name in self._tasks:
+            await self.manager.supervisor.cancel(name)
         self._tasks = []
         if self._consumer is not None:
             with contextlib.suppress(KafkaError):
