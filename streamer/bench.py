@@ -5,6 +5,10 @@ that keeps verdicts in memory) run for a fixed time after a warm-up. Reported: f
 verdicts/s, verdict latency percentiles, drops, CPU seconds per stage, RSS and GPU memory
 per stream; and, per configuration, the largest N with no drops and p99 latency under a
 bound, found by trying N = 1, 2, ... (doubling on a GPU) until a run fails.
+
+The overload part runs 0.5x to 3x that capacity, each load twice in one go: with the
+overload shedder (``streamer/shedding.py``) and without it (``DFM_SHED_MAX_STRIDE=1``),
+and reports verdicts/s, streams that got no verdict, and what was shed or dropped.
 """
 
 from __future__ import annotations
@@ -80,9 +84,12 @@ async def run_pipeline(
     device: str,
     window: int = 150,
     hop: int = 30,
+    random_weights: bool = True,
+    max_stride: int = 1,
 ) -> dict[str, Any]:
     settings = load_settings(
-        random_weights=True,
+        random_weights=random_weights,
+        shed_max_stride=max_stride,
         window_frames=window,
         hop_frames=hop,
         device=device,
@@ -107,7 +114,9 @@ async def run_pipeline(
         snap1 = _snapshot(service)
         elapsed = time.monotonic() - start
         rss = _rss_bytes()
+        stride = service.manager.shedder.stride
     latencies = [v.latency_ms for t, v in collect.verdicts if t >= start]
+    heard = {v.stream_id for t, v in collect.verdicts if t >= start}
     d = {k: snap1[k] - snap0[k] for k in snap0}
     cpu = {k.removeprefix("cpu_"): v for k, v in d.items() if k.startswith("cpu_")}
     measured = sum(cpu.values())
@@ -126,6 +135,9 @@ async def run_pipeline(
         "frames_per_s": d["frames"] / elapsed,
         "verdicts_per_s": len(latencies) / elapsed,
         "dropped": d["dropped"],
+        "shed": d["shed"],
+        "stride": stride,
+        "streams_without_verdicts": n - len(heard),
         "latency_ms": _percentiles(latencies),
         "cpu_s_per_s": {k: v / elapsed for k, v in stages.items()},
         "process_cpu_s_per_s": process / elapsed,
@@ -139,6 +151,7 @@ def _snapshot(service: Service) -> dict[str, float]:
     snap = {
         "frames": float(sum(r.counters.frames for r in streams)),
         "dropped": float(sum(r.counters.dropped for r in streams)),
+        "shed": float(sum(r.counters.shed for r in streams)),
         "process_cpu": time.process_time(),
         "backbone_wall": _hist_sum(service, "backbone"),
         "head_wall": _hist_sum(service, "head"),
@@ -210,6 +223,70 @@ def pipeline_bench(
         "window": window,
         "hop": hop,
         "configs": out,
+    }
+
+
+def overload_bench(
+    folder: Path,
+    *,
+    device: str,
+    capacity: int | None,
+    factors: list[float],
+    seconds: float,
+    warmup: float,
+    p99_bound_ms: float,
+    max_stride: int = 8,
+) -> dict[str, Any]:
+    """Verdicts/s from 0.5x to 3x capacity, with and without shedding, side by side.
+
+    Uses the bundled demo model (trained on synthetic data only) and 480p one-face clips.
+    ``capacity`` is the most streams that run with no drops and p99 under the bound; when
+    not given it is found first (N = 2, 4, ... on the CPU; doubling on a GPU).
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    clip = make_clip(folder, "480p", 1)
+    gpu = device != "cpu" and torch.cuda.is_available()
+
+    def run(n: int, stride: int, run_s: float, warm_s: float) -> dict[str, Any]:
+        config = PipelineConfig("480p", 1, n)
+        r = asyncio.run(run_pipeline(clip, config, seconds=run_s, warmup=warm_s, device=device,
+                                     random_weights=False, max_stride=stride))  # fmt: skip
+        log.info("overload: %d streams, max stride %d: %s", n, stride, r)
+        return r
+
+    search = []
+    if capacity is None:
+        capacity, n = 0, 2 if not gpu else 8
+        while n <= 1024:
+            r = run(n, 1, 10.0, 8.0)
+            search.append(r)
+            if r["dropped"] or r["latency_ms"]["p99"] > p99_bound_ms:
+                break
+            capacity, n = n, n * 2 if gpu else n + 2
+        capacity = max(capacity, 1)
+    rows: list[dict[str, Any]] = []
+    for factor in factors:
+        n = max(1, round(capacity * factor))
+        rows.append(
+            {
+                "factor": factor,
+                "streams": n,
+                "shed": run(n, max_stride, seconds, warmup),
+                "no_shed": run(n, 1, seconds, warmup),
+            }
+        )
+    peak = max(r["shed"]["verdicts_per_s"] for r in rows)
+    top = rows[-1]["shed"]
+    return {
+        "device": torch.cuda.get_device_name() if gpu else f"cpu ({os.cpu_count()} cores)",
+        "model": "bundled demo checkpoint (trained on synthetic data only)",
+        "capacity_streams": capacity,
+        "capacity_search": search,
+        "max_stride": max_stride,
+        "rows": rows,
+        "peak_verdicts_per_s": peak,
+        "top_load_share_of_peak": top["verdicts_per_s"] / peak if peak else 0.0,
+        "top_load_streams_without_verdicts": top["streams_without_verdicts"],
     }
 
 
@@ -287,4 +364,29 @@ def format_report(result: dict[str, Any]) -> str:
                 f"  -> {cfg['size']} with {cfg['faces']} face(s): {cfg['max_streams_ok']} stream(s)"
             )
         lines += cpu_lines
+    over = result.get("overload")
+    if over:
+        lines += [
+            f"overload on {over['device']}: 480p one-face streams, {over['model']}; "
+            f"capacity {over['capacity_streams']} streams; shedding up to stride "
+            f"{over['max_stride']} vs none (DFM_SHED_MAX_STRIDE=1)",
+            "  load  streams | verdicts/s shed-none | silent streams shed-none"
+            " | analysed fr/s shed-none | shed/s  dropped/s shed-none | stride | p99 ms shed-none",
+        ]
+        for row in over["rows"]:
+            a, b = row["shed"], row["no_shed"]
+            secs_a, secs_b = a["seconds"], b["seconds"]
+            lines.append(
+                f"  {row['factor']:>3.1f}x  {row['streams']:>7} | {a['verdicts_per_s']:>8.2f}"
+                f" {b['verdicts_per_s']:>6.2f}    | {a['streams_without_verdicts']:>6}"
+                f" {b['streams_without_verdicts']:>5}              | {a['frames_per_s']:>8.1f}"
+                f" {b['frames_per_s']:>6.1f}         | {a['shed'] / secs_a:>6.1f}"
+                f" {a['dropped'] / secs_a:>7.1f} {b['dropped'] / secs_b:>6.1f}        |"
+                f" {a['stride']:>6} | {a['latency_ms']['p99']:>6.0f} {b['latency_ms']['p99']:>6.0f}"
+            )
+        lines.append(
+            f"  -> at {over['rows'][-1]['factor']:g}x with shedding: "
+            f"{over['top_load_share_of_peak'] * 100:.0f}% of the peak verdict rate, "
+            f"{over['top_load_streams_without_verdicts']} stream(s) without a verdict"
+        )
     return "\n".join(lines)

@@ -217,6 +217,12 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--p99-ms", type=float, default=2000.0, help="pipeline latency bound")
     bench.add_argument("--max-streams", type=_positive_int, default=64)
     bench.add_argument(
+        "--capacity",
+        type=_positive_int,
+        default=None,
+        help="overload part: streams the node sustains (default: measured first)",
+    )
+    bench.add_argument(
         "--configs", default=None, help="pipeline SIZE:FACES list, e.g. 480p:1,720p:1,480p:4"
     )
     bench.add_argument("--work", type=Path, default=None, help="folder for the synthetic clips")
@@ -356,12 +362,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from analyzer.bench import baseline_bench, engine_bench
-    from streamer.bench import SIZES, format_report, pipeline_bench
+    from streamer.bench import SIZES, format_report, overload_bench, pipeline_bench
 
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    unknown = parts - {"engine", "baseline", "pipeline"}
+    unknown = parts - {"engine", "baseline", "pipeline", "overload"}
     if unknown:
-        raise UsageError(f"--parts {','.join(sorted(unknown))}: choose engine, baseline, pipeline")
+        raise UsageError(
+            f"--parts {','.join(sorted(unknown))}: choose engine, baseline, pipeline, overload"
+        )
     gpu = args.device != "cpu" and torch.cuda.is_available()
     try:
         if args.batches:
@@ -406,6 +414,21 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             max_streams=1 if args.quick else args.max_streams,
             window=30 if args.quick else 150,
             hop=15 if args.quick else 30,
+        )
+    if "overload" in parts:
+        work = (
+            args.work
+            or Path(os.environ.get("DFM_CACHE", Path.home() / ".cache" / "deepfake-monitor"))
+            / "bench"
+        )
+        result["overload"] = overload_bench(
+            work,
+            device=args.device,
+            capacity=args.capacity,
+            factors=[1.0, 3.0] if args.quick else [0.5, 1.0, 1.5, 2.0, 3.0],
+            seconds=4.0 if args.quick else args.seconds,
+            warmup=4.0 if args.quick else args.warmup,
+            p99_bound_ms=args.p99_ms,
         )
     print(format_report(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)
