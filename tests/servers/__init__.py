@@ -116,6 +116,65 @@ class RtspServer:
         self.stop()
 
 
+TOXIPROXY_VERSION = "2.12.0"  # scripts/bootstrap.sh builds it into the cache
+
+
+class Toxiproxy:
+    """Shopify's Toxiproxy: TCP proxies whose traffic a test can delay, reset or stall."""
+
+    def __init__(self) -> None:
+        cache = Path(os.environ.get("DFM_CACHE", Path.home() / ".cache" / "deepfake-monitor"))
+        self.binary = cache / f"toxiproxy-{TOXIPROXY_VERSION}" / "toxiproxy-server"
+        self.port = free_port()
+        self.api = httpx.Client(base_url=f"http://127.0.0.1:{self.port}", timeout=10)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Toxiproxy:
+        assert self.binary.exists(), f"{self.binary} missing: run 'make setup' first"
+        self.proc = subprocess.Popen(
+            [str(self.binary), "-host", "127.0.0.1", "-port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+
+        def up() -> bool:
+            with contextlib.suppress(httpx.HTTPError):
+                return self.api.get("/version").status_code == 200
+            return False
+
+        wait_until(up, 20, "toxiproxy's API")
+        return self
+
+    def proxy(self, name: str, upstream_port: int) -> int:
+        """A proxy to 127.0.0.1:``upstream_port``; returns the port it listens on."""
+        listen = free_port()
+        spec = {"name": name, "listen": f"127.0.0.1:{listen}",
+                "upstream": f"127.0.0.1:{upstream_port}", "enabled": True}  # fmt: skip
+        self.api.post("/proxies", json=spec).raise_for_status()
+        return listen
+
+    def add_toxic(self, proxy: str, name: str, kind: str, **attributes: Any) -> None:
+        toxic = {"name": name, "type": kind, "stream": "downstream", "toxicity": 1.0,
+                 "attributes": attributes}  # fmt: skip
+        self.api.post(f"/proxies/{proxy}/toxics", json=toxic).raise_for_status()
+
+    def remove_toxic(self, proxy: str, name: str) -> None:
+        self.api.delete(f"/proxies/{proxy}/toxics/{name}").raise_for_status()
+
+    def stop(self) -> None:
+        self.api.close()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        self.proc = None
+
+    def __enter__(self) -> Toxiproxy:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 class Service:
     """``deepfake-monitor serve`` as a subprocess; collects its stdout verdicts."""
 
