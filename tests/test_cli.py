@@ -40,7 +40,8 @@ def test_schema_command_matches_the_committed_schema():
 @pytest.mark.parametrize("hop", [30, 15])
 def test_scan_synthetic_clips_one_valid_verdict_per_window(synth_clips, validator, hop):
     frames = 180
-    for clip in sorted(synth_clips.glob("*.mp4"))[:2]:
+    # A REAL clip at one hop, a FAKE one at the other: the study's model on the CPU is slow.
+    for clip in sorted(synth_clips.glob("*.mp4"))[:2][hop == 15 :][:1]:
         result = run_cli("scan", str(clip), "--random-weights", "--hop", str(hop))
         assert result.returncode == 0, result.stderr
         assert result.stderr == "", "a good run keeps stderr quiet"
