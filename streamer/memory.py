@@ -1,15 +1,19 @@
-"""Keep the service's resident memory flat: give freed heap memory back to the OS.
+"""Keep the service's resident memory from creeping: hand freed heap pages back.
 
-Each stream decodes frames (hundreds of KB each) and cuts crops in its own thread, so
-the process frees large blocks all the time. glibc's malloc serves them from mmap at
-first, then (its threshold drifting up with every such free) from per-thread heaps
-whose free pages it keeps: with 4 looped streams RSS climbed about 1.1 MB/s (some 4 GB
-an hour) while Python's own allocations stayed flat under ``tracemalloc``. It is not a
-leak, it is memory malloc holds, so every ``TRIM_EVERY_S`` the service asks glibc to
-return it (``malloc_trim``). Measured with ``scripts/soak.py``-style runs of 4 streams
-for 100 s: RSS +2 % after warm-up with trimming against +16 % without; pinning the mmap
-threshold instead (``mallopt``) also kept RSS flat but cost 40-60 % more CPU in page
-faults, so it is not used. Elsewhere than glibc (musl, macOS) this does nothing.
+Each stream decodes frames (hundreds of KB each), finds faces and cuts crops in its own
+thread, and the engine allocates activations whose size follows the batch, so the
+process allocates and frees large blocks of changing sizes in many threads all the
+time. glibc keeps what is freed: with 4 looped streams RSS climbed about 1.1 MB/s
+(some 4 GB an hour) while Python's own allocations, numpy's included, stayed flat under
+``tracemalloc``; it is memory malloc holds, not a leak of ours. Every ``TRIM_EVERY_S``
+the service asks glibc to hand free pages back (``malloc_trim``), which keeps the floor
+of RSS flat; between two trims it rises and falls by up to about 10 % with the load.
+
+Measured with ``scripts/soak.py`` (4 streams, 120 s, after a 40-s warm-up) and tried
+and left: one malloc arena for the process gave no clearer result over two runs and
+would serialise a thousand streams' threads on one lock; pinning the mmap threshold
+(``mallopt(M_MMAP_THRESHOLD)``) kept RSS flat but cost 40-60 % more CPU in page faults.
+Elsewhere than glibc (musl, macOS) this does nothing.
 """
 
 from __future__ import annotations
@@ -25,11 +29,17 @@ log = logging.getLogger(__name__)
 TRIM_EVERY_S = 10.0
 
 
-def _malloc_trim() -> Callable[[], object] | None:
+def _libc() -> ctypes.CDLL | None:
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        trim = libc.malloc_trim
-    except (OSError, AttributeError):
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+def _malloc_trim() -> Callable[[], object] | None:
+    libc = _libc()
+    trim = getattr(libc, "malloc_trim", None)
+    if trim is None:
         return None
     trim.argtypes = [ctypes.c_size_t]
     return lambda: trim(0)
