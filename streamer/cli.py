@@ -398,12 +398,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         result["baseline"] = baseline_bench(
             args.device, hops=hops, streams=streams, quick=args.quick
         )
+    work = args.work or (
+        Path(os.environ.get("DFM_CACHE", Path.home() / ".cache" / "deepfake-monitor")) / "bench"
+    )
     if "pipeline" in parts:
-        work = (
-            args.work
-            or Path(os.environ.get("DFM_CACHE", Path.home() / ".cache" / "deepfake-monitor"))
-            / "bench"
-        )
         result["pipeline"] = pipeline_bench(
             work,
             device=args.device,
@@ -416,11 +414,6 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             hop=15 if args.quick else 30,
         )
     if "overload" in parts:
-        work = (
-            args.work
-            or Path(os.environ.get("DFM_CACHE", Path.home() / ".cache" / "deepfake-monitor"))
-            / "bench"
-        )
         result["overload"] = overload_bench(
             work,
             device=args.device,

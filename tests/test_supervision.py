@@ -97,8 +97,11 @@ def test_overload_is_shed_by_a_stride_and_every_stream_keeps_getting_verdicts(li
         dropped = sum(after[i]["dropped"] - before[i]["dropped"] for i in after)
         # The loss is now a stated policy, not random: frames are skipped whole and counted.
         assert dropped <= 0.1 * frames, (dropped, frames)
+        verdicts = {sid: after[sid]["verdicts"] - before[sid]["verdicts"] for sid in after}
+        # Every stream still gets verdicts, one per 10 frames analysed (hop 10).
+        assert min(verdicts.values()) >= 1, verdicts
+        assert sum(verdicts.values()) >= frames // 10 - len(after), (verdicts, frames)
         for sid in after:
-            assert after[sid]["verdicts"] - before[sid]["verdicts"] >= 2, (sid, before, after)
             assert after[sid]["shed"] > before[sid]["shed"], sid
         assert svc.metric("deepfake_frames_dropped_total", stream="cam0", reason="shed") > 0
         # Each verdict says the frame rate it analysed: 10 fps over the stride of the time.
