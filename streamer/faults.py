@@ -7,7 +7,10 @@ start.
 
 ``{"engine_delay_ms": 600000}`` makes every engine call hang that long (a stalled GPU);
 ``{"engine_error_rate": 0.5}`` makes half of the engine calls fail (a flaky driver);
-``"calls": N`` lifts the faults after the first N engine calls (a recovery).
+``"calls": N`` lifts the engine faults after the first N engine calls (a recovery);
+``{"sink_error_rate": 0.2}`` makes a fifth of the Kafka sink's writes fail before they
+reach the broker (a flaky network): the sink retries them in order, counts each in
+``deepfake_sink_errors_total{sink}``, and loses none.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 
 class InjectedFault(RuntimeError):
-    """An engine call failed on purpose (``DFM_FAULTS``)."""
+    """An engine call or a sink write failed on purpose (``DFM_FAULTS``)."""
 
 
 class Faults(BaseModel):
@@ -27,6 +30,9 @@ class Faults(BaseModel):
 
     engine_delay_ms: float = Field(0.0, ge=0, description="delay added to every engine call")
     engine_error_rate: float = Field(0.0, ge=0, le=1, description="share of engine calls that fail")
+    sink_error_rate: float = Field(
+        0.0, ge=0, le=1, description="share of Kafka sink writes that fail (and are retried)"
+    )
     calls: int | None = Field(
         None, ge=0, description="engine calls the faults apply to, from the first; then lifted"
     )
@@ -34,7 +40,7 @@ class Faults(BaseModel):
 
     @property
     def any(self) -> bool:
-        return self.engine_delay_ms > 0 or self.engine_error_rate > 0
+        return self.engine_delay_ms > 0 or self.engine_error_rate > 0 or self.sink_error_rate > 0
 
     def engine_call(self, rng: random.Random) -> None:
         """Called in the engine thread before each call: sleep and/or fail as configured."""
@@ -42,3 +48,8 @@ class Faults(BaseModel):
             time.sleep(self.engine_delay_ms / 1000.0)
         if self.engine_error_rate and rng.random() < self.engine_error_rate:
             raise InjectedFault("injected engine fault (DFM_FAULTS engine_error_rate)")
+
+    def sink_write(self, rng: random.Random) -> None:
+        """Called by the Kafka sink before each write: fail as configured."""
+        if self.sink_error_rate and rng.random() < self.sink_error_rate:
+            raise InjectedFault("injected sink fault (DFM_FAULTS sink_error_rate)")

@@ -1,11 +1,12 @@
 """Running streams: one source worker thread and one loop task per stream.
 
-The worker (decode, resample, faces) hands frames to the stream's :class:`Inbox`, a
-bounded drop-oldest queue; the stream task feeds them to its :class:`StreamState`, sends
-crops to the batcher, and publishes a verdict whenever a window is due. A stream that
-fails is marked ``failed`` with its reason and never disturbs the others. Under overload
-the manager's governor raises the node's analysis stride (``streamer/shedding.py``), and
-every worker skips frames before face detection instead of inboxes dropping them.
+The worker (decode, resample, faces) hands frames to the stream's inbox, a drop-oldest
+:class:`~streamer.buffers.BoundedBuffer` (queue ``stream_inbox``); the stream task feeds
+them to its :class:`StreamState`, sends crops to the batcher, and publishes a verdict
+whenever a window is due. A stream that fails is marked ``failed`` with its reason and
+never disturbs the others. Under overload the manager's governor raises the node's
+analysis stride (``streamer/shedding.py``), and every worker skips frames before face
+detection instead of inboxes dropping them.
 """
 
 from __future__ import annotations
@@ -14,7 +15,6 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
@@ -22,6 +22,7 @@ from typing import Any
 
 from analyzer.faces import Detector, FaceTracker
 from streamer.batcher import Batcher
+from streamer.buffers import BoundedBuffer, Ended, Policy
 from streamer.config import Settings, StreamOptions, StreamSpec
 from streamer.errors import Conflict, Invalid, LimitReached
 from streamer.metrics import Metrics
@@ -40,42 +41,6 @@ from streamer.verdict import ModelRef, Verdict
 log = logging.getLogger(__name__)
 
 WORKER_JOIN_S = 5.0  # at most this long for a source thread to end once asked
-
-
-class Inbox:
-    """Frames from a worker thread to the loop; full means the oldest frame is dropped."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, on_drop: Callable[[], None]):
-        self._loop = loop
-        self._size = size
-        self._on_drop = on_drop
-        self._items: deque[FrameItem | None] = deque()
-        self._ready = asyncio.Event()
-        self._closed = False
-
-    def put_threadsafe(self, item: FrameItem | None) -> None:
-        with contextlib.suppress(RuntimeError):  # loop already closed: nothing to deliver to
-            self._loop.call_soon_threadsafe(self._put, item)
-
-    def _put(self, item: FrameItem | None) -> None:
-        if self._closed:
-            return
-        if item is None:
-            self._closed = True
-        elif len(self._items) >= self._size:
-            self._items.popleft()
-            self._on_drop()
-        self._items.append(item)
-        self._ready.set()
-
-    async def get(self) -> FrameItem | None:
-        while not self._items:
-            self._ready.clear()
-            await self._ready.wait()
-        return self._items.popleft()
-
-    def __len__(self) -> int:
-        return len(self._items)
 
 
 @dataclass
@@ -144,7 +109,13 @@ class StreamRunner:
             on_shed=self._on_shed,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._inbox: Inbox | None = None
+        self._inbox: BoundedBuffer[FrameItem] = BoundedBuffer(
+            "stream_inbox",
+            settings.frame_queue,
+            Policy.DROP_OLDEST,
+            metrics=metrics.queues,
+            on_drop=self._dropped_backpressure,
+        )
         self._task: asyncio.Task[None] | None = None
         self._last_features: asyncio.Future[Any] | None = None
         metrics.source_up.labels(spec.id).set(0)
@@ -152,7 +123,6 @@ class StreamRunner:
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._inbox = Inbox(self._loop, self.settings.frame_queue, self._dropped_backpressure)
         self._task = asyncio.create_task(self._run(), name=f"stream-{self.id}")
         self._task.add_done_callback(self._task_done)
         self.worker.start()
@@ -160,8 +130,7 @@ class StreamRunner:
     async def stop(self, *, drain: bool, grace_s: float) -> None:
         """Stop intake; with ``drain``, finish queued frames and due windows first."""
         self.worker.stop()
-        if self._inbox is not None:
-            self._inbox.put_threadsafe(None)
+        self._inbox.end()
         if self._task is not None:
             if not drain:
                 self._task.cancel()
@@ -174,11 +143,11 @@ class StreamRunner:
         # A worker blocked in a read sees the stop flag within its read timeout; it is a
         # daemon thread, so shutdown waits a bounded time for it and no longer.
         await asyncio.to_thread(self.worker.join, WORKER_JOIN_S)
+        self._inbox.close()
 
     # -- worker-thread callbacks -------------------------------------------------------
     def _on_item(self, item: FrameItem) -> None:
-        assert self._inbox is not None
-        self._inbox.put_threadsafe(item)
+        self._inbox.put_nowait(item)
 
     def _on_state_threadsafe(self, state: SourceState, reason: str | None) -> None:
         if self._loop is not None:
@@ -196,10 +165,10 @@ class StreamRunner:
     def _on_state(self, state: SourceState, reason: str | None) -> None:
         self.source_state, self.reason = state, reason
         self.metrics.source_up.labels(self.id).set(1 if state == SourceState.RUNNING else 0)
-        if state in (SourceState.STOPPED, SourceState.FAILED) and self._inbox is not None:
-            self._inbox.put_threadsafe(None)
+        if state in (SourceState.STOPPED, SourceState.FAILED):
+            self._inbox.end()
 
-    def _dropped_backpressure(self) -> None:
+    def _dropped_backpressure(self, _item: FrameItem) -> None:
         self.counters.dropped += 1
         self.metrics.frames_dropped.labels(self.id, "backpressure").inc()
 
@@ -214,8 +183,11 @@ class StreamRunner:
         self.metrics.source_up.labels(self.id).set(0)
 
     async def _run(self) -> None:
-        assert self._inbox is not None
-        while (item := await self._inbox.get()) is not None:
+        while True:
+            try:
+                item = await self._inbox.aget()
+            except Ended:
+                return
             if item.restart:
                 log.warning("stream %s: timestamps jump; tracks and windows restart", self.id)
                 self.metrics.discontinuities.labels(self.id).inc()

@@ -13,6 +13,8 @@ from prometheus_client import (
     generate_latest,
 )
 
+from streamer.buffers import QueueMetrics
+
 # The *_created series double the output and no dashboard reads them.
 disable_created_metrics()
 
@@ -136,6 +138,19 @@ class Metrics:
             "deepfake_queue_capacity",
             "Items a queue holds at most (depth / capacity is its fill)",
             ["queue"],
+            registry=r,
+        )
+        self.queue_dropped = Counter(
+            "deepfake_queue_dropped_total",
+            "Items a full queue lost by its policy (drop-oldest, drop-newest, block)",
+            ["queue"],
+            registry=r,
+        )
+        self.queues = QueueMetrics(self.queue_depth, self.queue_capacity, self.queue_dropped)
+        self.sink_errors = Counter(
+            "deepfake_sink_errors_total",
+            "Sink writes that failed and were retried (the verdict is kept)",
+            ["sink"],
             registry=r,
         )
         self.kafka_publish_errors = Counter(

@@ -97,22 +97,29 @@ def kafka_env(broker: KafkaBroker, topics: dict[str, str], **extra: str) -> dict
     }
 
 
-def test_verdicts_arrive_in_kafka_keyed_and_valid(broker, topics, clip, tmp_path):
+def test_verdicts_arrive_in_kafka_keyed_valid_and_whole_through_failing_writes(
+    broker, topics, clip, tmp_path
+):
     validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
-    with Service(kafka_env(broker, topics), tmp_path) as svc:
+    # A third of the sink's writes fail before they reach the broker (DFM_FAULTS): each is
+    # retried in order, counted, and none is lost or written twice.
+    faults = json.dumps({"sink_error_rate": 0.35, "seed": 3})
+    with Service(kafka_env(broker, topics, DFM_FAULTS=faults), tmp_path) as svc:
         spec = {"id": "cam-k", "url": f"file://{clip}", "options": {"loop": True}}
         assert svc.client.post("/v1/streams", json=spec).status_code == 202
         wait_until(lambda: svc.metric("deepfake_verdicts_total", stream="cam-k", label="REAL")
                    or svc.metric("deepfake_verdicts_total", stream="cam-k", label="FAKE"),
                    60, "verdicts")  # fmt: skip
-        records = read_verdicts(broker.bootstrap, topics["DFM_KAFKA_VERDICTS_TOPIC"], until=5)
-        assert len(records) >= 5
+        records = read_verdicts(broker.bootstrap, topics["DFM_KAFKA_VERDICTS_TOPIC"], until=8)
+        assert len(records) >= 8
         assert {r.key for r in records} == {b"cam-k"}
         values = [json.loads(r.value) for r in records]
         for v in values:
             validator.validate(v)
         assert [v["seq"] for v in values] == list(range(len(values)))
-        assert svc.client.get("/readyz").status_code == 200
+        assert svc.metric("deepfake_sink_errors_total", sink="kafka") >= 1
+        assert svc.metric("deepfake_kafka_publish_errors_total") == 0
+        wait_until(lambda: svc.client.get("/readyz").status_code == 200, 10, "ready")
         assert svc.terminate() == 0
 
 

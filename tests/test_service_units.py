@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 import pytest
 
-from analyzer.faces import FrameFaces
 from streamer.config import StreamSpec, load_settings
 from streamer.errors import ConfigError
-from streamer.manager import Inbox
-from streamer.sources.base import ALLOWED, Backoff, FrameItem, SourceState
+from streamer.sources.base import ALLOWED, Backoff, SourceState
 from streamer.urls import redact
 
 
@@ -57,19 +53,6 @@ def test_source_states_end_in_stopped_or_failed():
     assert ALLOWED[SourceState.STOPPED] == set() and ALLOWED[SourceState.FAILED] == set()
     assert SourceState.RUNNING in ALLOWED[SourceState.RECONNECTING]
     assert SourceState.STARTING not in ALLOWED[SourceState.RUNNING]
-
-
-async def test_inbox_drops_the_oldest_frames_and_counts_them():
-    dropped = []
-    inbox = Inbox(asyncio.get_running_loop(), 3, lambda: dropped.append(1))
-    for i in range(5):
-        inbox.put_threadsafe(FrameItem(float(i), FrameFaces([]), 0.0))
-    inbox.put_threadsafe(None)
-    await asyncio.sleep(0)
-    got = []
-    while (item := await inbox.get()) is not None:
-        got.append(item.pts_s)
-    assert got == [2.0, 3.0, 4.0] and len(dropped) == 2
 
 
 def test_passwords_never_leave_the_service():

@@ -1,7 +1,8 @@
 """Verdicts to Kafka: topic ``deepfake.verdicts``, key = stream id, value = verdict v1 JSON.
 
-An idempotent producer with ``acks=all`` and gzip compression. Verdicts wait in a bounded
-buffer and leave it strictly in order, one acknowledged write at a time, so a broker
+An idempotent producer with ``acks=all`` and gzip compression. Verdicts wait in a
+drop-oldest :class:`~streamer.buffers.BoundedBuffer` (queue ``kafka_verdicts``,
+``DFM_KAFKA_BUFFER``) and leave it strictly in order, one acknowledged write at a time, so a broker
 outage holds them back instead of losing or reordering them; when it returns they go out
 in order. A full buffer drops its oldest verdict, logs it and counts it in
 ``deepfake_kafka_publish_errors_total``. ``ready`` is false while the producer cannot
@@ -13,12 +14,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import deque
+import random
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from streamer.buffers import BoundedBuffer, Policy
 from streamer.config import Settings
+from streamer.faults import InjectedFault
 from streamer.kafka_common import client_options
 from streamer.metrics import Metrics
 from streamer.tasks import Supervisor
@@ -44,9 +47,16 @@ class KafkaSink:
         self.topic = settings.kafka_verdicts_topic
         self.flush_timeout_s = flush_timeout_s
         self.stall_s = 2.0  # an acknowledgement this late means Kafka is away: not ready
-        self._buffer: deque[Verdict] = deque()
-        self._wake = asyncio.Event()
+        self._buffer: BoundedBuffer[Verdict] = BoundedBuffer(
+            "kafka_verdicts",
+            settings.kafka_buffer,
+            Policy.DROP_OLDEST,
+            metrics=metrics.queues,
+            on_drop=self._lost,
+        )
         self._progress = asyncio.Event()
+        self._fault_rng = random.Random(settings.faults.seed)
+        metrics.sink_errors.labels(self.name).inc(0)
         self._producer: AIOKafkaProducer | None = None
         self._started = False
         self._healthy = False
@@ -61,24 +71,20 @@ class KafkaSink:
         return len(self._buffer)
 
     async def start(self) -> None:
-        self.metrics.queue_capacity.labels("kafka_verdicts").set(self.settings.kafka_buffer)
-        self.metrics.queue_depth.labels("kafka_verdicts").set(0)
         self.supervisor.spawn("kafka-sink", self._run)
         self._started = True
 
     async def publish(self, verdict: Verdict) -> None:
-        if len(self._buffer) >= self.settings.kafka_buffer:
-            lost = self._buffer.popleft()
-            self.metrics.kafka_publish_errors.inc()
-            log.error(
-                "kafka: buffer full (DFM_KAFKA_BUFFER=%d); dropped verdict %s seq %d",
-                self.settings.kafka_buffer,
-                lost.stream_id,
-                lost.seq,
-            )
-        self._buffer.append(verdict)
-        self.metrics.queue_depth.labels("kafka_verdicts").set(len(self._buffer))
-        self._wake.set()
+        self._buffer.put_nowait(verdict)
+
+    def _lost(self, verdict: Verdict) -> None:
+        self.metrics.kafka_publish_errors.inc()
+        log.error(
+            "kafka: buffer full (DFM_KAFKA_BUFFER=%d); dropped verdict %s seq %d",
+            self.settings.kafka_buffer,
+            verdict.stream_id,
+            verdict.seq,
+        )
 
     async def _connect(self) -> AIOKafkaProducer:
         delay = 0.5
@@ -110,11 +116,9 @@ class KafkaSink:
         self._healthy = True
         delay = 0.5
         while True:
-            while not self._buffer:
-                self._wake.clear()
-                await self._wake.wait()
-            verdict = self._buffer[0]
+            verdict = await self._buffer.apeek()
             try:
+                self.settings.faults.sink_write(self._fault_rng)  # DFM_FAULTS, tests only
                 sent = await self._producer.send(
                     self.topic, verdict.to_json().encode(), key=verdict.stream_id.encode()
                 )
@@ -132,7 +136,8 @@ class KafkaSink:
                                 len(self._buffer),
                             )
                         self._healthy = False
-            except KafkaError as exc:
+            except (KafkaError, InjectedFault) as exc:
+                self.metrics.sink_errors.labels(self.name).inc()
                 if self._healthy:
                     log.warning(
                         "kafka: publish failed (%s); holding %d verdicts", exc, len(self._buffer)
@@ -144,11 +149,9 @@ class KafkaSink:
             if not self._healthy:
                 log.info("kafka: publishing again")
             self._healthy, delay = True, 0.5
-            if self._buffer and self._buffer[0] is verdict:
-                self._buffer.popleft()
+            self._buffer.remove_first(verdict)
             self.sent += 1
             self._progress.set()
-            self.metrics.queue_depth.labels("kafka_verdicts").set(len(self._buffer))
 
     async def flush(self, timeout_s: float, *, give_up_when_away: bool = False) -> bool:
         """Wait until every buffered verdict is acknowledged; False on timeout."""

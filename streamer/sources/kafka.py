@@ -21,7 +21,6 @@ import contextlib
 import io
 import logging
 import math
-import queue
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -33,18 +32,18 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
+from streamer.buffers import BoundedBuffer, Empty, Ended, Policy, QueueMetrics
 from streamer.config import STREAM_ID, Settings, StreamSpec
 from streamer.errors import Rejected, SourceError
 from streamer.kafka_common import client_options, ensure_topic
 from streamer.metrics import Metrics
 from streamer.sources.base import Opener
-from streamer.sources.decode import VideoFrame, resample
+from streamer.sources.decode import Picture, VideoFrame, resample
 
 log = logging.getLogger(__name__)
 
 TS = "video/mp2t"
 JPEG = "image/jpeg"
-_END = object()
 
 
 @dataclass(frozen=True)
@@ -86,7 +85,9 @@ class OffsetTracker:
 class _ChunkReader(io.RawIOBase):
     """A file for PyAV that reads the TS chunks of one stream as they arrive."""
 
-    def __init__(self, chunks: queue.Queue[Any], idle_s: float, on_done: Callable[[Message], None]):
+    def __init__(
+        self, chunks: BoundedBuffer[Message], idle_s: float, on_done: Callable[[Message], None]
+    ):
         self.chunks = chunks
         self.idle_s = idle_s
         self.on_done = on_done
@@ -103,9 +104,7 @@ class _ChunkReader(io.RawIOBase):
                 self.current = None
             try:
                 item = self.chunks.get(timeout=self.idle_s)
-            except queue.Empty:
-                return 0
-            if item is _END:
+            except (Empty, Ended):
                 return 0
             self.current, self.buf = item, item.payload
         n = min(len(b), len(self.buf))
@@ -130,6 +129,7 @@ class KafkaOpener(Opener):
         *,
         max_pixels: int = 3840 * 2160,
         max_gap_s: float | None = None,
+        queues: QueueMetrics | None = None,
     ) -> None:
         self.kind = kind
         self.max_pixels = max_pixels
@@ -138,34 +138,30 @@ class KafkaOpener(Opener):
         self.idle_s = idle_s
         self.on_done = on_done
         self.on_bad = on_bad
-        self.items: queue.Queue[Any] = queue.Queue(maxsize=size)
+        # drop-newest: the caller counts a refused message and marks its offset done
+        self.items: BoundedBuffer[Message] = BoundedBuffer(
+            "kafka_video", size, Policy.DROP_NEWEST, metrics=queues
+        )
         self.last_message = time.monotonic()
 
     def push(self, msg: Message) -> bool:
-        """On the event loop; False when the queue is full (the message is then dropped)."""
+        """On the event loop; False when the buffer is full (the message is then dropped)."""
         self.last_message = time.monotonic()
-        try:
-            self.items.put_nowait(msg)
-            return True
-        except queue.Full:
-            return False
+        return self.items.put_nowait(msg)
 
     def close(self) -> None:
-        with contextlib.suppress(queue.Full):
-            self.items.put_nowait(_END)
+        self.items.end()
 
     def open(self) -> Iterator[VideoFrame]:
         frames = self._ts() if self.kind == TS else self._jpeg()
         return resample(frames, self.fps, max_gap_s=self.max_gap_s)
 
-    def _jpeg(self) -> Iterator[tuple[float, np.ndarray]]:
+    def _jpeg(self) -> Iterator[tuple[float, Picture | np.ndarray]]:
         first: float | None = None
         while True:
             try:
                 item = self.items.get(timeout=self.idle_s)
-            except queue.Empty:
-                return
-            if item is _END:
+            except (Empty, Ended):
                 return
             bgr = cv2.imdecode(np.frombuffer(item.payload, np.uint8), cv2.IMREAD_COLOR)
             if bgr is None:
@@ -176,7 +172,7 @@ class KafkaOpener(Opener):
             yield item.pts_s - first, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
             self.on_done(item)
 
-    def _ts(self) -> Iterator[tuple[float, np.ndarray]]:
+    def _ts(self) -> Iterator[tuple[float, Picture]]:
         reader = _ChunkReader(self.items, self.idle_s, self.on_done)
         try:
             container = av.open(
@@ -198,7 +194,7 @@ class KafkaOpener(Opener):
                             f"{self.max_pixels} pixels (DFM_MAX_FRAME_PIXELS)"
                         )
                     first = frame.time if first is None else first
-                    yield frame.time - first, frame.to_ndarray(format="rgb24")
+                    yield frame.time - first, Picture(frame)
             except av.error.FFmpegError as exc:
                 log.warning("MPEG-TS decoding stopped: %s", exc)
         finally:
@@ -326,6 +322,7 @@ class KafkaVideoIngest:
                 self._bad_threadsafe(sid),
                 max_pixels=self.settings.max_frame_pixels,
                 max_gap_s=self.settings.max_gap_s,
+                queues=self.metrics.queues,
             )
             try:
                 await self.manager.add_with_opener(

@@ -4,8 +4,8 @@
 it (ICE candidates included: aiortc gathers before answering, so no trickle is needed)
 and registers the stream. Frames from the video track are received on the event loop
 and passed, still encoded as ``av.VideoFrame``, to the stream's source worker thread
-through a small drop-oldest queue: conversion, resampling and face detection happen
-there, as for every other source. Timestamps come from the RTP clock.
+through a small drop-oldest buffer (queue ``whip_frames``): conversion, resampling and
+face detection happen there, as for every other source. Timestamps come from the RTP clock.
 
 A session ends on ``DELETE`` of its Location, when the peer connection fails or closes,
 or when no frame arrives for ``whip_timeout_s`` (a publisher that vanished); its stream
@@ -15,28 +15,25 @@ is then removed and the same stream id may publish again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import queue
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from streamer.buffers import BoundedBuffer, Empty, Ended, Policy, QueueMetrics
 from streamer.config import Settings, StreamSpec
 from streamer.errors import BadRequest, Busy, Conflict, Invalid, Rejected
 from streamer.sources.base import Opener
-from streamer.sources.decode import VideoFrame, resample
+from streamer.sources.decode import Picture, VideoFrame, resample
 
 if TYPE_CHECKING:
     from streamer.manager import StreamManager
 
 log = logging.getLogger(__name__)
-
-_END = object()
 
 
 class WhipOpener(Opener):
@@ -45,42 +42,50 @@ class WhipOpener(Opener):
     ends = True  # a finished session is a finished stream
 
     def __init__(
-        self, fps: float, timeout_s: float, size: int = 8, on_drop: Any = lambda: None
+        self,
+        fps: float,
+        timeout_s: float,
+        size: int = 8,
+        on_drop: Callable[[], None] = lambda: None,
+        queues: QueueMetrics | None = None,
     ) -> None:
         self.fps = fps
         self.timeout_s = timeout_s
-        self.frames: queue.Queue[Any] = queue.Queue(maxsize=size)
-        self.dropped = 0
-        self.on_drop = on_drop  # counts each lost frame in /metrics
+        self.frames: BoundedBuffer[Any] = BoundedBuffer(
+            "whip_frames",
+            size,
+            Policy.DROP_OLDEST,
+            metrics=queues,
+            on_drop=lambda _frame: on_drop(),  # counts each lost frame per stream too
+        )
+
+    @property
+    def dropped(self) -> int:
+        return self.frames.dropped
 
     def push(self, item: Any) -> None:
-        """Called on the event loop; never blocks: a full queue loses its oldest frame."""
-        while True:
-            try:
-                self.frames.put_nowait(item)
-                return
-            except queue.Full:
-                with contextlib.suppress(queue.Empty):
-                    self.frames.get_nowait()
-                    self.dropped += 1
-                    self.on_drop()
+        """Called on the event loop; never blocks: a full buffer loses its oldest frame."""
+        self.frames.put_nowait(item)
 
     def close(self) -> None:
-        self.push(_END)
+        self.frames.end()
 
-    def _decoded(self) -> Iterator[tuple[float, Any]]:
+    def _decoded(self) -> Iterator[tuple[float, Picture]]:
         first: float | None = None
-        while True:
-            try:
-                item = self.frames.get(timeout=self.timeout_s)
-            except queue.Empty:
-                log.warning("WHIP publisher sent no frame for %.0f s", self.timeout_s)
-                return
-            if item is _END:
-                return
-            t = float(item.pts * item.time_base) if item.pts is not None else 0.0
-            first = t if first is None else first
-            yield t - first, item.to_ndarray(format="rgb24")
+        try:
+            while True:
+                try:
+                    item = self.frames.get(timeout=self.timeout_s)
+                except Empty:
+                    log.warning("WHIP publisher sent no frame for %.0f s", self.timeout_s)
+                    return
+                except Ended:
+                    return
+                t = float(item.pts * item.time_base) if item.pts is not None else 0.0
+                first = t if first is None else first
+                yield t - first, Picture(item)
+        finally:
+            self.frames.close()
 
     def open(self) -> Iterator[VideoFrame]:
         return resample(self._decoded(), self.fps)
@@ -197,6 +202,7 @@ class WhipGateway:
                 s.fps,
                 s.whip_timeout_s,
                 on_drop=lambda: dropped.labels(stream_id, "whip_queue").inc(),
+                queues=self.manager.metrics.queues,
             )
             session = WhipSession(stream_id, uuid.uuid4().hex, pc, opener)
             try:
