@@ -7,11 +7,13 @@ import json
 from tests.conftest import run_cli
 
 
-def test_bench_quick_measures_all_three_parts(tmp_path, photos_dir):
+def test_bench_quick_measures_every_part(tmp_path, photos_dir):
     out = tmp_path / "bench.json"
-    result = run_cli("bench", "--quick", "--out", str(out), "--work", str(tmp_path / "clips"))
+    parts = "engine,baseline,pipeline,overload"
+    args = ("--parts", parts, "--capacity", "1", "--out", str(out), "--work", str(tmp_path / "c"))
+    result = run_cli("bench", "--quick", *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    for heading in ("engine on", "baseline on", "pipeline on"):
+    for heading in ("engine on", "baseline on", "pipeline on", "overload on"):
         assert heading in result.stdout
     data = json.loads(out.read_text())
     engine = data["engine"]
@@ -25,3 +27,8 @@ def test_bench_quick_measures_all_three_parts(tmp_path, photos_dir):
     run = data["pipeline"]["configs"][0]["runs"][0]
     assert run["frames_per_s"] > 0 and run["verdicts_per_s"] > 0
     assert set(run["cpu_s_per_s"]) >= {"decode", "faces", "crop", "backbone_wall", "head_wall"}
+    over = data["overload"]
+    assert [(r["factor"], r["streams"]) for r in over["rows"]] == [(1.0, 1), (3.0, 3)]
+    for row in over["rows"]:
+        assert row["shed"]["stride"] >= 1 and row["no_shed"]["stride"] == 1
+    assert 0 <= over["top_load_share_of_peak"] <= 1.5

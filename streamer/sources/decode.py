@@ -30,14 +30,46 @@ log = logging.getLogger(__name__)
 DEFAULT_MAX_PIXELS = 3840 * 2160
 
 
+class Picture:
+    """A decoded picture, converted to RGB the first time someone looks at it.
+
+    Converting a 640x480 frame from the decoder's YUV to RGB costs more than decoding it
+    (``sws_scale`` on one thread), and under overload most frames are shed unseen
+    (``streamer/shedding.py``), so the conversion waits until a frame is analysed. The
+    decoder's frame is let go once converted.
+    """
+
+    __slots__ = ("_frame", "_rgb")
+
+    def __init__(self, frame: av.VideoFrame | np.ndarray) -> None:
+        self._frame: av.VideoFrame | None = None
+        self._rgb: np.ndarray | None = None
+        if isinstance(frame, np.ndarray):
+            self._rgb = frame
+        else:
+            self._frame = frame
+
+    @property
+    def rgb(self) -> np.ndarray:
+        if self._rgb is None:
+            assert self._frame is not None
+            self._rgb, self._frame = self._frame.to_ndarray(format="rgb24"), None
+        return self._rgb
+
+
 @dataclass(frozen=True)
 class VideoFrame:
     index: int  # position in the resampled sequence
     pts_s: float  # stream time, seconds from the first frame
-    rgb: np.ndarray  # (H, W, 3) uint8
+    picture: Picture  # the pixels, as RGB on first use (``rgb``)
     # The first frame after a discontinuity (a gap over max_gap_s, or a jump back): face
     # tracks and windows start over here, nothing was filled in.
     restart: bool = False
+
+    @property
+    def rgb(self) -> np.ndarray:
+        """(H, W, 3) uint8."""
+        return self.picture.rgb
 
 
 @dataclass(frozen=True)
@@ -132,7 +164,17 @@ def open_video(
 def decode(
     source: SourceUrl | str, *, timeout_s: float = 10.0, limits: DecodeLimits | None = None
 ) -> Iterator[tuple[float, np.ndarray]]:
-    """Yield (seconds from the first frame, RGB frame) for each decoded frame.
+    """Yield (seconds from the first frame, RGB frame) for each decoded frame."""
+    for t, picture in decode_pictures(source, timeout_s=timeout_s, limits=limits):
+        yield t, picture.rgb
+
+
+def decode_pictures(
+    source: SourceUrl | str, *, timeout_s: float = 10.0, limits: DecodeLimits | None = None
+) -> Iterator[tuple[float, Picture]]:
+    """Yield (seconds from the first frame, picture) for each decoded frame.
+
+    Live sources use this: a picture becomes RGB only when it is analysed.
 
     A stream that breaks off after some frames ends with a warning (what was decoded is
     kept, as a player would show it); one that yields no frame at all raises.
@@ -158,7 +200,7 @@ def decode(
                 if first is None:
                     first = t
                 count += 1
-                yield t - first, frame.to_ndarray(format="rgb24")
+                yield t - first, Picture(frame)
         except (av.error.FFmpegError, OSError) as exc:
             if count == 0:
                 raise SourceError(
@@ -174,7 +216,10 @@ def decode(
 
 
 def resample(
-    frames: Iterable[tuple[float, np.ndarray]], fps: float, *, max_gap_s: float | None = None
+    frames: Iterable[tuple[float, Picture | np.ndarray]],
+    fps: float,
+    *,
+    max_gap_s: float | None = None,
 ) -> Iterator[VideoFrame]:
     """Frames on a regular clock of ``fps``: each tick shows the latest frame at or before it.
 
@@ -187,9 +232,10 @@ def resample(
     eps = step * 1e-3
     k = 0  # output ticks so far
     base_k, base_t = 0, 0.0  # the tick that input time base_t maps to
-    prev: tuple[float, np.ndarray] | None = None
+    prev: tuple[float, Picture] | None = None
     restart = False
-    for t, rgb in frames:
+    for t, pixels in frames:
+        picture = pixels if isinstance(pixels, Picture) else Picture(pixels)
         if prev is not None:
             gap = t - prev[0]
             if max_gap_s is not None and (gap > max_gap_s or gap < -step):
@@ -206,7 +252,7 @@ def resample(
                     k += 1
         else:
             base_t = t
-        prev = (t, rgb)
+        prev = (t, picture)
     if prev is not None:
         while (k - base_k) * step + base_t <= prev[0] + eps:
             yield VideoFrame(k, k * step, prev[1], restart)

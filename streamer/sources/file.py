@@ -6,7 +6,7 @@ import time
 from collections.abc import Iterator
 
 from streamer.sources.base import Opener
-from streamer.sources.decode import DecodeLimits, VideoFrame, decode, resample
+from streamer.sources.decode import DecodeLimits, VideoFrame, decode_pictures, resample
 from streamer.urls import SourceUrl
 
 
@@ -34,12 +34,12 @@ class FileOpener(Opener):
     def open(self) -> Iterator[VideoFrame]:
         start = time.monotonic()
         last = -1.0 / self.fps
-        frames = decode(self.source, limits=self.limits)
+        frames = decode_pictures(self.source, limits=self.limits)
         for frame in resample(frames, self.fps, max_gap_s=self.max_gap_s):
             last = frame.pts_s
             if self.realtime:
                 wait = start + frame.pts_s - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
-            yield VideoFrame(frame.index, self._offset + frame.pts_s, frame.rgb, frame.restart)
+            yield VideoFrame(frame.index, self._offset + frame.pts_s, frame.picture, frame.restart)
         self._offset += last + 1.0 / self.fps

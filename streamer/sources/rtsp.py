@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from streamer.sources.base import Opener
-from streamer.sources.decode import DecodeLimits, VideoFrame, decode, resample
+from streamer.sources.decode import DecodeLimits, VideoFrame, decode_pictures, resample
 from streamer.urls import SourceUrl
 
 
@@ -35,8 +35,8 @@ class RtspOpener(Opener):
 
     def open(self) -> Iterator[VideoFrame]:
         last = 0.0
-        frames = decode(self.url, timeout_s=self.stall_timeout_s, limits=self.limits)
+        frames = decode_pictures(self.url, timeout_s=self.stall_timeout_s, limits=self.limits)
         for frame in resample(frames, self.fps, max_gap_s=self.max_gap_s):
             last = frame.pts_s
-            yield VideoFrame(frame.index, self._offset + frame.pts_s, frame.rgb, frame.restart)
+            yield VideoFrame(frame.index, self._offset + frame.pts_s, frame.picture, frame.restart)
         self._offset += last + 1.0 / self.fps
