@@ -92,7 +92,7 @@ class StreamRunner:
         self.last_verdict: Verdict | None = None
         self.started_at = time.time()
         max_faces = options.max_faces or settings.max_faces
-        self._stride = 1
+        self._stride = 1.0
         self._shed_metric = metrics.frames_dropped.labels(spec.id, "shed")
         self.worker = SourceWorker(
             spec.id,
@@ -105,7 +105,7 @@ class StreamRunner:
             on_reconnect=self._on_reconnect,
             backoff=Backoff(settings.reconnect_initial_s, settings.reconnect_max_s),
             scrub=self._scrub,
-            stride=(lambda: shedder.stride) if shedder is not None else (lambda: 1),
+            stride=(lambda: shedder.stride) if shedder is not None else (lambda: 1.0),
             on_shed=self._on_shed,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -415,7 +415,7 @@ class StreamManager:
             stride = self.shedder.observe(Sample(analysed, dropped))
             if stride != before:
                 log.warning(
-                    "overload: streams now analyse 1 frame in %d (was %d): %d frames taken, "
+                    "overload: streams now analyse 1 frame in %g (was %g): %d frames taken, "
                     "%d dropped in the last %.0f s",
                     stride,
                     before,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streamer.shedding import CALM_INTERVALS, PROBE_INTERVALS, LoadShedder, Sample
+from streamer.shedding import CALM_INTERVALS, PROBE_INTERVALS, LoadShedder, Pacer, Sample
 
 
 def test_no_loss_means_no_shedding():
@@ -14,10 +14,16 @@ def test_no_loss_means_no_shedding():
 def test_loss_raises_the_stride_to_what_the_node_managed():
     shed = LoadShedder(max_stride=8)
     # 600 frames offered, 200 analysed: the node manages a third of the load, so the
-    # stride it needs is ceil(600 / (0.85 * 200)) = 4, reached in steps that at most double.
+    # stride it needs is 600 / (0.85 * 200) = 3.53 -> 3.75 (quarters), reached in steps
+    # that at most double.
     assert shed.observe(Sample(analysed=200, dropped=400)) == 2
     assert shed.observe(Sample(analysed=150, dropped=150)) == 2  # settling: not judged
     assert shed.observe(Sample(analysed=150, dropped=150)) == 4
+    # 3x the load the node sustains: 3.75 after a doubling, not 4 (quarters, not wholes).
+    three = LoadShedder(max_stride=8)
+    three.observe(Sample(analysed=100, dropped=200))  # 2: doubling at most
+    three.observe(Sample(analysed=100, dropped=50))  # settling
+    assert three.observe(Sample(analysed=100, dropped=50)) == 3.75  # 150 x 2 / 85 = 3.53
 
 
 def test_a_small_loss_is_tolerated_and_the_stride_is_capped():
@@ -48,18 +54,27 @@ def test_steps_down_when_calm_and_the_lower_stride_fits():
     stride = shed.stride
     # Streams left: now far below capacity at this stride.
     strides = [shed.observe(Sample(analysed=50, dropped=0)) for _ in range(CALM_INTERVALS + 1)]
-    assert strides[-1] == stride - 1
+    # Straight down to what fits: 50 x 2 / (0.85 x 300) = 0.39, so no shedding at all.
+    assert stride == 2 and strides[-1] == 1
 
 
-def test_at_equilibrium_it_holds_then_probes_one_step_down():
+def test_at_equilibrium_it_holds_then_probes_a_fifth_down():
     shed = LoadShedder(max_stride=8)
-    shed.observe(Sample(analysed=300, dropped=600))
+    shed.observe(Sample(analysed=300, dropped=300))
     stride = shed.stride
-    offered = int(300 * 0.85)  # what the new stride brings it to
+    offered = int(600 / stride)  # what the new stride brings it to: under 0.85 x 300
     # One settling interval, then PROBE_INTERVALS calm ones.
     held = [shed.observe(Sample(analysed=offered, dropped=0)) for _ in range(PROBE_INTERVALS + 1)]
     assert held[:-1] == [stride] * PROBE_INTERVALS
-    assert held[-1] == stride - 1
+    assert held[-1] == 1.5  # 2 x 0.8 = 1.6, on the grid of quarters below it
+
+
+def test_fractional_strides_analyse_evenly_spread_frames():
+    cases = {1.0: [1] * 6, 1.5: [0, 1, 1] * 4, 2.0: [0, 1] * 6, 1.25: [0, 1, 1, 1, 1] * 2,
+             3.5: [0, 0, 0, 1, 0, 0, 1] * 2}  # fmt: skip
+    for stride, expected in cases.items():
+        pacer = Pacer()
+        assert [int(pacer.take(stride)) for _ in expected] == expected, stride
 
 
 # -- the supervision pattern every background loop runs under (streamer/tasks.py) --------

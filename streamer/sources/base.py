@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from analyzer.faces import FaceTracker, FrameFaces
 from streamer.errors import SourceError, UrlRejected
+from streamer.shedding import Pacer
 from streamer.sources.decode import VideoFrame
 
 log = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class FrameItem:
     faces: FrameFaces
     arrival: float  # time.monotonic() when decoded
     restart: bool = False  # first frame after a discontinuity: tracks and windows restart
-    stride: int = 1  # the node's analysis stride when it was taken (streamer/shedding.py)
+    stride: float = 1.0  # the node's analysis stride when it was taken (streamer/shedding.py)
 
 
 @dataclass(frozen=True)
@@ -95,7 +96,7 @@ class SourceWorker:
         on_reconnect: Callable[[], None],
         backoff: Backoff,
         scrub: Callable[[str], str] = lambda text: text,
-        stride: Callable[[], int] = lambda: 1,
+        stride: Callable[[], float] = lambda: 1.0,
         on_shed: Callable[[], None] = lambda: None,
     ) -> None:
         self.stream_id = stream_id
@@ -158,7 +159,7 @@ class SourceWorker:
 
     def _run(self) -> None:
         attempt = 0
-        taken = 0  # frames since start, for the analysis stride
+        pacer = Pacer()  # the analysis stride, applied frame by frame
         restart = False  # a discontinuity not yet passed on (its frame may be shed)
         tracker = self.tracker = self.tracker_factory()
         try:
@@ -180,9 +181,8 @@ class SourceWorker:
                             tracker = self.tracker = self.tracker_factory()
                             restart = True
                         stride = self.stride()
-                        taken += 1
-                        if stride > 1 and taken % stride:
-                            self.on_shed()  # overload: skipped before face detection
+                        if not pacer.take(stride):
+                            self.on_shed()  # overload: skipped before faces and RGB
                             continue
                         faces = tracker.update(frame.rgb)
                         item = FrameItem(frame.pts_s, faces, time.monotonic(), restart, stride)
