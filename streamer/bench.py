@@ -9,6 +9,10 @@ bound, found by trying N = 1, 2, ... (doubling on a GPU) until a run fails.
 The overload part runs 0.5x to 3x that capacity, each load twice in one go: with the
 overload shedder (``streamer/shedding.py``) and without it (``DFM_SHED_MAX_STRIDE=1``),
 and reports verdicts/s, streams that got no verdict, and what was shed or dropped.
+
+The sink part sends the same verdicts through the Kafka sink to a broker the caller
+names (``--kafka``), once one acknowledged write at a time and once pipelined, and
+reports verdicts/s for each.
 """
 
 from __future__ import annotations
@@ -290,6 +294,62 @@ def overload_bench(
     }
 
 
+def _bench_verdict(stream: int, seq: int) -> Verdict:
+    return Verdict(
+        stream_id=f"bench-{stream}",
+        session="00000000-0000-4000-8000-000000000000",
+        seq=seq,
+        window={"start_pts_s": seq, "end_pts_s": seq + 5.0, "frames": 150, "fps": 30.0},
+        score=0.12,
+        smoothed_score=0.1,
+        label="REAL",
+        threshold=0.5,
+        faces=[{"track_id": 1, "score": 0.12, "box": [0.4, 0.3, 0.2, 0.3], "frames": 150}],
+        model={"name": "bench", "version": "bench", "sha256": None},
+        latency_ms=300.0,
+        emitted_at="2026-01-01T00:00:00.000Z",
+    )
+
+
+def sink_bench(bootstrap: str, *, verdicts: int, streams: int = 100) -> dict[str, Any]:
+    """Verdicts/s through :class:`KafkaSink` to ``bootstrap``: one at a time vs pipelined."""
+    import uuid
+
+    from streamer.metrics import Metrics
+    from streamer.sinks.kafka import IN_FLIGHT, KafkaSink
+
+    async def run(in_flight: int, count: int) -> dict[str, Any]:
+        topic = f"deepfake.bench.{uuid.uuid4().hex[:8]}"
+        settings = load_settings(
+            kafka_bootstrap=bootstrap, kafka_verdicts_topic=topic, kafka_buffer=count
+        )
+        sink = KafkaSink(settings, Metrics(), flush_timeout_s=600, in_flight=in_flight)
+        await sink.start()
+        await sink.publish(_bench_verdict(0, 0))  # connect and create the topic first
+        await sink.flush(60)
+        batch = [_bench_verdict(i % streams, 1 + i // streams) for i in range(count)]
+        start = time.perf_counter()
+        for v in batch:
+            await sink.publish(v)
+        ok = await sink.flush(600)
+        elapsed = time.perf_counter() - start
+        await sink.stop()
+        return {"in_flight": in_flight, "verdicts": count, "delivered": ok,
+                "seconds": elapsed, "verdicts_per_s": count / elapsed}  # fmt: skip
+
+    async def both() -> list[dict[str, Any]]:
+        # The one-at-a-time path gets a tenth of the verdicts: it is that much slower.
+        return [await run(1, max(100, verdicts // 10)), await run(IN_FLIGHT, verdicts)]
+
+    rows = asyncio.run(both())
+    return {
+        "bootstrap": bootstrap,
+        "streams": streams,
+        "rows": rows,
+        "ratio_pipelined_over_one_at_a_time": rows[1]["verdicts_per_s"] / rows[0]["verdicts_per_s"],
+    }
+
+
 def format_report(result: dict[str, Any]) -> str:
     """The benchmark as plain-text tables."""
     lines: list[str] = []
@@ -388,5 +448,16 @@ def format_report(result: dict[str, Any]) -> str:
             f"  -> at {over['rows'][-1]['factor']:g}x with shedding: "
             f"{over['top_load_share_of_peak'] * 100:.0f}% of the peak verdict rate, "
             f"{over['top_load_streams_without_verdicts']} stream(s) without a verdict"
+        )
+    sink = result.get("sink")
+    if sink:
+        lines.append(f"sink to Kafka at {sink['bootstrap']}: verdicts of {sink['streams']} streams")
+        for r in sink["rows"]:
+            lines.append(
+                f"  in flight {r['in_flight']:>4}: {r['verdicts']:>7} verdicts in "
+                f"{r['seconds']:6.2f} s = {r['verdicts_per_s']:>9.0f} verdicts/s"
+            )
+        lines.append(
+            f"  -> pipelined / one at a time: {sink['ratio_pipelined_over_one_at_a_time']:.1f}x"
         )
     return "\n".join(lines)

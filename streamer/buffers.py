@@ -10,8 +10,8 @@ producer task). Each is a :class:`BoundedBuffer` with a ``capacity`` and a
   the newest frame is the one worth analysing);
 * ``drop-newest``: a full buffer refuses the new item (the producer keeps its own copy or
   counts the loss itself);
-* ``block``: a full buffer makes the producer wait for room, up to a timeout, and then
-  refuses the item.
+* ``block``: a full buffer makes the producer wait for room, up to a timeout (None: until
+  there is room or the buffer ends), and then refuses the item.
 
 Every item lost is counted in ``deepfake_queue_dropped_total{queue}`` (and handed to the
 buffer's ``on_drop``, which the owner uses for its per-stream counters); the depth and
@@ -98,7 +98,7 @@ class BoundedBuffer(Generic[T]):
         *,
         metrics: QueueMetrics | None = None,
         on_drop: Callable[[T], None] | None = None,
-        block_timeout_s: float = 1.0,
+        block_timeout_s: float | None = 1.0,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"queue {name}: capacity must be at least 1, not {capacity}")
@@ -180,8 +180,12 @@ class BoundedBuffer(Generic[T]):
     async def aput(self, item: T) -> bool:
         """On the loop: like :meth:`put`, waiting (``block_timeout_s``) without blocking it."""
         if self.policy is Policy.BLOCK and self.full:
-            deadline = time.monotonic() + self.block_timeout_s
-            while self.full and not self._ended and (left := deadline - time.monotonic()) > 0:
+            wait = self.block_timeout_s
+            deadline = None if wait is None else time.monotonic() + wait
+            while self.full and not self._ended:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
                 changed = self._event()
                 changed.clear()
                 if not self.full or self._ended:
@@ -232,6 +236,32 @@ class BoundedBuffer(Generic[T]):
             if self._items or self._ended:
                 return
             await changed.wait()
+
+    def take(self, n: int) -> list[T]:
+        """Up to ``n`` of the oldest items, taken out without waiting."""
+        with self._cond:
+            items = [self._items.popleft() for _ in range(min(n, len(self._items)))]
+            self._cond.notify_all()
+        if items:
+            self._wake()
+        return items
+
+    def unget(self, items: list[T]) -> None:
+        """Put ``items`` back in front, in their order (a consumer could not finish them).
+
+        They are the oldest now: if the buffer overflows, drop-oldest loses them first
+        (counted), the other policies lose the newest.
+        """
+        lost: list[T] = []
+        with self._cond:
+            self._items.extendleft(reversed(items))
+            while len(self._items) > self.capacity:
+                oldest = self.policy is Policy.DROP_OLDEST
+                lost.append(self._items.popleft() if oldest else self._items.pop())
+            self._cond.notify_all()
+        for item in lost:
+            self._lost(item)
+        self._wake()
 
     def peek(self) -> T:
         """The oldest item, left in place."""

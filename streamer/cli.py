@@ -222,6 +222,10 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help="overload part: streams the node sustains (default: measured first)",
     )
+    bench.add_argument("--kafka", default=None, help="sink part: the broker to send to (host:port)")
+    bench.add_argument(
+        "--verdicts", type=_positive_int, default=50_000, help="sink part: verdicts to send"
+    )
     bench.add_argument(
         "--configs", default=None, help="pipeline SIZE:FACES list, e.g. 480p:1,720p:1,480p:4"
     )
@@ -362,14 +366,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from analyzer.bench import baseline_bench, engine_bench
-    from streamer.bench import SIZES, format_report, overload_bench, pipeline_bench
+    from streamer.bench import SIZES, format_report, overload_bench, pipeline_bench, sink_bench
 
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    unknown = parts - {"engine", "baseline", "pipeline", "overload"}
+    unknown = parts - {"engine", "baseline", "pipeline", "overload", "sink"}
     if unknown:
         raise UsageError(
-            f"--parts {','.join(sorted(unknown))}: choose engine, baseline, pipeline, overload"
+            f"--parts {','.join(sorted(unknown))}: "
+            "choose engine, baseline, pipeline, overload, sink"
         )
+    if "sink" in parts and not args.kafka:
+        raise UsageError("--parts sink sends to a real broker: name it with --kafka HOST:PORT")
     gpu = args.device != "cpu" and torch.cuda.is_available()
     try:
         if args.batches:
@@ -423,6 +430,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             warmup=4.0 if args.quick else args.warmup,
             p99_bound_ms=args.p99_ms,
         )
+    if "sink" in parts:
+        verdicts = min(args.verdicts, 5_000) if args.quick else args.verdicts
+        result["sink"] = sink_bench(args.kafka, verdicts=verdicts)
     print(format_report(result))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

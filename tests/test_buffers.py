@@ -97,3 +97,19 @@ def test_every_queue_shows_depth_capacity_and_drops_summed_over_its_buffers():
     got = series(metrics)
     assert got[("deepfake_queue_depth", "stream_inbox")] == 1
     assert got[("deepfake_queue_capacity", "stream_inbox")] == 4
+
+
+def test_take_and_unget_keep_the_order_and_count_what_overflows():
+    lost: list[int] = []
+    buf: BoundedBuffer[int] = BoundedBuffer("t", 4, Policy.DROP_OLDEST, on_drop=lost.append)
+    for i in range(4):
+        buf.put_nowait(i)
+    taken = buf.take(3)
+    assert taken == [0, 1, 2] and len(buf) == 1
+    buf.put_nowait(4)
+    buf.unget(taken[1:])  # 0 went out; 1 and 2 come back first
+    assert buf.take(10) == [1, 2, 3, 4] and lost == [] and buf.take(1) == []
+    for i in range(4):
+        buf.put_nowait(i)
+    buf.unget([8, 9])  # over capacity: the oldest (the ones put back) are lost
+    assert lost == [8, 9] and buf.take(10) == [0, 1, 2, 3]

@@ -2,11 +2,18 @@
 
 An idempotent producer with ``acks=all`` and gzip compression. Verdicts wait in a
 drop-oldest :class:`~streamer.buffers.BoundedBuffer` (queue ``kafka_verdicts``,
-``DFM_KAFKA_BUFFER``) and leave it strictly in order, one acknowledged write at a time, so a broker
-outage holds them back instead of losing or reordering them; when it returns they go out
-in order. A full buffer drops its oldest verdict, logs it and counts it in
-``deepfake_kafka_publish_errors_total``. ``ready`` is false while the producer cannot
-write.
+``DFM_KAFKA_BUFFER``); a full buffer drops its oldest verdict, logs it and counts it in
+``deepfake_kafka_publish_errors_total``.
+
+Delivery is pipelined: up to ``in_flight`` verdicts are handed to the producer at once
+(it batches them, with up to 5 requests in flight per broker) and their acknowledgements
+are awaited in order. No record is ever given up while aiokafka still retries it (sending
+it again could write it twice). A record that fails goes back to the front of the buffer
+with the ones after it that did not reach the broker, in their order, and is sent again
+after a backoff; with the idempotent producer a partition takes no record after one of
+its own that failed, so each stream's verdicts stay in order and none is written twice.
+``in_flight=1`` is the one-write-at-a-time path (``deepfake-monitor bench --parts sink``
+compares the two). ``ready`` is false while the producer cannot write.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from streamer.verdict import Verdict
 
 log = logging.getLogger(__name__)
 
+IN_FLIGHT = 512  # verdicts handed to the producer and not yet acknowledged, at most
+
 
 class KafkaSink:
     name = "kafka"
@@ -40,6 +49,7 @@ class KafkaSink:
         *,
         flush_timeout_s: float = 10.0,
         supervisor: Supervisor | None = None,
+        in_flight: int = IN_FLIGHT,
     ):
         self.settings = settings
         self.supervisor = supervisor or Supervisor(metrics.task_restarts)
@@ -57,6 +67,8 @@ class KafkaSink:
         self._progress = asyncio.Event()
         self._fault_rng = random.Random(settings.faults.seed)
         metrics.sink_errors.labels(self.name).inc(0)
+        self.in_flight = in_flight
+        self._sending: list[Verdict] = []  # taken from the buffer, not yet acknowledged
         self._producer: AIOKafkaProducer | None = None
         self._started = False
         self._healthy = False
@@ -68,7 +80,8 @@ class KafkaSink:
 
     @property
     def pending(self) -> int:
-        return len(self._buffer)
+        """Verdicts not yet acknowledged: buffered or in flight."""
+        return len(self._buffer) + len(self._sending)
 
     async def start(self) -> None:
         self.supervisor.spawn("kafka-sink", self._run)
@@ -108,6 +121,9 @@ class KafkaSink:
                 delay = min(delay * 2, 10.0)
 
     async def _run(self) -> None:
+        if self._sending:  # restarted after a failure: what was in flight goes first again
+            self._buffer.unget(self._sending)
+            self._sending = []
         if self._producer is not None:  # restarted after a failure: a fresh producer
             with contextlib.suppress(KafkaError):
                 await self._producer.stop()
@@ -116,63 +132,92 @@ class KafkaSink:
         self._healthy = True
         delay = 0.5
         while True:
-            verdict = await self._buffer.apeek()
-            try:
-                self.settings.faults.sink_write(self._fault_rng)  # DFM_FAULTS, tests only
-                sent = await self._producer.send(
-                    self.topic, verdict.to_json().encode(), key=verdict.stream_id.encode()
-                )
-                # Wait for the acknowledgement without giving the record up: aiokafka keeps
-                # retrying it, and sending it again could write it twice.
-                while True:
-                    try:
-                        await asyncio.wait_for(asyncio.shield(sent), self.stall_s)
-                        break
-                    except TimeoutError:
-                        if self._healthy:
-                            log.warning(
-                                "kafka: no acknowledgement for %.0f s; holding %d verdicts",
-                                self.stall_s,
-                                len(self._buffer),
-                            )
-                        self._healthy = False
-            except (KafkaError, InjectedFault) as exc:
-                self.metrics.sink_errors.labels(self.name).inc()
-                if self._healthy:
-                    log.warning(
-                        "kafka: publish failed (%s); holding %d verdicts", exc, len(self._buffer)
-                    )
-                self._healthy = False
+            await self._buffer.apeek()
+            self._sending = self._buffer.take(self.in_flight)
+            before = self.sent
+            failed = await self._deliver(self._producer, self._sending)
+            self._sending = []
+            if failed:
+                self._buffer.unget(failed)
+            if self.sent > before:  # some got through: Kafka is there; the rest go at once
+                if not self._healthy:
+                    log.info("kafka: publishing again")
+                self._healthy, delay = True, 0.5
+            elif failed:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
-                continue
-            if not self._healthy:
-                log.info("kafka: publishing again")
-            self._healthy, delay = True, 0.5
-            self._buffer.remove_first(verdict)
-            self.sent += 1
+
+    async def _deliver(self, producer: AIOKafkaProducer, verdicts: list[Verdict]) -> list[Verdict]:
+        """Send ``verdicts`` and wait for each acknowledgement; the ones that failed, in order."""
+        sent: list[tuple[Verdict, asyncio.Future[object]]] = []
+        failed: list[Verdict] = []
+        error: BaseException | None = None
+        for i, verdict in enumerate(verdicts):
+            try:
+                self.settings.faults.sink_write(self._fault_rng)  # DFM_FAULTS, tests only
+                fut = await producer.send(
+                    self.topic, verdict.to_json().encode(), key=verdict.stream_id.encode()
+                )
+            except (KafkaError, InjectedFault) as exc:
+                error, failed = exc, list(verdicts[i:])
+                break
+            sent.append((verdict, fut))
+        done: list[Verdict] = []
+        for verdict, fut in sent:
+            try:
+                await self._acknowledged(fut)
+                done.append(verdict)
+            except KafkaError as exc:
+                error = error or exc
+                failed.append(verdict)
+        self.sent += len(done)
+        if done:
             self._progress.set()
+        if error is not None:
+            self.metrics.sink_errors.labels(self.name).inc()
+            if self._healthy:
+                log.warning("kafka: publish failed (%s); holding %d verdicts", error, self.pending)
+            self._healthy = False
+        # In the order they were taken: a failed send ended the loop, so the ones never
+        # sent come after every one that was.
+        order = {id(v): i for i, v in enumerate(verdicts)}
+        return sorted(failed, key=lambda v: order[id(v)])
+
+    async def _acknowledged(self, fut: asyncio.Future[object]) -> None:
+        """Wait for one acknowledgement without giving the record up; a stall marks Kafka away."""
+        while True:
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), self.stall_s)
+                return
+            except TimeoutError:
+                if self._healthy:
+                    log.warning(
+                        "kafka: no acknowledgement for %.0f s; holding %d verdicts",
+                        self.stall_s,
+                        self.pending,
+                    )
+                self._healthy = False
 
     async def flush(self, timeout_s: float, *, give_up_when_away: bool = False) -> bool:
         """Wait until every buffered verdict is acknowledged; False on timeout."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
-        while self._buffer and loop.time() < deadline:
+        while self.pending and loop.time() < deadline:
             if give_up_when_away and not self._healthy and self._producer is not None:
                 break
             self._progress.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._progress.wait(), max(0.0, deadline - loop.time()))
-        return not self._buffer
+        return not self.pending
 
     async def stop(self) -> None:
         """Flush what is buffered (up to ``flush_timeout_s``), then close. Safe twice."""
         if not self._started:
             return
         await self.flush(self.flush_timeout_s, give_up_when_away=True)
-        if self._buffer:
-            log.error("kafka: %d verdicts not delivered at shutdown", len(self._buffer))
-            self.metrics.kafka_publish_errors.inc(len(self._buffer))
+        if self.pending:
+            log.error("kafka: %d verdicts not delivered at shutdown", self.pending)
+            self.metrics.kafka_publish_errors.inc(self.pending)
         await self.supervisor.cancel("kafka-sink")
         self._started = False
         if self._producer is not None:
