@@ -109,12 +109,15 @@ class StreamRunner:
             on_shed=self._on_shed,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
+        # Live frames go by: a full inbox drops its oldest. Frames a topic keeps for us
+        # (Kafka) wait: the source blocks, and the consumer's lag shows the overload.
         self._inbox: BoundedBuffer[FrameItem] = BoundedBuffer(
             "stream_inbox",
             settings.frame_queue,
-            Policy.DROP_OLDEST,
+            Policy.BLOCK if opener.waits else Policy.DROP_OLDEST,
             metrics=metrics.queues,
             on_drop=self._dropped_backpressure,
+            block_timeout_s=None,
         )
         self._task: asyncio.Task[None] | None = None
         self._last_features: asyncio.Future[Any] | None = None
@@ -147,7 +150,7 @@ class StreamRunner:
 
     # -- worker-thread callbacks -------------------------------------------------------
     def _on_item(self, item: FrameItem) -> None:
-        self._inbox.put_nowait(item)
+        self._inbox.put(item)  # waits only under Policy.BLOCK, until there is room or the end
 
     def _on_state_threadsafe(self, state: SourceState, reason: str | None) -> None:
         if self._loop is not None:
@@ -178,6 +181,7 @@ class StreamRunner:
         exc = task.exception()
         log.error("stream %s: stopped by an internal error: %s", self.id, self._scrub(repr(exc)))
         self.worker.stop()
+        self._inbox.end()  # a source waiting for room must not wait for ever
         self.source_state = SourceState.FAILED
         self.reason = self._scrub(f"internal error: {exc!r}")
         self.metrics.source_up.labels(self.id).set(0)

@@ -96,7 +96,13 @@ class LoadShedder:
     def observe(self, sample: Sample) -> float:
         """Take one interval's counts; returns the stride for the next interval."""
         offered = sample.analysed + sample.dropped
-        if not self.enabled or offered == 0:
+        if not self.enabled:
+            return self.stride
+        if offered == 0:  # nothing to analyse: an idle node sheds nothing (after a while)
+            self._calm += 1
+            if self.stride > 1 and self._calm >= CALM_INTERVALS:
+                self.capacity = None
+                self._change(1.0)
             return self.stride
         if self._settle:
             self._settle = False

@@ -69,6 +69,15 @@ def test_at_equilibrium_it_holds_then_probes_a_fifth_down():
     assert held[-1] == 1.5  # 2 x 0.8 = 1.6, on the grid of quarters below it
 
 
+def test_an_idle_node_stops_shedding():
+    shed = LoadShedder(max_stride=8)
+    shed.observe(Sample(analysed=100, dropped=300))
+    assert shed.stride > 1
+    # Every stream ended: a stream that starts later must not inherit the old stride.
+    strides = [shed.observe(Sample(analysed=0, dropped=0)) for _ in range(CALM_INTERVALS)]
+    assert strides[-1] == 1
+
+
 def test_fractional_strides_analyse_evenly_spread_frames():
     cases = {1.0: [1] * 6, 1.5: [0, 1, 1] * 4, 2.0: [0, 1] * 6, 1.25: [0, 1, 1, 1, 1] * 2,
              3.5: [0, 0, 0, 1, 0, 0, 1] * 2}  # fmt: skip

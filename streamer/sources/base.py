@@ -80,6 +80,10 @@ class Opener:
     restarts: bool = False
     #: Whether it reaches over the network: then every failure is worth a retry.
     network: bool = False
+    #: Whether its frames wait for us (a Kafka topic holds them: lag shows the overload)
+    #: rather than going by in real time: then a full inbox makes the source wait instead
+    #: of losing its oldest frame.
+    waits: bool = False
 
     def open(self) -> Iterator[VideoFrame]:
         raise NotImplementedError

@@ -117,6 +117,7 @@ class KafkaOpener(Opener):
     """Frames of one key, decoded in the stream's worker thread."""
 
     ends = True
+    waits = True  # the topic keeps the messages; a busy node lags instead of dropping
 
     def __init__(
         self,
