@@ -425,9 +425,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             work,
             device=args.device,
             capacity=args.capacity,
-            factors=[1.0, 3.0] if args.quick else [0.5, 1.0, 1.5, 2.0, 3.0],
-            seconds=4.0 if args.quick else args.seconds,
-            warmup=4.0 if args.quick else args.warmup,
+            factors=[3.0] if args.quick else [0.5, 1.0, 1.5, 2.0, 3.0],
+            seconds=3.0 if args.quick else args.seconds,
+            warmup=3.0 if args.quick else args.warmup,
             p99_bound_ms=args.p99_ms,
         )
     if "sink" in parts:
