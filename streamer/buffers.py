@@ -20,15 +20,14 @@ capacity of all buffers of one name are summed at scrape time into
 fills shows in ``/metrics`` before it drops.
 
 A buffer is safe to use from threads and from one event loop: ``put``/``get`` may block a
-thread (never call them with a timeout on the loop), ``put_nowait``/``get_nowait`` never
-block, ``aget``/``aput`` wait on the loop.
+thread (never call them on the loop), ``put_nowait``/``get_nowait``/``take`` never block,
+``aget``/``wait`` wait on the loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
 import weakref
 from collections import deque
 from collections.abc import Callable
@@ -120,16 +119,9 @@ class BoundedBuffer(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def __bool__(self) -> bool:
-        return bool(self._items)
-
     @property
     def full(self) -> bool:
         return len(self._items) >= self.capacity
-
-    @property
-    def ended(self) -> bool:
-        return self._ended
 
     def end(self) -> None:
         """No more items: consumers take what is left, then get :class:`Ended`. Safe twice."""
@@ -177,25 +169,6 @@ class BoundedBuffer(Generic[T]):
                 self._cond.wait_for(lambda: not self.full or self._ended, wait)
         return self.put_nowait(item)
 
-    async def aput(self, item: T) -> bool:
-        """On the loop: like :meth:`put`, waiting (``block_timeout_s``) without blocking it."""
-        if self.policy is Policy.BLOCK and self.full:
-            wait = self.block_timeout_s
-            deadline = None if wait is None else time.monotonic() + wait
-            while self.full and not self._ended:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                changed = self._event()
-                changed.clear()
-                if not self.full or self._ended:
-                    break
-                try:
-                    await asyncio.wait_for(changed.wait(), left)
-                except TimeoutError:
-                    break
-        return self.put_nowait(item)
-
     # -- consumers --------------------------------------------------------------------
 
     def get_nowait(self) -> T:
@@ -221,15 +194,11 @@ class BoundedBuffer(Generic[T]):
 
     async def aget(self) -> T:
         """On the loop: the oldest item, waiting without blocking the loop."""
-        await self._until_item()
+        await self.wait()
         return self.get_nowait()
 
-    async def apeek(self) -> T:
-        """On the loop: the oldest item, left in place, waiting without blocking the loop."""
-        await self._until_item()
-        return self.peek()
-
-    async def _until_item(self) -> None:
+    async def wait(self) -> None:
+        """On the loop: until an item is waiting, or the buffer has ended."""
         while True:
             changed = self._event()
             changed.clear()
@@ -262,32 +231,6 @@ class BoundedBuffer(Generic[T]):
         for item in lost:
             self._lost(item)
         self._wake()
-
-    def peek(self) -> T:
-        """The oldest item, left in place."""
-        with self._cond:
-            if not self._items:
-                raise Ended if self._ended else Empty
-            return self._items[0]
-
-    def remove_first(self, item: T) -> bool:
-        """Remove ``item`` if it is still the oldest (it may have been dropped meanwhile)."""
-        with self._cond:
-            if not self._items or self._items[0] is not item:
-                return False
-            self._items.popleft()
-            self._cond.notify()
-        self._wake()
-        return True
-
-    def drain(self) -> list[T]:
-        """Take every item out (for a final count); not counted as dropped."""
-        with self._cond:
-            items = list(self._items)
-            self._items.clear()
-            self._cond.notify_all()
-        self._wake()
-        return items
 
     # -- internals --------------------------------------------------------------------
 

@@ -132,25 +132,40 @@ class KafkaSink:
         self._healthy = True
         delay = 0.5
         while True:
-            await self._buffer.apeek()
+            await self._buffer.wait()
             self._sending = self._buffer.take(self.in_flight)
-            before = self.sent
-            failed = await self._deliver(self._producer, self._sending)
+            done, failed, error = await self._deliver(self._producer, self._sending)
             self._sending = []
-            if failed:
-                self._buffer.unget(failed)
-            if self.sent > before:  # some got through: Kafka is there; the rest go at once
+            self._buffer.unget(failed)
+            self.sent += done
+            if done:
+                self._progress.set()
+            if error is not None:
+                self.metrics.sink_errors.labels(self.name).inc()
+            if done:  # some got through: Kafka is there; the failed ones go again at once
                 if not self._healthy:
                     log.info("kafka: publishing again")
                 self._healthy, delay = True, 0.5
             elif failed:
+                if self._healthy:
+                    log.warning(
+                        "kafka: publish failed (%s); holding %d verdicts", error, self.pending
+                    )
+                self._healthy = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _deliver(self, producer: AIOKafkaProducer, verdicts: list[Verdict]) -> list[Verdict]:
-        """Send ``verdicts`` and wait for each acknowledgement; the ones that failed, in order."""
+    async def _deliver(
+        self, producer: AIOKafkaProducer, verdicts: list[Verdict]
+    ) -> tuple[int, list[Verdict], BaseException | None]:
+        """Send ``verdicts`` and wait for each acknowledgement.
+
+        Returns how many were delivered, the ones that were not (in their order: the ones
+        whose acknowledgement failed, then the ones a failed send left unsent), and the
+        first error.
+        """
         sent: list[tuple[Verdict, asyncio.Future[object]]] = []
-        failed: list[Verdict] = []
+        unsent: list[Verdict] = []
         error: BaseException | None = None
         for i, verdict in enumerate(verdicts):
             try:
@@ -159,29 +174,17 @@ class KafkaSink:
                     self.topic, verdict.to_json().encode(), key=verdict.stream_id.encode()
                 )
             except (KafkaError, InjectedFault) as exc:
-                error, failed = exc, list(verdicts[i:])
+                error, unsent = exc, verdicts[i:]
                 break
             sent.append((verdict, fut))
-        done: list[Verdict] = []
+        failed: list[Verdict] = []
         for verdict, fut in sent:
             try:
                 await self._acknowledged(fut)
-                done.append(verdict)
             except KafkaError as exc:
                 error = error or exc
                 failed.append(verdict)
-        self.sent += len(done)
-        if done:
-            self._progress.set()
-        if error is not None:
-            self.metrics.sink_errors.labels(self.name).inc()
-            if self._healthy:
-                log.warning("kafka: publish failed (%s); holding %d verdicts", error, self.pending)
-            self._healthy = False
-        # In the order they were taken: a failed send ended the loop, so the ones never
-        # sent come after every one that was.
-        order = {id(v): i for i, v in enumerate(verdicts)}
-        return sorted(failed, key=lambda v: order[id(v)])
+        return len(sent) - len(failed), failed + unsent, error
 
     async def _acknowledged(self, fut: asyncio.Future[object]) -> None:
         """Wait for one acknowledgement without giving the record up; a stall marks Kafka away."""
