@@ -15,7 +15,6 @@ the stream directory, the Kafka video ingest) runs under :class:`Supervisor`:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -36,8 +35,9 @@ async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     if task is None:
         return
     task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await asyncio.wait({task})  # a cancellation of the caller itself still goes through
+    if not task.cancelled():
+        task.result()  # it ended another way: its error is not lost
 
 
 class Supervisor:
