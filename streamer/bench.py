@@ -31,7 +31,7 @@ import torch
 from analyzer.synthetic import synthesize
 from streamer.config import StreamSpec, load_settings
 from streamer.service import Service
-from streamer.sinks.base import InMemorySink
+from streamer.sinks.base import Ack, InMemorySink
 from streamer.verdict import Verdict
 
 log = logging.getLogger(__name__)
@@ -49,8 +49,10 @@ class _Collect(InMemorySink):
     def __init__(self) -> None:
         self.verdicts: list[tuple[float, Verdict]] = []
 
-    async def publish(self, verdict: Verdict) -> None:
+    async def publish(self, verdict: Verdict, on_ack: Ack | None = None) -> None:
         self.verdicts.append((time.monotonic(), verdict))
+        if on_ack is not None:
+            on_ack()
 
 
 @dataclass

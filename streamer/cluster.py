@@ -3,9 +3,12 @@
 The compacted topic holds one record per stream id: the stream spec, or a tombstone once
 deleted. Every replica joins one consumer group on it; the partitions Kafka assigns to a
 replica decide the streams it ingests. On assignment a replica reads its partitions from
-the beginning (the compacted state) and starts their streams; on revocation it stops
-them; a new record starts, restarts or stops a stream. No scheduler of our own: the
-group protocol spreads streams over replicas and moves them when replicas come and go.
+the beginning (the compacted state), stops the streams of partitions it no longer has and
+starts the new ones (a stream whose spec is unchanged keeps running); a new record starts,
+restarts or stops a stream. No scheduler of our own: the group protocol spreads streams
+over replicas and moves them when replicas come and go, and its sticky assignor moves
+only the partitions it must, so a replica joining or leaving restarts only the streams
+that really move (``moved`` counts them).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from aiokafka.errors import KafkaError
 
 from streamer.config import Settings, StreamSpec
 from streamer.errors import Rejected
-from streamer.kafka_common import client_options, ensure_topic
+from streamer.kafka_common import client_options, ensure_topic, sticky_assignor
 from streamer.manager import StreamManager
 from streamer.urls import redact
 
@@ -32,7 +35,8 @@ class _Listener(ConsumerRebalanceListener):
         self.directory = directory
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.directory.revoked({tp.partition for tp in revoked})
+        # Nothing to do yet: most partitions come back in the next assignment.
+        log.info("sources: rebalancing (partitions %s)", sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self.directory.assigned(list(assigned))
@@ -45,6 +49,7 @@ class SourceDirectory:
         self.topic = settings.kafka_sources_topic
         self.owned: dict[str, int] = {}  # stream id -> partition, for streams running here
         self.partitions: set[int] = set()
+        self.moved = 0  # streams stopped because their partition went to another replica
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._running = False
@@ -60,6 +65,7 @@ class SourceDirectory:
             group_id=f"{self.settings.kafka_group}.sources",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
+            partition_assignment_strategy=(sticky_assignor(),),
             session_timeout_ms=10000,
             heartbeat_interval_ms=1000,
         )
@@ -101,18 +107,18 @@ class SourceDirectory:
     async def assigned(self, partitions: list[TopicPartition]) -> None:
         assert self._consumer is not None
         self.partitions = {tp.partition for tp in partitions}
-        log.info("sources: assigned partitions %s", sorted(self.partitions))
-        # The compacted topic is the desired state: read it whole on every assignment.
-        if partitions:
-            await self._consumer.seek_to_beginning(*partitions)
-
-    async def revoked(self, partitions: set[int]) -> None:
-        gone = [sid for sid, p in self.owned.items() if p in partitions]
-        log.info("sources: partitions %s revoked; stopping %s", sorted(partitions), gone)
+        gone = [sid for sid, p in self.owned.items() if p not in self.partitions]
+        log.info(
+            "sources: assigned partitions %s; stopping %d streams that moved away %s",
+            sorted(self.partitions), len(gone), gone,
+        )  # fmt: skip
         for sid in gone:
             del self.owned[sid]
             await self.manager.remove(sid)
-        self.partitions -= partitions
+        self.moved += len(gone)
+        # The compacted topic is the desired state: read it whole on every assignment.
+        if partitions:
+            await self._consumer.seek_to_beginning(*partitions)
 
     async def _run(self) -> None:
         assert self._consumer is not None

@@ -99,6 +99,14 @@ class Settings(BaseSettings):
     kafka_verdicts_topic: str = "deepfake.verdicts"
     kafka_video_topic: str = "deepfake.video"
     kafka_sources_topic: str = "deepfake.sources"
+    kafka_dlq_topic: str = Field(
+        "deepfake.video.dlq", description="unusable video messages, with a 'reason' header"
+    )
+    kafka_video_start: Literal["latest", "earliest"] = Field(
+        "latest",
+        description="where a new consumer group starts on the video topic: latest (live "
+        "video) or earliest (replay what the topic retains)",
+    )
     kafka_group: str = Field("deepfake-monitor", description="consumer group of all replicas")
     kafka_idle_s: float = Field(30.0, gt=0, description="a Kafka video key this quiet ends")
     kafka_sources_partitions: int = Field(

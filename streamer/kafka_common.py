@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
+
 from streamer.config import Settings
 
 
@@ -50,3 +52,21 @@ async def ensure_topic(settings: Settings, name: str, partitions: int, *, compac
             await admin.create_topics([topic])
     finally:
         await admin.close()
+
+
+def sticky_assignor() -> type[StickyPartitionAssignor]:
+    """Kafka's sticky assignor, one class per consumer.
+
+    A rebalance then moves only the partitions it must (a member joining takes its share
+    from the others; the rest stay where they are). The assignor keeps the member's last
+    assignment in class attributes, so two consumers of one process need a class each.
+    """
+    return type(
+        "StickyAssignor",
+        (StickyPartitionAssignor,),
+        {
+            "member_assignment": None,
+            "generation": StickyPartitionAssignor.DEFAULT_GENERATION_ID,
+            "_latest_partition_movements": None,
+        },
+    )

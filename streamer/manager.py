@@ -24,6 +24,7 @@ from analyzer.faces import Detector, FaceTracker
 from streamer.batcher import Batcher
 from streamer.buffers import BoundedBuffer, Ended, Policy
 from streamer.config import Settings, StreamOptions, StreamSpec
+from streamer.delivery import Acknowledgements
 from streamer.errors import Conflict, Invalid, LimitReached
 from streamer.metrics import Metrics
 from streamer.shedding import LoadShedder, Sample
@@ -33,7 +34,7 @@ from streamer.sources.base import Backoff, FrameItem, Opener, SourceState, Sourc
 from streamer.sources.decode import DecodeLimits
 from streamer.sources.file import FileOpener
 from streamer.sources.rtsp import RtspOpener
-from streamer.streams import PendingCrop, StreamState
+from streamer.streams import PendingCrop, StreamState, WindowJob
 from streamer.tasks import Supervisor
 from streamer.urls import SourceUrl, parse_source_url
 from streamer.verdict import ModelRef, Verdict
@@ -76,6 +77,8 @@ class StreamRunner:
         self.settings = settings
         self.batcher = batcher
         self.sinks = sinks
+        self.opener = opener
+        self.delivery = Acknowledgements(len(sinks))
         self.metrics = metrics
         self.model = model
         self.counters = Counters()
@@ -137,12 +140,12 @@ class StreamRunner:
         if self._task is not None:
             if not drain:
                 self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
-                await asyncio.wait_for(asyncio.shield(self._task), grace_s)
+            # asyncio.wait: the stream task's own end (even a cancellation) is not raised
+            # here, while a cancellation of the caller is (it must not be swallowed).
+            await asyncio.wait({self._task}, timeout=grace_s)
             if not self._task.done():
                 self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
+                await asyncio.wait({self._task})
         # A worker blocked in a read sees the stop flag within its read timeout; it is a
         # daemon thread, so shutdown waits a bounded time for it and no longer.
         await asyncio.to_thread(self.worker.join, WORKER_JOIN_S)
@@ -200,6 +203,8 @@ class StreamRunner:
                 # The analysis stride changed: the verdicts say the frame rate analysed.
                 self._stride = item.stride
                 self.state.fps = self.settings.fps / item.stride
+            if item.marks:
+                self.delivery.add_marks(self.state.frames_seen, item.marks)
             self.counters.frames += 1
             self.metrics.frames_decoded.labels(self.id).inc()
             if item.faces.crops:
@@ -229,14 +234,14 @@ class StreamRunner:
             await asyncio.wait([self._last_features])
         job = self.state.build_window()
         if self.state.lacks_features(job):
-            self._skip_window("engine_error", "features of some of its frames failed")
+            self._skip_window(job, "engine_error", "features of some of its frames failed")
             return
         scores: list[float] = []
         if job.sequences:
             try:
                 scores = await self._head(job.sequences)
             except Exception as exc:
-                self._skip_window("engine_error", f"the head failed twice ({exc})")
+                self._skip_window(job, "engine_error", f"the head failed twice ({exc})")
                 # Its features may be what the engine chokes on: start the tracks afresh.
                 self.state.restart()
                 return
@@ -247,8 +252,15 @@ class StreamRunner:
         if verdict.score is not None:
             self.metrics.score.labels(self.id).set(verdict.score)
         self.metrics.verdict_latency.observe(verdict.latency_ms / 1000.0)
+        acked = partial(self._acked, self.delivery.window(job.first_frame))
         for sink in self.sinks:
-            await sink.publish(verdict)
+            await sink.publish(verdict, acked)
+
+    def _acked(self, window: int) -> None:
+        """A sink acknowledged a window's verdict (on the loop)."""
+        released = self.delivery.acked(window)
+        if released:
+            self.opener.release(released)
 
     async def _head(self, sequences: list[Any]) -> list[float]:
         """Head scores; one failed call is retried once (a flaky driver, an OOM blip)."""
@@ -258,7 +270,10 @@ class StreamRunner:
             log.warning("stream %s: head call failed (%s); retrying once", self.id, exc)
             return [float(s) for s in await self.batcher.head(sequences)]
 
-    def _skip_window(self, reason: str, why: str) -> None:
+    def _skip_window(self, job: WindowJob, reason: str, why: str) -> None:
+        released = self.delivery.skipped(job.first_frame)
+        if released:
+            self.opener.release(released)
         self.counters.skipped += 1
         self.metrics.windows_skipped.labels(self.id, reason).inc()
         log.warning("stream %s: window skipped: %s", self.id, why)
@@ -429,13 +444,14 @@ class StreamManager:
                 )
                 self.metrics.analysis_stride.set(stride)
 
-    async def remove(self, stream_id: str) -> bool:
+    async def remove(self, stream_id: str, *, drain: bool = False) -> bool:
+        """Stop a stream; with ``drain``, its queued frames and due windows finish first."""
         async with self._lock:
             runner = self.streams.pop(stream_id, None)
             if runner is None:
                 return False
             self.metrics.streams_active.set(len(self.streams))
-        await runner.stop(drain=False, grace_s=self.settings.drain_grace_s)
+        await runner.stop(drain=drain, grace_s=self.settings.drain_grace_s)
         self.metrics.forget_stream(stream_id)
         self.recent.forget(stream_id)
         log.info("stream %s: removed", stream_id)

@@ -62,6 +62,18 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        self.dlq_messages = Counter(
+            "deepfake_dlq_messages_total",
+            "Video messages written to the dead-letter topic, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.sink_up = Gauge(
+            "deepfake_sink_up",
+            "1 while a sink delivers; 0 while it holds verdicts because its broker is away",
+            ["sink"],
+            registry=r,
+        )
         self.http_rejected = Counter(
             "deepfake_http_rejected_total",
             "Requests refused before their body was read (auth, size, host, timeout, busy)",

@@ -4,10 +4,11 @@ reverse (an ``AsyncExitStack``), and turns SIGTERM/SIGINT into a drain.
 Start order: metrics, model + engine (warmed up), batcher, sinks, streams, and with Kafka
 the stream directory (``deepfake.sources``) and the video ingest (``deepfake.video``),
 then the WHIP gateway and HTTP. On a signal ``/readyz`` turns 503 (new work goes
-elsewhere), WHIP sessions end, Kafka consumers leave their groups, streams stop taking
-frames and finish their due windows (within ``drain_grace_s``), sinks flush (within
-``flush_grace_s``), the engine thread ends, and HTTP closes last, so ``/metrics`` shows
-the shutdown's own counts. :func:`shutdown_worst_case_s` bounds it all.
+elsewhere), WHIP sessions end, the stream directory leaves its group, the Kafka video
+ingest stops reading, streams stop taking frames and finish their due windows (within
+``drain_grace_s``), sinks flush (within ``flush_grace_s``), then the video ingest commits
+what was acknowledged and leaves its group, the engine thread ends, and HTTP closes last,
+so ``/metrics`` shows the shutdown's own counts. :func:`shutdown_worst_case_s` bounds it all.
 """
 
 from __future__ import annotations
@@ -206,6 +207,14 @@ class Service:
             self._uploads = UploadScanner(s, batcher, self.metrics)
             stack.push_async_callback(self._uploads.stop)  # before the batcher stops
 
+            ingest = None
+            if s.kafka_bootstrap:
+                from streamer.sources.kafka import KafkaVideoIngest
+
+                ingest = KafkaVideoIngest(s, None, self.metrics)
+                # Registered before the sinks, so it runs after they flush: offsets are
+                # committed only for input whose verdicts were acknowledged.
+                stack.push_async_callback(ingest.close)
             self.sinks = self._make_sinks()
             for sink in self.sinks:
                 await sink.start()
@@ -222,9 +231,10 @@ class Service:
                 await stack.enter_async_context(self.directory)
                 for spec in s.sources:
                     await self.directory.put(spec)
-                from streamer.sources.kafka import KafkaVideoIngest
-
-                await stack.enter_async_context(KafkaVideoIngest(s, self._manager, self.metrics))
+                assert ingest is not None
+                ingest.manager = self._manager
+                await ingest.start()
+                stack.push_async_callback(ingest.stop_consuming)
             self.supervisor.spawn("memory-trim", trim_forever)  # streamer/memory.py
             stack.push_async_callback(self.supervisor.cancel, "memory-trim")
             self._whip = WhipGateway(s, self._manager)

@@ -77,6 +77,43 @@ def test_offsets_are_committable_only_up_to_the_first_unfinished_message():
     assert t.committable() == {0: 13, 1: 6}
 
 
+def test_a_refused_message_is_read_again_and_an_ended_stream_lets_its_offsets_go():
+    from streamer.sources.kafka import OffsetTracker
+
+    t = OffsetTracker()
+    t.started(0, 20, "cam-a")
+    t.started(0, 21, "cam-b")
+    t.refused(0, 22)  # its stream was full: the consumer reads it again
+    assert t.committable() == {0: 20} and t.position(0) == 22
+    t.done(0, 20)
+    t.done(0, 21)
+    assert t.committable() == {0: 22}  # never past a message nobody took
+    t.started(0, 22, "cam-a")
+    t.started(0, 23, "cam-b")
+    assert t.stream_ended("cam-a") == 1
+    assert t.committable() == {0: 23}  # cam-b's message still waits for its windows
+    t.forget({0})
+    assert t.committable() == {} and t.position(0) is None
+
+
+def test_input_is_released_only_once_every_sink_acknowledged_the_windows_over_it():
+    from streamer.delivery import Acknowledgements
+
+    acks = Acknowledgements(sinks=2)
+    acks.add_marks(5, ["m0"])  # m0 lies wholly before frame 5
+    acks.add_marks(12, ["m1"])
+    w0 = acks.window(0)  # window over frames 0..9
+    w1 = acks.window(5)  # window over frames 5..14
+    assert acks.acked(w0) == []  # one sink of two
+    assert acks.acked(w1) == []  # w1 is not w0's turn: acks count, order decides
+    assert acks.acked(w0) == []  # frames 0..4 are done: m0 (before 5) needs frame 5's window
+    assert acks.acked(w1) == ["m0"]  # window from frame 5 acknowledged by both
+    assert acks.held == 1 and acks.unacknowledged == 0
+    assert acks.skipped(10) == []  # an engine error: nothing to wait for, but 10 < 12
+    assert acks.skipped(15) == ["m1"]
+    assert acks.acked(w0) == []  # a late or repeated acknowledgement changes nothing
+
+
 def test_kafka_messages_are_checked_against_their_content_type():
     import cv2
 
@@ -100,3 +137,34 @@ def test_kafka_messages_are_checked_against_their_content_type():
     bomb[sof + 5 : sof + 9] = (16000).to_bytes(2, "big") * 2
     assert jpeg_size(bytes(bomb)) == (16000, 16000)
     assert "DFM_MAX_FRAME_PIXELS" in _check("image/jpeg", Message(0, 0, bytes(bomb), 1.0), limit)
+
+
+@pytest.mark.timeout(30)
+def test_a_task_stopping_another_can_itself_be_stopped():
+    """The Kafka housekeeping task, stopping a stream when shutdown cancelled it, swallowed
+    the cancellation (the stream's stop suppressed CancelledError) and ran on: SIGTERM hung."""
+    import asyncio
+
+    from streamer.tasks import cancel_and_wait
+
+    async def main() -> None:
+        async def stubborn() -> None:  # takes a while to end once cancelled
+            try:
+                await asyncio.sleep(60)
+            except asyncio.CancelledError:
+                await asyncio.sleep(0.5)
+                raise
+
+        async def stopper() -> None:
+            for _ in range(3):
+                task = asyncio.create_task(stubborn())
+                await asyncio.sleep(0.05)
+                await cancel_and_wait(task)
+
+        task = asyncio.create_task(stopper())
+        await asyncio.sleep(0.2)  # it waits for the first stubborn task to end
+        task.cancel()
+        await asyncio.wait_for(asyncio.wait({task}), 5)
+        assert task.cancelled()
+
+    asyncio.run(main())

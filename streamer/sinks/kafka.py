@@ -13,7 +13,14 @@ with the ones after it that did not reach the broker, in their order, and is sen
 after a backoff; with the idempotent producer a partition takes no record after one of
 its own that failed, so each stream's verdicts stay in order and none is written twice.
 ``in_flight=1`` is the one-write-at-a-time path (``deepfake-monitor bench --parts sink``
-compares the two). ``ready`` is false while the producer cannot write.
+compares the two).
+
+Each verdict's ``on_ack`` runs once the broker has acknowledged it, or once it is given
+up (dropped from a full buffer, counted): the Kafka video ingest commits an input offset
+only after that (``streamer/delivery.py``). ``deepfake_sink_up{sink="kafka"}`` is 0 while
+Kafka is away (no acknowledgement for ``stall_s``, or writes failing). That does not
+make the replica unready: it keeps analysing and holds verdicts. ``ready`` is false only
+once the buffer is nine tenths full, when the next verdicts would be lost.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from streamer.config import Settings
 from streamer.faults import InjectedFault
 from streamer.kafka_common import client_options
 from streamer.metrics import Metrics
+from streamer.sinks.base import Ack
 from streamer.tasks import Supervisor
 from streamer.verdict import Verdict
 
@@ -56,7 +64,7 @@ class KafkaSink:
         self.metrics = metrics
         self.topic = settings.kafka_verdicts_topic
         self.flush_timeout_s = flush_timeout_s
-        self.stall_s = 2.0  # an acknowledgement this late means Kafka is away: not ready
+        self.stall_s = 2.0  # an acknowledgement this late means Kafka is away
         self._buffer: BoundedBuffer[Verdict] = BoundedBuffer(
             "kafka_verdicts",
             settings.kafka_buffer,
@@ -67,16 +75,28 @@ class KafkaSink:
         self._progress = asyncio.Event()
         self._fault_rng = random.Random(settings.faults.seed)
         metrics.sink_errors.labels(self.name).inc(0)
+        self._up = metrics.sink_up.labels(self.name)
+        self._up.set(0)
         self.in_flight = in_flight
         self._sending: list[Verdict] = []  # taken from the buffer, not yet acknowledged
+        self._acks: dict[int, Ack] = {}  # id(verdict) -> its on_ack, while it is held here
         self._producer: AIOKafkaProducer | None = None
         self._started = False
-        self._healthy = False
+        self._healthy_now = False
         self.sent = 0
 
     @property
     def ready(self) -> bool:
-        return self._healthy
+        return self._started and len(self._buffer) < 0.9 * self._buffer.capacity
+
+    @property
+    def _healthy(self) -> bool:
+        return self._healthy_now
+
+    @_healthy.setter
+    def _healthy(self, value: bool) -> None:
+        self._healthy_now = value
+        self._up.set(1 if value else 0)
 
     @property
     def pending(self) -> int:
@@ -87,10 +107,18 @@ class KafkaSink:
         self.supervisor.spawn("kafka-sink", self._run)
         self._started = True
 
-    async def publish(self, verdict: Verdict) -> None:
+    async def publish(self, verdict: Verdict, on_ack: Ack | None = None) -> None:
+        if on_ack is not None:
+            self._acks[id(verdict)] = on_ack
         self._buffer.put_nowait(verdict)
 
+    def _acked(self, verdict: Verdict) -> None:
+        on_ack = self._acks.pop(id(verdict), None)
+        if on_ack is not None:
+            on_ack()
+
     def _lost(self, verdict: Verdict) -> None:
+        self._acked(verdict)  # given up and counted: its input is not held for ever
         self.metrics.kafka_publish_errors.inc()
         log.error(
             "kafka: buffer full (DFM_KAFKA_BUFFER=%d); dropped verdict %s seq %d",
@@ -135,6 +163,10 @@ class KafkaSink:
             await self._buffer.wait()
             self._sending = self._buffer.take(self.in_flight)
             done, failed, error = await self._deliver(self._producer, self._sending)
+            failed_ids = {id(v) for v in failed}
+            for verdict in self._sending:
+                if id(verdict) not in failed_ids:
+                    self._acked(verdict)
             self._sending = []
             self._buffer.unget(failed)
             self.sent += done

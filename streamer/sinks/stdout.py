@@ -6,7 +6,7 @@ import sys
 from collections import deque
 from typing import TextIO
 
-from streamer.sinks.base import InMemorySink
+from streamer.sinks.base import Ack, InMemorySink
 from streamer.verdict import Verdict
 
 
@@ -26,10 +26,12 @@ class StdoutSink:
     async def start(self) -> None:
         self._started = True
 
-    async def publish(self, verdict: Verdict) -> None:
+    async def publish(self, verdict: Verdict, on_ack: Ack | None = None) -> None:
         out = self._out or sys.stdout
         out.write(verdict.to_json() + "\n")
         out.flush()
+        if on_ack is not None:
+            on_ack()
 
     async def stop(self) -> None:
         if self._started:
@@ -46,9 +48,11 @@ class RecentVerdicts(InMemorySink):
         self.size = size
         self._rings: dict[str, deque[Verdict]] = {}
 
-    async def publish(self, verdict: Verdict) -> None:
+    async def publish(self, verdict: Verdict, on_ack: Ack | None = None) -> None:
         ring = self._rings.setdefault(verdict.stream_id, deque(maxlen=self.size))
         ring.append(verdict)
+        if on_ack is not None:
+            on_ack()
 
     def recent(self, stream_id: str, limit: int | None = None) -> list[Verdict]:
         ring = list(self._rings.get(stream_id, ()))

@@ -16,7 +16,7 @@ import logging
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from analyzer.faces import FaceTracker, FrameFaces
@@ -58,6 +58,9 @@ class FrameItem:
     arrival: float  # time.monotonic() when decoded
     restart: bool = False  # first frame after a discontinuity: tracks and windows restart
     stride: float = 1.0  # the node's analysis stride when it was taken (streamer/shedding.py)
+    # Delivery marks of input wholly before this frame (Opener.release): done once a
+    # window starting at or after this frame is acknowledged by every sink.
+    marks: tuple[object, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,9 @@ class Opener:
 
     def open(self) -> Iterator[VideoFrame]:
         raise NotImplementedError
+
+    def release(self, marks: Sequence[object]) -> None:
+        """The input behind ``marks`` is done: every window over it is acknowledged."""
 
 
 class SourceWorker:
@@ -165,6 +171,7 @@ class SourceWorker:
         attempt = 0
         pacer = Pacer()  # the analysis stride, applied frame by frame
         restart = False  # a discontinuity not yet passed on (its frame may be shed)
+        marks: list[object] = []  # delivery marks not yet passed on (their frame may be shed)
         tracker = self.tracker = self.tracker_factory()
         try:
             while not self._stop.is_set():
@@ -184,13 +191,19 @@ class SourceWorker:
                             self._add_tracker_times(tracker)
                             tracker = self.tracker = self.tracker_factory()
                             restart = True
+                        if frame.picture.marks:  # taken with the picture's first tick
+                            marks.extend(frame.picture.marks)
+                            frame.picture.marks = ()
                         stride = self.stride()
                         if not pacer.take(stride):
                             self.on_shed()  # overload: skipped before faces and RGB
                             continue
                         faces = tracker.update(frame.rgb)
-                        item = FrameItem(frame.pts_s, faces, time.monotonic(), restart, stride)
+                        item = FrameItem(
+                            frame.pts_s, faces, time.monotonic(), restart, stride, tuple(marks)
+                        )
                         restart = False
+                        marks.clear()
                         self.on_item(item)
                     if self._stop.is_set() or self.opener.ends:
                         break

@@ -39,11 +39,15 @@ class Picture:
     decoder's frame is let go once converted.
     """
 
-    __slots__ = ("_frame", "_rgb")
+    __slots__ = ("_frame", "_rgb", "marks")
 
     def __init__(self, frame: av.VideoFrame | np.ndarray) -> None:
         self._frame: av.VideoFrame | None = None
         self._rgb: np.ndarray | None = None
+        # Delivery marks (Kafka messages): input that is wholly before this picture, so
+        # done once the windows up to this picture's first tick are acknowledged. The
+        # source worker takes them off with the picture's first tick (streamer/manager.py).
+        self.marks: tuple[object, ...] = ()
         if isinstance(frame, np.ndarray):
             self._rgb = frame
         else:

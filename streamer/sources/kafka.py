@@ -22,20 +22,26 @@ import io
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import av
 import cv2
 import numpy as np
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    TopicPartition,
+)
 from aiokafka.errors import KafkaError
 
 from streamer.buffers import BoundedBuffer, Empty, Ended, Policy, QueueMetrics
 from streamer.config import STREAM_ID, Settings, StreamSpec
 from streamer.errors import Rejected, SourceError
-from streamer.kafka_common import client_options, ensure_topic
+from streamer.kafka_common import client_options, ensure_topic, sticky_assignor
 from streamer.metrics import Metrics
 from streamer.sources.base import Opener
 from streamer.sources.decode import Picture, VideoFrame, resample
@@ -44,6 +50,11 @@ log = logging.getLogger(__name__)
 
 TS = "video/mp2t"
 JPEG = "image/jpeg"
+# Pictures a decoder may still hand out from a chunk it has finished reading (H.264 keeps
+# at most 16 reference pictures; frame threads add one each): a chunk is wholly before the
+# picture decoded this many pictures after the demuxer finished it.
+TS_DELAY = 32
+DLQ_BATCH = 256  # dead letters sent at once, at most
 
 
 @dataclass(frozen=True)
@@ -52,21 +63,44 @@ class Message:
     offset: int
     payload: bytes
     pts_s: float | None = None
+    key: bytes | None = None
+    headers: tuple[tuple[str, bytes | None], ...] = ()
 
 
 class OffsetTracker:
-    """Per partition: the offset up to which every message is done, so safe to commit."""
+    """Per partition: the offset up to which every message is done, so safe to commit.
+
+    A message is started when it is read and done when its input is: unusable (it went to
+    the dead-letter topic), released by its stream once every window over its frames is
+    acknowledged (``streamer/delivery.py``), or left over when its stream ended. A
+    message a full stream refused is handed back (:meth:`refused`): it is read again.
+    """
 
     def __init__(self) -> None:
-        self.pending: dict[int, set[int]] = {}
+        self.pending: dict[int, dict[int, str | None]] = {}  # partition -> offset -> stream
         self.seen: dict[int, int] = {}
 
-    def started(self, partition: int, offset: int) -> None:
-        self.pending.setdefault(partition, set()).add(offset)
+    def started(self, partition: int, offset: int, stream: str | None = None) -> None:
+        self.pending.setdefault(partition, {})[offset] = stream
         self.seen[partition] = max(self.seen.get(partition, -1), offset)
 
     def done(self, partition: int, offset: int) -> None:
-        self.pending.get(partition, set()).discard(offset)
+        self.pending.get(partition, {}).pop(offset, None)
+
+    def refused(self, partition: int, offset: int) -> None:
+        """Not taken after all: the consumer reads it again from here."""
+        self.done(partition, offset)
+        if self.seen.get(partition) == offset:
+            self.seen[partition] = offset - 1
+
+    def stream_ended(self, stream: str) -> int:
+        """Every message of an ended stream is done (what no window used never will be)."""
+        n = 0
+        for offsets in self.pending.values():
+            for offset in [o for o, sid in offsets.items() if sid == stream]:
+                del offsets[offset]
+                n += 1
+        return n
 
     def committable(self) -> dict[int, int]:
         """Next offset to consume, per partition (Kafka's commit convention)."""
@@ -76,7 +110,13 @@ class OffsetTracker:
             out[partition] = min(waiting) if waiting else last + 1
         return out
 
+    def position(self, partition: int) -> int | None:
+        """The next offset to read in a partition read here, or None."""
+        last = self.seen.get(partition)
+        return None if last is None else last + 1
+
     def forget(self, partitions: set[int]) -> None:
+        """Partitions that moved to another replica: it reads them from their commit."""
         for p in partitions:
             self.pending.pop(p, None)
             self.seen.pop(p, None)
@@ -86,11 +126,14 @@ class _ChunkReader(io.RawIOBase):
     """A file for PyAV that reads the TS chunks of one stream as they arrive."""
 
     def __init__(
-        self, chunks: BoundedBuffer[Message], idle_s: float, on_done: Callable[[Message], None]
+        self,
+        chunks: BoundedBuffer[Message],
+        idle_s: float,
+        on_finished: Callable[[Message], None],
     ):
         self.chunks = chunks
         self.idle_s = idle_s
-        self.on_done = on_done
+        self.on_finished = on_finished
         self.buf = b""
         self.current: Message | None = None
 
@@ -100,7 +143,7 @@ class _ChunkReader(io.RawIOBase):
     def readinto(self, b: Any) -> int:
         while not self.buf:
             if self.current is not None:
-                self.on_done(self.current)  # the demuxer has taken all of it
+                self.on_finished(self.current)  # the demuxer has taken all of it
                 self.current = None
             try:
                 item = self.chunks.get(timeout=self.idle_s)
@@ -114,7 +157,13 @@ class _ChunkReader(io.RawIOBase):
 
 
 class KafkaOpener(Opener):
-    """Frames of one key, decoded in the stream's worker thread."""
+    """Frames of one key, decoded in the stream's worker thread.
+
+    Each picture carries, as delivery marks, the messages wholly before it: for JPEG the
+    message before (one message, one picture), for MPEG-TS the chunks the demuxer finished
+    ``TS_DELAY`` decoded pictures earlier (a decoder may hold that many back). Its stream
+    hands them back to :meth:`release` once the windows over them are acknowledged.
+    """
 
     ends = True
     waits = True  # the topic keeps the messages; a busy node lags instead of dropping
@@ -124,31 +173,39 @@ class KafkaOpener(Opener):
         kind: str,
         fps: float,
         idle_s: float,
-        on_done: Callable[[Message], None],
         on_bad: Callable[[Message, str], None],
+        on_release: Callable[[Sequence[object]], None] = lambda marks: None,
         size: int = 256,
         *,
+        partition: int = 0,
         max_pixels: int = 3840 * 2160,
         max_gap_s: float | None = None,
         queues: QueueMetrics | None = None,
     ) -> None:
         self.kind = kind
+        self.partition = partition
         self.max_pixels = max_pixels
         self.max_gap_s = max_gap_s
         self.fps = fps
         self.idle_s = idle_s
-        self.on_done = on_done
         self.on_bad = on_bad
-        # drop-newest: the caller counts a refused message and marks its offset done
+        self.on_release = on_release
+        # Never dropped from: a full buffer refuses a message before it is read (the
+        # ingest pauses the partition and reads it again), so lag shows the overload.
         self.items: BoundedBuffer[Message] = BoundedBuffer(
-            "kafka_video", size, Policy.DROP_NEWEST, metrics=queues
+            "kafka_video", size, Policy.BLOCK, metrics=queues
         )
         self.last_message = time.monotonic()
 
     def push(self, msg: Message) -> bool:
-        """On the event loop; False when the buffer is full (the message is then dropped)."""
-        self.last_message = time.monotonic()
+        """On the event loop; False when the buffer is full or ended (nothing is lost)."""
+        self.last_message = time.monotonic()  # offered: the key is not idle, even if full
+        if self.items.full:
+            return False
         return self.items.put_nowait(msg)
+
+    def release(self, marks: Sequence[object]) -> None:
+        self.on_release(marks)
 
     def close(self) -> None:
         self.items.end()
@@ -159,6 +216,7 @@ class KafkaOpener(Opener):
 
     def _jpeg(self) -> Iterator[tuple[float, Picture | np.ndarray]]:
         first: float | None = None
+        before: Message | None = None  # the last message shown: wholly before the next
         while True:
             try:
                 item = self.items.get(timeout=self.idle_s)
@@ -170,11 +228,16 @@ class KafkaOpener(Opener):
                 continue
             assert item.pts_s is not None
             first = item.pts_s if first is None else first
-            yield item.pts_s - first, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-            self.on_done(item)
+            picture = Picture(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            if before is not None:
+                picture.marks = (before,)
+            before = item
+            yield item.pts_s - first, picture
 
     def _ts(self) -> Iterator[tuple[float, Picture]]:
-        reader = _ChunkReader(self.items, self.idle_s, self.on_done)
+        finished: deque[tuple[int, Message]] = deque()  # (pictures decoded then, chunk)
+        decoded = 0
+        reader = _ChunkReader(self.items, self.idle_s, lambda m: finished.append((decoded, m)))
         try:
             container = av.open(
                 io.BufferedReader(reader), format="mpegts", mode="r", metadata_errors="replace"
@@ -195,15 +258,43 @@ class KafkaOpener(Opener):
                             f"{self.max_pixels} pixels (DFM_MAX_FRAME_PIXELS)"
                         )
                     first = frame.time if first is None else first
-                    yield frame.time - first, Picture(frame)
+                    decoded += 1
+                    picture = Picture(frame)
+                    marks = []
+                    while finished and finished[0][0] + TS_DELAY <= decoded:
+                        marks.append(finished.popleft()[1])
+                    picture.marks = tuple(marks)
+                    yield frame.time - first, picture
             except av.error.FFmpegError as exc:
                 log.warning("MPEG-TS decoding stopped: %s", exc)
         finally:
             container.close()
 
 
+class _Rebalance(ConsumerRebalanceListener):
+    def __init__(self, ingest: KafkaVideoIngest) -> None:
+        self.ingest = ingest
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.ingest.revoked()
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.ingest.assigned({tp.partition for tp in assigned})
+
+
 class KafkaVideoIngest:
-    """Consumes ``deepfake.video`` in the service's group; one stream per key."""
+    """Consumes ``deepfake.video`` in the service's group; one stream per key.
+
+    At least once: a message's offset is committed once its input is done (see
+    :class:`OffsetTracker`). A stream whose buffer is full refuses a message before it is
+    read: the partition is paused and read again from that offset, so the consumer's lag
+    shows the overload and nothing is lost. Unusable messages go to the dead-letter topic
+    (``DFM_KAFKA_DLQ_TOPIC``) with a ``reason`` header. Partitions are assigned by a sticky
+    assignor; on a rebalance only the streams of partitions that moved stop, after what
+    is done has been committed.
+    """
+
+    RESUME_S = 0.2  # a paused partition is read again this soon
 
     def __init__(self, settings: Settings, manager: Any, metrics: Metrics) -> None:
         self.settings = settings
@@ -211,7 +302,12 @@ class KafkaVideoIngest:
         self.metrics = metrics
         self.offsets = OffsetTracker()
         self.openers: dict[str, KafkaOpener] = {}
+        self.partitions: set[int] = set()
+        self.moved = 0  # streams stopped because their partition went to another replica
         self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._dlq: asyncio.Queue[tuple[Message, str | None, str, str]] = asyncio.Queue(1000)
+        self._paused: dict[TopicPartition, float] = {}
         self._tasks: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -219,59 +315,81 @@ class KafkaVideoIngest:
         self._loop = asyncio.get_running_loop()
         s = self.settings
         await ensure_topic(s, s.kafka_video_topic, s.kafka_sources_partitions, compact=False)
+        await ensure_topic(s, s.kafka_dlq_topic, s.kafka_sources_partitions, compact=False)
+        self._producer = AIOKafkaProducer(**client_options(s), acks="all", enable_idempotence=True)
+        await self._producer.start()
         self._consumer = AIOKafkaConsumer(
-            self.settings.kafka_video_topic,
-            **client_options(self.settings),
-            group_id=f"{self.settings.kafka_group}.video",
+            **client_options(s),
+            group_id=f"{s.kafka_group}.video",
             enable_auto_commit=False,
-            auto_offset_reset="earliest",
+            auto_offset_reset=s.kafka_video_start,
+            partition_assignment_strategy=(sticky_assignor(),),
+            session_timeout_ms=10000,
+            heartbeat_interval_ms=1000,
         )
+        self._consumer.subscribe([s.kafka_video_topic], listener=_Rebalance(self))
         await self._consumer.start()
         for name, run in (
             ("kafka-video", self._consume),
             ("kafka-video-commit", self._housekeeping),
+            ("kafka-video-dlq", self._dead_letters),
         ):
             self.manager.supervisor.spawn(name, run)
             self._tasks.append(name)
 
-    async def stop(self) -> None:
-        """Stop consuming, commit what is done. Safe to call twice."""
+    async def stop_consuming(self) -> None:
+        """Read no more; the streams end with what they have. Safe to call twice."""
         for name in self._tasks:
             await self.manager.supervisor.cancel(name)
         self._tasks = []
+        for opener in self.openers.values():
+            opener.close()
+
+    async def close(self) -> None:
+        """After the streams drained and the sinks flushed: commit what is done, leave."""
+        await self.stop_consuming()
         if self._consumer is not None:
             with contextlib.suppress(KafkaError):
                 await self._commit()
                 await self._consumer.stop()
             self._consumer = None
-        for sid, opener in list(self.openers.items()):
-            opener.close()
-            self.openers.pop(sid, None)
+        if self._producer is not None:
+            with contextlib.suppress(KafkaError):
+                await self._producer.stop()
+            self._producer = None
+        self.openers.clear()
 
     async def __aenter__(self) -> KafkaVideoIngest:
         await self.start()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.stop()
+        await self.close()
 
     # -- worker-thread callbacks -------------------------------------------------------
-    def _done_threadsafe(self, msg: Message) -> None:
-        assert self._loop is not None
-        with contextlib.suppress(RuntimeError):
-            self._loop.call_soon_threadsafe(self.offsets.done, msg.partition, msg.offset)
-
     def _bad_threadsafe(self, sid: str) -> Callable[[Message, str], None]:
         def bad(msg: Message, why: str) -> None:
             assert self._loop is not None
             with contextlib.suppress(RuntimeError):
-                self._loop.call_soon_threadsafe(self._bad, sid, msg, why)
+                self._loop.call_soon_threadsafe(self._reject_nowait, sid, msg, why)
 
         return bad
 
     # -- loop side ---------------------------------------------------------------------
-    def _bad(self, sid: str | None, msg: Message, why: str, reason: str = "bad_payload") -> None:
-        """Count and skip an unusable message; a series per key only for keys that are streams."""
+    def _release(self, marks: Sequence[object]) -> None:
+        for msg in marks:
+            assert isinstance(msg, Message)
+            self.offsets.done(msg.partition, msg.offset)
+
+    def _reject_nowait(self, sid: str | None, msg: Message, why: str) -> None:
+        try:
+            self._dlq.put_nowait((msg, sid, "bad_payload", why))
+        except asyncio.QueueFull:  # a flood of bad frames: counted, not kept
+            self._skipped(sid, msg, why, "bad_payload")
+            self.offsets.done(msg.partition, msg.offset)
+
+    def _skipped(self, sid: str | None, msg: Message, why: str, reason: str) -> None:
+        """Count and log an unusable message; a series per key only for streams."""
         self.metrics.kafka_rejected.labels(reason).inc()
         if sid is not None and sid in self.openers:
             self.metrics.frames_dropped.labels(sid, "bad_message").inc()
@@ -282,7 +400,66 @@ class KafkaVideoIngest:
             msg.offset,
             why,
         )
-        self.offsets.done(msg.partition, msg.offset)
+
+    async def _dead_letters(self) -> None:
+        """Writes unusable messages to the dead-letter topic; then their offsets move on.
+
+        Up to ``DLQ_BATCH`` at a time, pipelined; one that fails is tried again (five times
+        in all), and one the topic never takes is logged and let go.
+        """
+        while True:
+            batch = [await self._dlq.get()]
+            while len(batch) < DLQ_BATCH and not self._dlq.empty():
+                batch.append(self._dlq.get_nowait())
+            for msg, sid, reason, why in batch:
+                self._skipped(sid, msg, why, reason)
+            delay = 0.5
+            for attempt in range(5):
+                batch = await self._write_dead_letters(batch)
+                if not batch:
+                    break
+                log.warning(
+                    "kafka video: %d dead-letter writes failed; attempt %d", len(batch), attempt + 1
+                )
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 5.0)
+            for msg, _, _, _ in batch:
+                log.error(
+                    "kafka video: partition %d offset %d lost: the dead-letter topic cannot "
+                    "be written",
+                    msg.partition,
+                    msg.offset,
+                )
+                self.offsets.done(msg.partition, msg.offset)
+
+    async def _write_dead_letters(
+        self, batch: list[tuple[Message, str | None, str, str]]
+    ) -> list[tuple[Message, str | None, str, str]]:
+        """Sends ``batch`` and waits for every acknowledgement; returns the ones that failed."""
+        assert self._producer is not None
+        sent: list[tuple[tuple[Message, str | None, str, str], asyncio.Future[Any]]] = []
+        failed = []
+        for item in batch:
+            msg, _, reason, why = item
+            headers = [*msg.headers, ("reason", reason.encode()),
+                       ("detail", why[:200].encode("utf-8", "replace"))]  # fmt: skip
+            try:
+                fut = await self._producer.send(
+                    self.settings.kafka_dlq_topic, msg.payload, key=msg.key, headers=headers
+                )
+            except KafkaError:
+                failed.append(item)
+                continue
+            sent.append((item, fut))
+        results = await asyncio.gather(*(f for _, f in sent), return_exceptions=True)
+        for (item, _), result in zip(sent, results, strict=True):
+            if isinstance(result, BaseException):
+                failed.append(item)
+                continue
+            msg, _, reason, _ = item
+            self.metrics.dlq_messages.labels(reason).inc()
+            self.offsets.done(msg.partition, msg.offset)
+        return failed
 
     async def _consume(self) -> None:
         assert self._consumer is not None
@@ -291,36 +468,46 @@ class KafkaVideoIngest:
             for tp, records in batches.items():
                 for rec in records:
                     try:
-                        await self._handle(tp, rec)
-                    except Exception:  # one message must never stop ingest of every key
+                        taken = await self._handle(tp, rec)
+                    except Exception as exc:  # one message must never stop ingest of every key
                         log.exception("kafka video: offset %d could not be handled", rec.offset)
-                        self._bad(None, Message(tp.partition, rec.offset, b""), "internal error",
-                                  "internal")  # fmt: skip
+                        msg = _message(tp.partition, rec)
+                        self.offsets.started(tp.partition, rec.offset)
+                        await self._dlq.put((msg, None, "internal", f"internal error: {exc!r}"))
+                        taken = True
+                    if not taken:  # its stream is full: read it again a little later
+                        self.offsets.refused(tp.partition, rec.offset)
+                        self._consumer.seek(tp, rec.offset)
+                        self._consumer.pause(tp)
+                        self._paused[tp] = time.monotonic() + self.RESUME_S
+                        break
 
-    async def _handle(self, tp: TopicPartition, rec: Any) -> None:
-        self.offsets.started(tp.partition, rec.offset)
-        value = rec.value if isinstance(rec.value, bytes) else b""
-        msg = Message(tp.partition, rec.offset, value)
+    async def _handle(self, tp: TopicPartition, rec: Any) -> bool:
+        """Take one record; False when its stream has no room for it yet."""
+        msg = _message(tp.partition, rec)
         parsed = _parse_record(rec, self.settings.kafka_max_message_bytes)
         if isinstance(parsed, _Unusable):
-            self._bad(parsed.sid, msg, parsed.why, parsed.reason)
-            return
+            self.offsets.started(tp.partition, rec.offset)
+            await self._dlq.put((msg, parsed.sid, parsed.reason, parsed.why))
+            return True
         sid, kind, pts = parsed
-        msg = Message(tp.partition, rec.offset, value, pts)
+        msg = _message(tp.partition, rec, pts)
         why = _check(kind, msg, self.settings.max_frame_pixels)
         opener = self.openers.get(sid)
         if why is None and opener is not None and opener.kind != kind:
             why = f"content-type {kind} in a {opener.kind} stream"
         if why is not None:
-            self._bad(sid, msg, why)
-            return
+            self.offsets.started(tp.partition, rec.offset)
+            await self._dlq.put((msg, sid, "bad_payload", why))
+            return True
         if opener is None:
             opener = KafkaOpener(
                 kind,
                 self.settings.fps,
                 self.settings.kafka_idle_s,
-                self._done_threadsafe,
                 self._bad_threadsafe(sid),
+                self._release,
+                partition=tp.partition,
                 max_pixels=self.settings.max_frame_pixels,
                 max_gap_s=self.settings.max_gap_s,
                 queues=self.metrics.queues,
@@ -330,26 +517,75 @@ class KafkaVideoIngest:
                     StreamSpec(id=sid, url=f"kafka:{self.settings.kafka_video_topic}"), opener
                 )
             except Rejected as exc:
-                self._bad(None, msg, f"cannot start stream {sid}: {exc.reason}", "no_room")
-                return
+                self._skipped(None, msg, f"cannot start stream {sid}: {exc.reason}", "no_room")
+                return True
             self.openers[sid] = opener
         if not opener.push(msg):
-            self.metrics.frames_dropped.labels(sid, "backpressure").inc()
-            self.offsets.done(msg.partition, msg.offset)
+            return False
+        self.offsets.started(tp.partition, rec.offset, sid)
+        return True
 
     async def _housekeeping(self) -> None:
+        last_commit = time.monotonic()
         while True:
-            await asyncio.sleep(1.0)
-            await self._commit()
+            await asyncio.sleep(self.RESUME_S)
             now = time.monotonic()
+            assert self._consumer is not None
+            for tp, when in list(self._paused.items()):
+                if now >= when:
+                    del self._paused[tp]
+                    if tp in self._consumer.assignment():
+                        self._consumer.resume(tp)
             for sid, opener in list(self.openers.items()):
-                if now - opener.last_message > self.settings.kafka_idle_s:
-                    log.info(
-                        "kafka video %s: idle for %.0f s; ending", sid, self.settings.kafka_idle_s
-                    )
-                    opener.close()
-                    del self.openers[sid]
-                    await self.manager.remove(sid)
+                runner = self.manager.streams.get(sid)
+                if runner is None or str(runner.source_state) == "failed":
+                    why = "removed" if runner is None else f"failed ({runner.reason})"
+                    await self._end(sid, f"stream {why}")
+                elif now - opener.last_message > self.settings.kafka_idle_s and not opener.items:
+                    await self._end(sid, f"idle for {self.settings.kafka_idle_s:.0f} s", drain=True)
+            if now - last_commit >= 1.0:
+                last_commit = now
+                await self._commit()
+
+    async def _end(self, sid: str, why: str, *, drain: bool = False) -> None:
+        """A stream ends: what is left once it drained is done (no window will use it)."""
+        log.info("kafka video %s: %s; ending", sid, why)
+        opener = self.openers.pop(sid)
+        opener.close()
+        await self.manager.remove(sid, drain=drain)
+        self.offsets.stream_ended(sid)
+
+    async def revoked(self) -> None:
+        """Before a rebalance: commit what is done (the next owner starts there)."""
+        await self._commit()
+
+    async def assigned(self, partitions: set[int]) -> None:
+        """After a rebalance: stop the streams whose partitions moved; keep the others.
+
+        A kept partition is read on from where this replica was (the group would go back
+        to the last commit, and repeat what the streams already have).
+        """
+        gone = self.partitions - partitions
+        self.partitions = set(partitions)
+        assert self._consumer is not None
+        moved = [sid for sid, o in self.openers.items() if o.partition in gone]
+        for sid in moved:
+            opener = self.openers.pop(sid)
+            opener.close()
+            await self.manager.remove(sid)
+        self.moved += len(moved)
+        self.offsets.forget(gone)
+        for tp in list(self._paused):
+            if tp.partition in gone:
+                del self._paused[tp]
+        for p in partitions:
+            position = self.offsets.position(p)
+            if position is not None:
+                self._consumer.seek(TopicPartition(self.settings.kafka_video_topic, p), position)
+        log.info(
+            "kafka video: assigned partitions %s; %d streams moved away %s",
+            sorted(partitions), len(moved), moved,
+        )  # fmt: skip
 
     async def _commit(self) -> None:
         if self._consumer is None:
@@ -363,6 +599,12 @@ class KafkaVideoIngest:
         if offsets:
             with contextlib.suppress(KafkaError):
                 await self._consumer.commit(offsets)
+
+
+def _message(partition: int, rec: Any, pts: float | None = None) -> Message:
+    value = rec.value if isinstance(rec.value, bytes) else b""
+    key = rec.key if isinstance(rec.key, bytes) else None
+    return Message(partition, rec.offset, value, pts, key, tuple(rec.headers or ()))
 
 
 @dataclass(frozen=True)

@@ -44,10 +44,13 @@ class KafkaBroker:
         self.jars = kafka_jars()
         self.proc: subprocess.Popen[bytes] | None = None
         self._formatted = False
+        # The port clients are told to use: another one puts a proxy (Toxiproxy) between
+        # every client and the broker, since clients follow the advertised address.
+        self.advertised_port = self.port
 
     @property
     def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port}"
 
     def _config(self) -> Path:
         self.data.mkdir(parents=True, exist_ok=True)
@@ -60,7 +63,7 @@ class KafkaBroker:
                     f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
                     f"listeners=PLAINTEXT://127.0.0.1:{self.port},"
                     f"CONTROLLER://127.0.0.1:{self.controller_port}",
-                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+                    f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.advertised_port}",
                     "controller.listener.names=CONTROLLER",
                     "inter.broker.listener.name=PLAINTEXT",
                     "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
