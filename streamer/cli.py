@@ -246,8 +246,8 @@ def _configure_logging(verbose: int) -> None:
 
 
 def _cmd_scan(args: argparse.Namespace) -> int:
-    from analyzer.engine import Engine, pick_device
-    from analyzer.model import load_checkpoint, random_model
+    # The model's modules (torch) load only once the input has given its first frame:
+    # a bad file, URL or option is reported within a second.
     from streamer.config import checkpoint_path
     from streamer.scan import ScanOptions, fetch_http, open_frames, stream_id_for
     from streamer.urls import NetPolicy, parse_source_url
@@ -273,8 +273,6 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         batch_size=args.batch,
         timeout_s=args.timeout,
     )
-    checkpoint = checkpoint_path(args.checkpoint, random_weights=args.random_weights)
-    device = pick_device(args.device, "--device")
     policy = NetPolicy()
     source = parse_source_url(args.source, kind="scan", policy=policy)
     with tempfile.TemporaryDirectory(prefix="dfm-scan-") as tmp:
@@ -284,6 +282,11 @@ def _cmd_scan(args: argparse.Namespace) -> int:
                 policy=policy,
             )  # fmt: skip
         frames = open_frames(source, options)
+        from analyzer.engine import Engine, pick_device
+        from analyzer.model import load_checkpoint, random_model
+
+        device = pick_device(args.device, "--device")
+        checkpoint = checkpoint_path(args.checkpoint, random_weights=args.random_weights)
         loaded = random_model() if checkpoint is None else load_checkpoint(checkpoint)
         engine = Engine(loaded, device)
         return _scan_frames(args, frames, engine, options, stream_id)

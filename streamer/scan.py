@@ -14,17 +14,19 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from analyzer.faces import Detector, FaceTracker
-from analyzer.model import ModelMeta
 from streamer.errors import SourceError, SourceUnreachable
 from streamer.sources.decode import DecodeLimits, VideoFrame, decode, resample
 from streamer.streams import PendingCrop, StreamState
 from streamer.urls import NetPolicy, SourceUrl, parse_source_url, redact
 from streamer.verdict import ModelRef, Verdict
+
+if TYPE_CHECKING:  # torch: imported only once a scan has its first frame
+    from analyzer.model import ModelMeta
 
 log = logging.getLogger(__name__)
 
