@@ -22,10 +22,15 @@ the frames their inboxes dropped in that interval:
   new stride makes the offered load ``TARGET`` of what the node just managed, at most
   doubling in one step (one bad interval, a pause at start-up, must not jump to the cap);
 * **down** after ``CALM_INTERVALS`` intervals without loss, to the lowest stride whose
-  load fits ``TARGET`` of the throughput last measured while saturated; and, since a
+  load fits ``TARGET`` of the throughput last measured while saturated, at most halving
+  in one step; and, since a
   node that keeps up only shows a lower bound of what it could do (a start-up pause
   measures little), after ``PROBE_INTERVALS`` calm intervals by a fifth in any case;
-* the interval right after a change is not judged: frames queued before it still drain.
+* the interval right after a change is not judged: frames queued before it still drain;
+* throughput is the mean of the last ``MEASURE_INTERVALS`` intervals: streams take frames
+  in bursts (a batch's features land at once), and one burst read as the node's
+  throughput once dropped the stride from 5.75 to 1.25 on a node that managed a sixth
+  of that.
 
 ``deepfake_analysis_stride`` exports the stride: above 1 this node is shedding, the
 signal an autoscaler or an alert reads.
@@ -34,6 +39,7 @@ signal an autoscaler or an alert reads.
 from __future__ import annotations
 
 import math
+from collections import deque
 from dataclasses import dataclass
 
 HIGH_LOSS = 0.05  # dropped / offered above this: shed more
@@ -42,6 +48,7 @@ CALM_INTERVALS = 5  # intervals without loss before a step down is tried
 PROBE_INTERVALS = 10  # calm intervals after which a step down is tried regardless
 STEP = 0.25  # strides are multiples of this
 PROBE_DOWN = 0.8  # a probe lowers the stride by a fifth (at least one STEP)
+MEASURE_INTERVALS = 3  # throughput: the mean of this many intervals
 
 
 def _up(stride: float) -> float:
@@ -86,7 +93,10 @@ class LoadShedder:
         self.max_stride = float(max_stride)
         self.stride = 1.0
         self.capacity: float | None = None  # analysed frames per interval when saturated
+        self._analysed: deque[int] = deque(maxlen=MEASURE_INTERVALS)  # judged or not
+        self._calm_analysed: deque[int] = deque(maxlen=MEASURE_INTERVALS)  # since a change
         self._calm = 0
+        self._idle = 0
         self._settle = False
 
     @property
@@ -99,18 +109,21 @@ class LoadShedder:
         if not self.enabled:
             return self.stride
         if offered == 0:  # nothing to analyse: an idle node sheds nothing (after a while)
-            self._calm += 1
-            if self.stride > 1 and self._calm >= CALM_INTERVALS:
+            self._idle += 1  # in a row: streams that take frames in bursts show empty seconds
+            if self.stride > 1 and self._idle >= CALM_INTERVALS:
                 self.capacity = None
                 self._change(1.0)
             return self.stride
+        self._idle = 0
+        self._analysed.append(sample.analysed)
         if self._settle:
             self._settle = False
             return self.stride
         loss = sample.dropped / offered
         if loss > HIGH_LOSS:
             self._calm = 0
-            self.capacity = float(max(sample.analysed, 1))
+            self._calm_analysed.clear()
+            self.capacity = max(sum(self._analysed) / len(self._analysed), 1.0)
             # The raw frame rate behind this interval is offered * stride; pick the
             # stride that brings it to TARGET of what was analysed.
             need = _up(offered * self.stride / (TARGET * self.capacity))
@@ -118,10 +131,13 @@ class LoadShedder:
             return self.stride
         if sample.dropped:
             self._calm = 0
+            self._calm_analysed.clear()
             return self.stride
         self._calm += 1
-        if self.capacity is not None:  # it managed this much without loss: a lower bound
-            self.capacity = max(self.capacity, float(sample.analysed))
+        self._calm_analysed.append(sample.analysed)
+        full = len(self._calm_analysed) == MEASURE_INTERVALS
+        if self.capacity is not None and full:  # it managed this without loss: a lower bound
+            self.capacity = max(self.capacity, sum(self._calm_analysed) / MEASURE_INTERVALS)
         if self.stride == 1 or self._calm < CALM_INTERVALS:
             return self.stride
         raw = offered * self.stride  # frames per interval the streams offer at stride 1
@@ -130,7 +146,7 @@ class LoadShedder:
         else:
             fits = _up(raw / (TARGET * self.capacity))
         if fits < self.stride:
-            self._change(max(1.0, fits))
+            self._change(max(1.0, fits, _up(self.stride / 2)))
         elif self._calm >= PROBE_INTERVALS:
             # The estimate may be stale (streams left, faces changed, a slow start): probe.
             self.capacity = None
@@ -140,3 +156,4 @@ class LoadShedder:
     def _change(self, stride: float) -> None:
         self._settle = stride != self.stride
         self.stride, self._calm = stride, 0
+        self._calm_analysed.clear()

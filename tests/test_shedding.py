@@ -144,3 +144,21 @@ def test_a_loop_that_recovers_keeps_running_and_cancel_stops_it():
 
     runs, problems, cancelled = asyncio.run(main())
     assert runs == 2 and problems == [] and cancelled
+
+
+def test_a_burst_of_frames_is_not_read_as_the_nodes_throughput():
+    """Seen in the service test: the streams took 60 frames in one interval (a batch's
+    features landed at once) and about 10 in the others; the burst, read as throughput,
+    sent the stride from 5.75 to 1.25 and the inboxes dropped a third of the frames."""
+    shed = LoadShedder(max_stride=8)
+    # Start-up (per 1 s interval: frames taken, frames dropped), as measured.
+    for analysed, dropped in ((0, 30), (0, 30), (0, 18), (60, 12)):
+        shed.observe(Sample(analysed, dropped))
+    high = shed.stride
+    strides = []
+    for analysed in (0, 10, 10, 0, 10, 10, 10, 0, 10, 10):  # about 10 a second, calm
+        strides.append(shed.observe(Sample(analysed, 0)))
+    # The node manages about 10 a second: every stride it tries keeps the load near that.
+    assert min(strides) >= high / 2, (high, strides)
+    steps = [b / a for a, b in zip([high, *strides], strides, strict=False)]
+    assert min(steps) >= 0.5, strides  # never more than halved in one step
