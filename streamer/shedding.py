@@ -27,10 +27,10 @@ the frames their inboxes dropped in that interval:
   node that keeps up only shows a lower bound of what it could do (a start-up pause
   measures little), after ``PROBE_INTERVALS`` calm intervals by a fifth in any case;
 * the interval right after a change is not judged: frames queued before it still drain;
-* throughput is the mean of the last ``MEASURE_INTERVALS`` intervals: streams take frames
-  in bursts (a batch's features land at once), and one burst read as the node's
-  throughput once dropped the stride from 5.75 to 1.25 on a node that managed a sixth
-  of that.
+* the lower bound a calm node shows is the mean of ``MEASURE_INTERVALS`` calm intervals:
+  streams take frames in bursts (a batch's features land at once);
+* only ``CALM_INTERVALS`` empty intervals in a row make the node idle (stride 1): one
+  empty second among bursts is not idleness.
 
 ``deepfake_analysis_stride`` exports the stride: above 1 this node is shedding, the
 signal an autoscaler or an alert reads.
@@ -48,7 +48,7 @@ CALM_INTERVALS = 5  # intervals without loss before a step down is tried
 PROBE_INTERVALS = 10  # calm intervals after which a step down is tried regardless
 STEP = 0.25  # strides are multiples of this
 PROBE_DOWN = 0.8  # a probe lowers the stride by a fifth (at least one STEP)
-MEASURE_INTERVALS = 3  # throughput: the mean of this many intervals
+MEASURE_INTERVALS = 3  # a calm node's lower bound: the mean of this many intervals
 
 
 def _up(stride: float) -> float:
@@ -93,7 +93,6 @@ class LoadShedder:
         self.max_stride = float(max_stride)
         self.stride = 1.0
         self.capacity: float | None = None  # analysed frames per interval when saturated
-        self._analysed: deque[int] = deque(maxlen=MEASURE_INTERVALS)  # judged or not
         self._calm_analysed: deque[int] = deque(maxlen=MEASURE_INTERVALS)  # since a change
         self._calm = 0
         self._idle = 0
@@ -115,7 +114,6 @@ class LoadShedder:
                 self._change(1.0)
             return self.stride
         self._idle = 0
-        self._analysed.append(sample.analysed)
         if self._settle:
             self._settle = False
             return self.stride
@@ -123,7 +121,7 @@ class LoadShedder:
         if loss > HIGH_LOSS:
             self._calm = 0
             self._calm_analysed.clear()
-            self.capacity = max(sum(self._analysed) / len(self._analysed), 1.0)
+            self.capacity = float(max(sample.analysed, 1))
             # The raw frame rate behind this interval is offered * stride; pick the
             # stride that brings it to TARGET of what was analysed.
             need = _up(offered * self.stride / (TARGET * self.capacity))
