@@ -8,7 +8,7 @@ starts the new ones (a stream whose spec is unchanged keeps running); a new reco
 restarts or stops a stream. No scheduler of our own: the group protocol spreads streams
 over replicas and moves them when replicas come and go, and its sticky assignor moves
 only the partitions it must, so a replica joining or leaving restarts only the streams
-that really move (``moved`` counts them).
+that really move.
 """
 
 from __future__ import annotations
@@ -49,7 +49,6 @@ class SourceDirectory:
         self.topic = settings.kafka_sources_topic
         self.owned: dict[str, int] = {}  # stream id -> partition, for streams running here
         self.partitions: set[int] = set()
-        self.moved = 0  # streams stopped because their partition went to another replica
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._running = False
@@ -57,7 +56,7 @@ class SourceDirectory:
     async def start(self) -> None:
         opts = client_options(self.settings)
         s = self.settings
-        await ensure_topic(s, self.topic, s.kafka_sources_partitions, compact=True)
+        await ensure_topic(s, self.topic, partitions=s.kafka_sources_partitions, compact=True)
         self._producer = AIOKafkaProducer(**opts, acks="all", enable_idempotence=True)
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
@@ -115,7 +114,6 @@ class SourceDirectory:
         for sid in gone:
             del self.owned[sid]
             await self.manager.remove(sid)
-        self.moved += len(gone)
         # The compacted topic is the desired state: read it whole on every assignment.
         if partitions:
             await self._consumer.seek_to_beginning(*partitions)

@@ -31,8 +31,10 @@ def client_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
-async def ensure_topic(settings: Settings, name: str, partitions: int, *, compact: bool) -> None:
-    """Create ``name`` if it does not exist yet (idempotent across replicas)."""
+async def ensure_topic(
+    settings: Settings, *names: str, partitions: int, compact: bool = False
+) -> None:
+    """Create the topics ``names`` that do not exist yet (idempotent across replicas)."""
     import contextlib
 
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -42,14 +44,15 @@ async def ensure_topic(settings: Settings, name: str, partitions: int, *, compac
     await admin.start()
     try:
         configs = {"cleanup.policy": "compact"} if compact else {}
-        topic = NewTopic(
-            name,
-            num_partitions=partitions,
-            replication_factor=settings.kafka_replication_factor,
-            topic_configs=configs,
-        )
-        with contextlib.suppress(TopicAlreadyExistsError):
-            await admin.create_topics([topic])
+        for name in names:  # one by one: a topic that exists must not hide one that does not
+            topic = NewTopic(
+                name,
+                num_partitions=partitions,
+                replication_factor=settings.kafka_replication_factor,
+                topic_configs=configs,
+            )
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics([topic])
     finally:
         await admin.close()
 

@@ -45,6 +45,7 @@ from streamer.verdict import ModelRef
 
 if TYPE_CHECKING:
     from streamer.cluster import SourceDirectory
+    from streamer.sources.kafka import KafkaVideoIngest
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ class Service:
         self._http: tuple[Server, asyncio.Task[None]] | None = None
         self._sock: socket.socket | None = None
         self.directory: SourceDirectory | None = None
+        self._ingest: KafkaVideoIngest | None = None
         self.closing = asyncio.Event()  # set on stop: long-lived responses (SSE) end
 
     @property
@@ -207,14 +209,9 @@ class Service:
             self._uploads = UploadScanner(s, batcher, self.metrics)
             stack.push_async_callback(self._uploads.stop)  # before the batcher stops
 
-            ingest = None
-            if s.kafka_bootstrap:
-                from streamer.sources.kafka import KafkaVideoIngest
-
-                ingest = KafkaVideoIngest(s, None, self.metrics)
-                # Registered before the sinks, so it runs after they flush: offsets are
-                # committed only for input whose verdicts were acknowledged.
-                stack.push_async_callback(ingest.close)
+            # Registered before the sinks, so it runs after they flush: video offsets are
+            # committed only for input whose verdicts were acknowledged.
+            stack.push_async_callback(self._close_ingest)
             self.sinks = self._make_sinks()
             for sink in self.sinks:
                 await sink.start()
@@ -231,10 +228,11 @@ class Service:
                 await stack.enter_async_context(self.directory)
                 for spec in s.sources:
                     await self.directory.put(spec)
-                assert ingest is not None
-                ingest.manager = self._manager
-                await ingest.start()
-                stack.push_async_callback(ingest.stop_consuming)
+                from streamer.sources.kafka import KafkaVideoIngest
+
+                self._ingest = KafkaVideoIngest(s, self._manager, self.metrics)
+                await self._ingest.start()
+                stack.push_async_callback(self._ingest.stop_consuming)
             self.supervisor.spawn("memory-trim", trim_forever)  # streamer/memory.py
             stack.push_async_callback(self.supervisor.cancel, "memory-trim")
             self._whip = WhipGateway(s, self._manager)
@@ -250,6 +248,11 @@ class Service:
             s.http_host,
             self.http_port,
         )
+
+    async def _close_ingest(self) -> None:
+        if self._ingest is not None:
+            await self._ingest.close()
+            self._ingest = None
 
     def _make_sinks(self) -> list[Sink]:
         kind = self.settings.sink

@@ -83,7 +83,6 @@ class KafkaSink:
         self._producer: AIOKafkaProducer | None = None
         self._started = False
         self._healthy_now = False
-        self.sent = 0
 
     @property
     def ready(self) -> bool:
@@ -162,19 +161,16 @@ class KafkaSink:
         while True:
             await self._buffer.wait()
             self._sending = self._buffer.take(self.in_flight)
-            done, failed, error = await self._deliver(self._producer, self._sending)
-            failed_ids = {id(v) for v in failed}
-            for verdict in self._sending:
-                if id(verdict) not in failed_ids:
-                    self._acked(verdict)
+            delivered, failed, error = await self._deliver(self._producer, self._sending)
+            for verdict in delivered:
+                self._acked(verdict)
             self._sending = []
             self._buffer.unget(failed)
-            self.sent += done
-            if done:
+            if delivered:
                 self._progress.set()
             if error is not None:
                 self.metrics.sink_errors.labels(self.name).inc()
-            if done:  # some got through: Kafka is there; the failed ones go again at once
+            if delivered:  # some got through: Kafka is there; the failed ones go again at once
                 if not self._healthy:
                     log.info("kafka: publishing again")
                 self._healthy, delay = True, 0.5
@@ -189,10 +185,10 @@ class KafkaSink:
 
     async def _deliver(
         self, producer: AIOKafkaProducer, verdicts: list[Verdict]
-    ) -> tuple[int, list[Verdict], BaseException | None]:
+    ) -> tuple[list[Verdict], list[Verdict], BaseException | None]:
         """Send ``verdicts`` and wait for each acknowledgement.
 
-        Returns how many were delivered, the ones that were not (in their order: the ones
+        Returns the ones delivered, the ones that were not (in their order: the ones
         whose acknowledgement failed, then the ones a failed send left unsent), and the
         first error.
         """
@@ -209,6 +205,7 @@ class KafkaSink:
                 error, unsent = exc, verdicts[i:]
                 break
             sent.append((verdict, fut))
+        delivered: list[Verdict] = []
         failed: list[Verdict] = []
         for verdict, fut in sent:
             try:
@@ -216,7 +213,9 @@ class KafkaSink:
             except KafkaError as exc:
                 error = error or exc
                 failed.append(verdict)
-        return len(sent) - len(failed), failed + unsent, error
+            else:
+                delivered.append(verdict)
+        return delivered, failed + unsent, error
 
     async def _acknowledged(self, fut: asyncio.Future[object]) -> None:
         """Wait for one acknowledgement without giving the record up; a stall marks Kafka away."""

@@ -43,7 +43,7 @@ from streamer.config import STREAM_ID, Settings, StreamSpec
 from streamer.errors import Rejected, SourceError
 from streamer.kafka_common import client_options, ensure_topic, sticky_assignor
 from streamer.metrics import Metrics
-from streamer.sources.base import Opener
+from streamer.sources.base import Opener, SourceState
 from streamer.sources.decode import Picture, VideoFrame, resample
 
 log = logging.getLogger(__name__)
@@ -303,7 +303,6 @@ class KafkaVideoIngest:
         self.offsets = OffsetTracker()
         self.openers: dict[str, KafkaOpener] = {}
         self.partitions: set[int] = set()
-        self.moved = 0  # streams stopped because their partition went to another replica
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._dlq: asyncio.Queue[tuple[Message, str | None, str, str]] = asyncio.Queue(1000)
@@ -314,8 +313,9 @@ class KafkaVideoIngest:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         s = self.settings
-        await ensure_topic(s, s.kafka_video_topic, s.kafka_sources_partitions, compact=False)
-        await ensure_topic(s, s.kafka_dlq_topic, s.kafka_sources_partitions, compact=False)
+        await ensure_topic(
+            s, s.kafka_video_topic, s.kafka_dlq_topic, partitions=s.kafka_sources_partitions
+        )
         self._producer = AIOKafkaProducer(**client_options(s), acks="all", enable_idempotence=True)
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
@@ -358,13 +358,6 @@ class KafkaVideoIngest:
                 await self._producer.stop()
             self._producer = None
         self.openers.clear()
-
-    async def __aenter__(self) -> KafkaVideoIngest:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
 
     # -- worker-thread callbacks -------------------------------------------------------
     def _bad_threadsafe(self, sid: str) -> Callable[[Message, str], None]:
@@ -538,7 +531,7 @@ class KafkaVideoIngest:
                         self._consumer.resume(tp)
             for sid, opener in list(self.openers.items()):
                 runner = self.manager.streams.get(sid)
-                if runner is None or str(runner.source_state) == "failed":
+                if runner is None or runner.source_state == SourceState.FAILED:
                     why = "removed" if runner is None else f"failed ({runner.reason})"
                     await self._end(sid, f"stream {why}")
                 elif now - opener.last_message > self.settings.kafka_idle_s and not opener.items:
@@ -573,7 +566,6 @@ class KafkaVideoIngest:
             opener = self.openers.pop(sid)
             opener.close()
             await self.manager.remove(sid)
-        self.moved += len(moved)
         self.offsets.forget(gone)
         for tp in list(self._paused):
             if tp.partition in gone:
