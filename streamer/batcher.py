@@ -9,10 +9,14 @@ Health: every failed call is counted (``deepfake_engine_errors_total{stage}``) a
 finished one beats ``deepfake_engine_last_batch_timestamp_seconds``; :meth:`stalled_for`
 feeds ``/healthz``. The batching loop runs under the service's :class:`Supervisor`.
 
-Backpressure: at most ``max_inflight`` crops may wait for the engine. A stream that
-finds no room waits (:meth:`reserve`); meanwhile its own frame inbox fills and drops its
-oldest frames, counted as ``frames_dropped_total{reason="backpressure"}``. So memory and
-latency stay bounded when the engine falls behind.
+Backpressure: at most ``max_inflight`` crops may wait for the engine, and no more than
+about ``QUEUE_S`` seconds of its work at the rate it has been measured to run (but always
+two full batches). A stream that finds no room waits (:meth:`reserve`); meanwhile its own
+frame inbox fills and drops its oldest frames, counted as
+``frames_dropped_total{reason="backpressure"}``, which the overload governor reads. So
+memory and latency stay bounded when the engine falls behind: a slow engine (a CPU node,
+a throttled GPU) no longer queues 256 crops, tens of seconds during which every stream
+waits for features behind the backlog and takes no frame at all.
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from streamer.tasks import Supervisor
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+QUEUE_S = 1.0  # crops admitted to the engine queue: about this many seconds of its work
+RATE_WEIGHT = 0.3  # weight of the newest backbone call in the measured rate (crops/s)
 
 
 @dataclass
@@ -71,6 +78,8 @@ class Batcher:
         self._wake = asyncio.Event()
         self._room = asyncio.Condition()
         self._inflight = 0
+        self.rate: float | None = None  # crops/s the backbone ran at (moving average)
+        self.room = self.max_inflight  # crops admitted now: max_inflight until measured
         self._executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
@@ -110,7 +119,10 @@ class Batcher:
     async def reserve(self, crops: int) -> None:
         """Wait until ``crops`` more crops may be queued for the engine."""
         async with self._room:
-            await self._room.wait_for(lambda: self._inflight + crops <= self.max_inflight)
+            # A frame with more faces than there is room for still goes, alone.
+            await self._room.wait_for(
+                lambda: self._inflight + crops <= self.room or self._inflight == 0
+            )
             self._inflight += crops
             self.metrics.queue_depth.labels("engine_crops").set(self._inflight)
 
@@ -166,15 +178,28 @@ class Batcher:
             reqs.append(self._crops.get_nowait())
             count += size
         self.metrics.queue_depth.labels("engine_backlog").set(self._crops.qsize())
+        started = time.perf_counter()
         try:
-            await self._dispatch("backbone", reqs)
+            if await self._dispatch("backbone", reqs):
+                self._measured(count, time.perf_counter() - started)
         finally:
             async with self._room:
                 self._inflight -= count
                 self.metrics.queue_depth.labels("engine_crops").set(self._inflight)
                 self._room.notify_all()
 
-    async def _dispatch(self, stage: str, reqs: list[_Request]) -> None:
+    def _measured(self, crops: int, seconds: float) -> None:
+        """One backbone call's rate moves the room: ``QUEUE_S`` of work, two batches at least."""
+        rate = crops / max(seconds, 1e-6)
+        if self.rate is not None:
+            rate = (1 - RATE_WEIGHT) * self.rate + RATE_WEIGHT * rate
+        self.rate = rate
+        room = int(min(self.max_inflight, max(2 * self.max_batch, self.rate * QUEUE_S)))
+        if room != self.room:
+            self.room = room
+            self.metrics.queue_capacity.labels("engine_crops").set(room)
+
+    async def _dispatch(self, stage: str, reqs: list[_Request]) -> bool:
         """Run one engine call for ``reqs`` and hand each its slice of the result."""
         items = [x for r in reqs for x in r.items]
         loop = asyncio.get_running_loop()
@@ -192,7 +217,7 @@ class Batcher:
             for req in reqs:
                 if not req.future.done():
                     req.future.set_exception(exc)
-            return
+            return False
         finally:
             self._call_started = None
         self.metrics.engine_last_batch.set(time.time())
@@ -204,6 +229,7 @@ class Batcher:
             if not req.future.done():
                 req.future.set_result(result[at : at + n])
             at += n
+        return True
 
     def _inject(self) -> None:
         """DFM_FAULTS (tests only), in the engine thread before each call."""

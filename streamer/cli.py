@@ -322,9 +322,10 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     import asyncio
 
     from streamer.config import load_settings
+
+    settings = load_settings(args.config)  # before torch loads: a bad setting is said at once
     from streamer.service import serve
 
-    settings = load_settings(args.config)
     if args.verbose == 0 and not os.environ.get("DFM_LOG_LEVEL"):
         logging.getLogger().setLevel(settings.log_level)
     else:

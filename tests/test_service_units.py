@@ -168,3 +168,51 @@ def test_a_task_stopping_another_can_itself_be_stopped():
         assert task.cancelled()
 
     asyncio.run(main())
+
+
+class _SlowEngine:
+    """Stands in for the engine: 100 ms a backbone call, whatever the batch."""
+
+    def backbone(self, crops: np.ndarray) -> np.ndarray:
+        import time
+
+        time.sleep(0.1)
+        return np.zeros((len(crops), 8), np.float32)
+
+
+def test_a_slow_engine_queues_about_a_second_of_work_not_256_crops():
+    """Before: 256 crops queued ahead of a 40 crops/s engine, 6.4 s; every stream waited
+    for its features behind them and took no frame (the overload test saw 0 in 12 s)."""
+    import asyncio
+    import time
+
+    from streamer.batcher import Batcher
+    from streamer.metrics import Metrics
+
+    async def run() -> tuple[list[float], int, int]:
+        batcher = Batcher(_SlowEngine(), Metrics(), max_batch=4, max_inflight=256)  # type: ignore[arg-type]
+        waits: list[float] = []
+        await batcher.start()
+        began = time.monotonic()
+
+        async def stream() -> None:
+            while time.monotonic() - began < 2.5:
+                await batcher.reserve(1)
+                queued = time.monotonic()
+                fut = batcher.backbone([np.zeros((2, 2, 3), np.uint8)])
+                if queued - began > 1.0:  # the measured rate has settled
+                    fut.add_done_callback(lambda _f, q=queued: waits.append(time.monotonic() - q))
+
+        await asyncio.gather(*(stream() for _ in range(6)))
+        async with batcher._room:  # every queued crop has been through the engine
+            await batcher._room.wait_for(lambda: batcher.inflight == 0)
+        room = getattr(batcher, "room", batcher.max_inflight)
+        await batcher.reserve(20)  # more than the room, into an empty queue: it goes
+        alone = batcher.inflight
+        await batcher.stop()
+        return waits, room, alone
+
+    waits, room, alone = asyncio.run(run())
+    assert waits and max(waits) < 2.0, max(waits)
+    assert 8 <= room <= 60, room  # 40 crops/s for 1 s; two batches at least
+    assert alone == 20

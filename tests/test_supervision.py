@@ -70,8 +70,9 @@ def test_a_stalled_engine_fails_the_liveness_probe_and_recovers(live_clip, tmp_p
 
 def test_overload_is_shed_by_a_stride_and_every_stream_keeps_getting_verdicts(live_clip, tmp_path):
     """Before: inboxes dropped frames at random for as long as the overload lasted."""
-    # The engine made slow on purpose: 4-crop batches at 100 ms a call take about 40 crops/s,
-    # and 6 one-face streams at 10 fps offer 60/s plus their head calls: about twice that.
+    # The engine made slow on purpose: 4-crop batches at 100 ms a call take about 40 crops/s
+    # at most, and 6 one-face streams at 10 fps offer 60/s plus their head calls: about twice
+    # what this 2-core machine manages. A stride of up to 16 covers a machine 4x slower.
     streams = [
         {"id": f"cam{i}", "url": f"file://{live_clip}", "options": {"loop": True}} for i in range(6)
     ]
@@ -80,6 +81,7 @@ def test_overload_is_shed_by_a_stride_and_every_stream_keeps_getting_verdicts(li
         "DFM_FAULTS": json.dumps({"engine_delay_ms": 100}),
         "DFM_MAX_BATCH": "4",
         "DFM_SHED_INTERVAL_S": "1",
+        "DFM_SHED_MAX_STRIDE": "16",
         "DFM_SOURCES": json.dumps(streams),
     }
     with Service(env, tmp_path) as svc:
@@ -107,7 +109,7 @@ def test_overload_is_shed_by_a_stride_and_every_stream_keeps_getting_verdicts(li
         # Each verdict says the frame rate it analysed: 10 fps over the stride of the time
         # (strides move in quarters).
         rates = {v["window"]["fps"] for v in svc.verdicts()}
-        grid = [10 / (q / 4) for q in range(4, 33)]
+        grid = [10 / (q / 4) for q in range(4, 65)]
         assert all(min(abs(r - g) for g in grid) < 1e-6 for r in rates), rates
         assert min(rates) < 10, rates
         assert svc.terminate() == 0
