@@ -6,7 +6,7 @@ export DFM_PHOTOS_DIR ?= $(CACHE)/photos
 BIN := .venv/bin
 SAMPLE := $(CACHE)/sample
 
-.PHONY: setup run test lint format schema k8s-rules lock clean
+.PHONY: check setup run test lint format schema k8s-rules lock clean
 
 setup:
 	@scripts/bootstrap.sh
@@ -25,6 +25,12 @@ run: setup
 ## test: lint, types, then the whole suite.
 test: setup lint
 	$(BIN)/python -m pytest
+
+## check: the edit loop: lint, types, and the unit tests of pure logic (about a minute).
+UNIT = tests/test_service_units.py tests/test_shedding.py tests/test_buffers.py \
+       tests/test_streams.py tests/test_urls.py tests/test_blend.py tests/test_datasets.py
+check: setup lint
+	$(BIN)/python -m pytest -q $(UNIT)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -14,8 +14,9 @@ writes the samples (JSON) and a plot, prints a summary, and exits 1 when a check
 The engine runs batches of at most ``--max-batch`` crops (8): a node that falls behind for
 a while (a busy machine) runs larger batches, whose working memory stays with the process
 as a high-water mark; bounded, but at the service's default of 64 crops it was a step of
-about 100 MB here, and read over two minutes a step looks like a leak. The samples also record the crops
-queued for the engine (``queued``), so a run shows when the node fell behind.
+about 100 MB here, and read over two minutes a step looks like a leak. The samples also
+record the crops queued for the engine (``queued``), so a run shows when the node fell
+behind.
 
     .venv/bin/python scripts/soak.py --streams 4 --seconds 120          # what make test runs
     .venv/bin/python scripts/soak.py --streams 8 --seconds 3600 --out soak-1h.json

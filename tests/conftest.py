@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,6 +23,43 @@ def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str
     return subprocess.run(
         [CLI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
     )
+
+
+CLIP_CACHE = (
+    Path(os.environ.get("DFM_CACHE", Path.home() / ".cache" / "deepfake-monitor")) / "test-clips"
+)
+
+
+def synthetic_clip(index: int, label: str | None = None, **kwargs: Any) -> Path:
+    """Clip ``index`` of ``synthesize(**kwargs)``, made once and kept across runs.
+
+    Synthesis is seeded, so the same arguments, analyzer code, photos and PyAV make the
+    same clips; they key the cache (``$DFM_CACHE/test-clips``). Warm, this saves the
+    suite about a minute of synthesis. Tests read these files and never write them.
+    """
+    import av
+
+    from analyzer.photos import default_photos_dir
+
+    key = hashlib.sha256(json.dumps(kwargs, sort_keys=True).encode() + av.__version__.encode())
+    for source in sorted((REPO / "analyzer").glob("*.py")):
+        key.update(source.read_bytes())
+    for photo in sorted(default_photos_dir().iterdir()):
+        key.update(f"{photo.name}:{photo.stat().st_size}".encode())
+    folder = CLIP_CACHE / key.hexdigest()[:20]
+    manifest = folder / "clips.json"
+    if not manifest.exists():
+        from analyzer.synthetic import synthesize
+
+        part = folder.with_name(f"{folder.name}.part{os.getpid()}")
+        shutil.rmtree(part, ignore_errors=True)
+        specs = synthesize(part, **kwargs)
+        (part / "clips.json").write_text(json.dumps([[s.file, s.label] for s in specs]))
+        shutil.rmtree(folder, ignore_errors=True)
+        part.rename(folder)
+    file, got = json.loads(manifest.read_text())[index]
+    assert label is None or got == label, (file, got, label)
+    return folder / file
 
 
 def json_lines(text: str) -> list[dict]:
@@ -48,10 +89,6 @@ def synth_clips(tmp_path_factory: pytest.TempPathFactory, photos_dir: Path) -> P
 
 
 @pytest.fixture(scope="session")
-def live_clip(tmp_path_factory: pytest.TempPathFactory, photos_dir: Path) -> Path:
+def live_clip(photos_dir: Path) -> Path:
     """A 30-second single-face clip for the RTSP server to stream."""
-    out = tmp_path_factory.mktemp("live")
-    from analyzer.synthetic import synthesize
-
-    spec = synthesize(out, videos=1, frames=900, seed=2, identities=["astronaut"])[0]
-    return out / spec.file
+    return synthetic_clip(0, videos=1, frames=900, seed=2, identities=["astronaut"])

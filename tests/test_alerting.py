@@ -15,19 +15,16 @@ import httpx
 import pytest
 import yaml
 
-from analyzer.synthetic import synthesize
-from tests.conftest import REPO
+from tests.conftest import REPO, synthetic_clip
 from tests.servers import Service, free_port, wait_until
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 
 
 @pytest.fixture
-def fake_clip(tmp_path, photos_dir):
-    spec = synthesize(tmp_path / "clip", videos=2, frames=150, seed=9, size=(320, 240),
-                      identities=["astronaut", "sample3"])[1]  # fmt: skip
-    assert spec.label == "FAKE"
-    return tmp_path / "clip" / spec.file
+def fake_clip(photos_dir):
+    return synthetic_clip(1, "FAKE", videos=2, frames=150, seed=9, size=(320, 240),
+                          identities=["astronaut", "sample3"])  # fmt: skip
 
 
 def test_prometheus_fires_deepfake_detected_for_a_fake_stream(fake_clip, tmp_path):

@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from analyzer.synthetic import synthesize
-from tests.conftest import SCHEMA_FILE, run_cli
+from tests.conftest import SCHEMA_FILE, run_cli, synthetic_clip
 from tests.servers import Service, Toxiproxy, wait_until
 from tests.servers.kafka import KafkaBroker
 
@@ -24,12 +23,10 @@ FAST = {"DFM_FPS": "10", "DFM_WINDOW_FRAMES": "20", "DFM_HOP_FRAMES": "10", "DFM
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory: pytest.TempPathFactory, photos_dir: Path) -> Path:
-    out = tmp_path_factory.mktemp("kafka-clip")
-    spec = synthesize(out, videos=1, frames=150, seed=6, size=(320, 240), identities=["astronaut"])[
-        0
-    ]
-    return out / spec.file
+def clip(photos_dir: Path) -> Path:
+    return synthetic_clip(
+        0, videos=1, frames=150, seed=6, size=(320, 240), identities=["astronaut"]
+    )
 
 
 class ExternalBroker:

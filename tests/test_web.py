@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from tests.conftest import synthetic_clip
 from tests.servers import RtspServer, Service, wait_until
 
 CHROMIUM = "/usr/bin/chromium"
@@ -205,15 +206,11 @@ def read_events(svc: Service, video: Path, name: str) -> list[tuple[float, dict]
 
 
 @pytest.fixture(scope="module")
-def long_fake(tmp_path_factory: pytest.TempPathFactory, photos_dir: Path) -> Path:
+def long_fake(photos_dir: Path) -> Path:
     """A 20-second FAKE clip: 16 windows of 150 frames, 30 apart."""
-    from analyzer.synthetic import synthesize
-
-    out = tmp_path_factory.mktemp("long")
-    specs = synthesize(
-        out, videos=2, frames=600, seed=4, size=(320, 240), identities=["astronaut", "sample3"]
+    return synthetic_clip(
+        1, videos=2, frames=600, seed=4, size=(320, 240), identities=["astronaut", "sample3"]
     )
-    return out / specs[1].file
 
 
 def test_scan_streams_each_window_before_the_scan_ends(service, long_fake):

@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from analyzer.synthetic import synthesize
+from tests.conftest import synthetic_clip
 from tests.servers import GstWhipPublisher, Service, WhipPublisher, thread_count, wait_until
 
 ENV = {
@@ -20,10 +20,11 @@ ENV = {
 
 
 @pytest.fixture(scope="module")
-def face_clip(tmp_path_factory: pytest.TempPathFactory, photos_dir: Path) -> Path:
-    out = tmp_path_factory.mktemp("whip")
-    spec = synthesize(out, videos=2, frames=150, seed=4, identities=["astronaut", "sample3"])[1]
-    return out / spec.file  # FAKE astronaut: one face
+def face_clip(photos_dir: Path) -> Path:
+    # FAKE astronaut: one face
+    return synthetic_clip(
+        1, "FAKE", videos=2, frames=150, seed=4, identities=["astronaut", "sample3"]
+    )
 
 
 def gapless(verdicts: list[dict]) -> bool:
