@@ -28,7 +28,8 @@ test: setup lint
 
 ## check: the edit loop: lint, types, and the unit tests of pure logic (about a minute).
 UNIT = tests/test_service_units.py tests/test_shedding.py tests/test_buffers.py \
-       tests/test_streams.py tests/test_urls.py tests/test_blend.py tests/test_datasets.py
+       tests/test_streams.py tests/test_urls.py tests/test_blend.py tests/test_datasets.py \
+       tests/test_architecture.py
 check: setup lint
 	$(BIN)/python -m pytest -q $(UNIT)
 

@@ -158,7 +158,9 @@ class Settings(BaseSettings):
     frame_queue: int = Field(30, ge=1, le=600, description="frames queued per stream")
     max_inflight_crops: int = Field(256, ge=1, le=8192, description="crops awaiting the GPU")
     stall_timeout_s: float = Field(10.0, gt=0, description="no frame this long: source down")
-    open_timeout_s: float = Field(10.0, gt=0, description="connect/read timeout of a source")
+    open_timeout_s: float = Field(
+        10.0, gt=0, description="open/read timeout of a file or URL scanned through the API"
+    )
     reconnect_initial_s: float = Field(0.5, gt=0)
     reconnect_max_s: float = Field(30.0, gt=0)
     drain_grace_s: float = Field(10.0, ge=0, description="SIGTERM: time to finish due windows")

@@ -30,12 +30,12 @@ from streamer.metrics import Metrics
 from streamer.shedding import LoadShedder, Sample
 from streamer.sinks.base import Sink
 from streamer.sinks.stdout import RecentVerdicts
-from streamer.sources.base import Backoff, FrameItem, Opener, SourceState, SourceWorker
+from streamer.sources.base import FrameItem, Opener, SourceState, SourceWorker
 from streamer.sources.decode import DecodeLimits
 from streamer.sources.file import FileOpener
 from streamer.sources.rtsp import RtspOpener
 from streamer.streams import PendingCrop, StreamState, WindowJob
-from streamer.tasks import Supervisor
+from streamer.tasks import Backoff, Supervisor
 from streamer.urls import SourceUrl, parse_source_url
 from streamer.verdict import ModelRef, Verdict
 

@@ -16,18 +16,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import Counter
-
-from streamer.sources.base import Backoff
 
 log = logging.getLogger(__name__)
 
 GIVE_UP_AFTER = 5  # failures in a row before a loop is given up (and /healthz fails)
 HEALTHY_S = 60.0  # a loop that ran this long before failing starts its count afresh
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """When to try again: sources reconnecting, supervised loops restarting."""
+
+    initial_s: float = 0.5
+    max_s: float = 30.0
+
+    def delay(self, attempt: int) -> float:
+        """Exponential backoff with jitter: uniform in [0.5, 1] of min(max, initial * 2^n)."""
+        base = min(self.max_s, self.initial_s * (2 ** max(0, attempt - 1)))
+        return base * random.uniform(0.5, 1.0)
 
 
 async def cancel_and_wait(task: asyncio.Task[Any] | None) -> None:

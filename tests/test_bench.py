@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import run_cli
 
 
+@pytest.mark.slow
 def test_bench_quick_measures_every_part(tmp_path, photos_dir):
     out = tmp_path / "bench.json"
     parts = "engine,baseline,pipeline,overload"

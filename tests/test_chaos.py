@@ -52,6 +52,7 @@ def long_clip(live_clip: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     return out
 
 
+@pytest.mark.slow
 def test_cameras_that_die_stall_or_come_late_are_watched_again(live_clip, long_clip, tmp_path):
     rng = random.Random(17)
     steady_mounts = {f"cam{i}": long_clip for i in range(3)}

@@ -124,6 +124,7 @@ def test_verdicts_arrive_in_kafka_keyed_valid_and_whole_through_failing_writes(
         assert svc.terminate() == 0
 
 
+@pytest.mark.slow
 def test_verdicts_stay_whole_through_broker_restarts_and_a_faulty_network(topics, clip, tmp_path):
     """The broker restarted 5 times, and Toxiproxy between it and the service delays (2 s),
     resets and stalls its connections, while verdicts flow: in every session ``seq`` is
@@ -187,6 +188,7 @@ def test_verdicts_stay_whole_through_broker_restarts_and_a_faulty_network(topics
             assert svc.terminate() == 0
 
 
+@pytest.mark.slow
 def test_a_replica_joining_and_leaving_restarts_only_the_streams_that_move(
     broker, topics, clip, tmp_path
 ):
@@ -583,6 +585,7 @@ def committed(bootstrap: str, group: str) -> dict[int, int]:
     return asyncio.run(run())
 
 
+@pytest.mark.slow
 def test_a_replica_killed_mid_stream_leaves_no_window_without_a_verdict(
     broker, topics, clip, tmp_path
 ):

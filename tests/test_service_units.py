@@ -7,7 +7,8 @@ import pytest
 
 from streamer.config import StreamSpec, load_settings
 from streamer.errors import ConfigError
-from streamer.sources.base import ALLOWED, Backoff, SourceState
+from streamer.sources.base import ALLOWED, SourceState
+from streamer.tasks import Backoff
 from streamer.urls import redact
 
 

@@ -93,8 +93,7 @@ def test_a_failing_loop_is_restarted_counted_then_given_up():
     import asyncio
 
     from streamer.metrics import Metrics
-    from streamer.sources.base import Backoff
-    from streamer.tasks import GIVE_UP_AFTER, Supervisor
+    from streamer.tasks import GIVE_UP_AFTER, Backoff, Supervisor
 
     async def main() -> tuple[int, list[str], float]:
         metrics = Metrics()
@@ -121,8 +120,7 @@ def test_a_failing_loop_is_restarted_counted_then_given_up():
 def test_a_loop_that_recovers_keeps_running_and_cancel_stops_it():
     import asyncio
 
-    from streamer.sources.base import Backoff
-    from streamer.tasks import Supervisor
+    from streamer.tasks import Backoff, Supervisor
 
     async def main() -> tuple[int, list[str], bool]:
         sup = Supervisor(None, Backoff(0.001, 0.002))

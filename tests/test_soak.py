@@ -12,9 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_four_streams_for_two_minutes_leave_the_process_flat(tmp_path, photos_dir):
     out = tmp_path / "soak.json"
     script = str(ROOT / "scripts" / "soak.py")

@@ -1,1 +1,2 @@
-"""Where verdicts go: stdout JSON lines now; Kafka and the API ring arrive with the service."""
+"""Where verdicts go: stdout JSON lines and the ring the API reads (``stdout.py``), Kafka
+(``kafka.py``); ``base.py`` is the interface and its acknowledgement callback."""

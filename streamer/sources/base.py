@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import enum
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -23,6 +22,7 @@ from analyzer.faces import FaceTracker, FrameFaces
 from streamer.errors import SourceError, UrlRejected
 from streamer.shedding import Pacer
 from streamer.sources.decode import VideoFrame
+from streamer.tasks import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -61,17 +61,6 @@ class FrameItem:
     # Delivery marks of input wholly before this frame (Opener.release): done once a
     # window starting at or after this frame is acknowledged by every sink.
     marks: tuple[object, ...] = ()
-
-
-@dataclass(frozen=True)
-class Backoff:
-    initial_s: float = 0.5
-    max_s: float = 30.0
-
-    def delay(self, attempt: int) -> float:
-        """Exponential backoff with jitter: uniform in [0.5, 1] of min(max, initial * 2^n)."""
-        base = min(self.max_s, self.initial_s * (2 ** max(0, attempt - 1)))
-        return base * random.uniform(0.5, 1.0)
 
 
 class Opener:
