@@ -41,7 +41,10 @@ def listed(svc: Service) -> set[str]:
 
 
 def test_publish_verdicts_then_delete_ends_the_stream(face_clip, tmp_path):
-    with Service(ENV, tmp_path) as svc:
+    # The session ends after DFM_WHIP_TIMEOUT_S without a frame. Twice in full runs it
+    # ended 'publisher stopped sending' (3 s without a frame) before any verdict, a cause
+    # not pinned down (not seen alone in 7 runs); this test is about DELETE, so 10 s.
+    with Service({**ENV, "DFM_WHIP_TIMEOUT_S": "10"}, tmp_path) as svc:
         url = f"http://127.0.0.1:{svc.port}/v1/whip/phone-1"
         pub = WhipPublisher(url, face_clip).start()
         try:
