@@ -39,7 +39,7 @@ from streamer.faults import InjectedFault
 from streamer.kafka_common import client_options
 from streamer.metrics import Metrics
 from streamer.sinks.base import Ack
-from streamer.tasks import Backoff, Supervisor
+from streamer.tasks import Supervisor
 from streamer.verdict import Verdict
 
 log = logging.getLogger(__name__)
@@ -127,7 +127,7 @@ class KafkaSink:
         )
 
     async def _connect(self) -> AIOKafkaProducer:
-        backoff, attempt = Backoff(0.5, 10.0), 0
+        delay = 0.5
         while True:
             producer = AIOKafkaProducer(
                 **client_options(self.settings),
@@ -143,10 +143,9 @@ class KafkaSink:
             except KafkaError as exc:
                 with contextlib.suppress(KafkaError):
                     await producer.stop()
-                attempt += 1
-                delay = backoff.delay(attempt)
                 log.warning("kafka: cannot connect (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def _run(self) -> None:
         if self._sending:  # restarted after a failure: what was in flight goes first again
@@ -158,7 +157,7 @@ class KafkaSink:
         self._healthy = False
         self._producer = await self._connect()
         self._healthy = True
-        backoff, attempt = Backoff(0.5, 5.0), 0
+        delay = 0.5
         while True:
             await self._buffer.wait()
             self._sending = self._buffer.take(self.in_flight)
@@ -174,15 +173,15 @@ class KafkaSink:
             if delivered:  # some got through: Kafka is there; the failed ones go again at once
                 if not self._healthy:
                     log.info("kafka: publishing again")
-                self._healthy, attempt = True, 0
+                self._healthy, delay = True, 0.5
             elif failed:
                 if self._healthy:
                     log.warning(
                         "kafka: publish failed (%s); holding %d verdicts", error, self.pending
                     )
                 self._healthy = False
-                attempt += 1
-                await asyncio.sleep(backoff.delay(attempt))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
 
     async def _deliver(
         self, producer: AIOKafkaProducer, verdicts: list[Verdict]

@@ -225,12 +225,16 @@ class Service:
 
     def metric(self, name: str, **labels: str) -> float | None:
         """The value of one series in /metrics, or None when it is absent."""
-        from prometheus_client.parser import text_string_to_metric_families
-
-        for family in text_string_to_metric_families(self.client.get("/metrics").text):
-            for sample in family.samples:
-                if sample.name == name and sample.labels == labels:
-                    return float(sample.value)
+        text = self.client.get("/metrics").text
+        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in text.splitlines():
+            if line.startswith("#"):
+                continue
+            series, _, value = line.rpartition(" ")
+            metric, _, rest = series.partition("{")
+            got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
+            if metric == name and got == want:
+                return float(value)
         return None
 
     def terminate(self, timeout: float = 60, *, signalled: bool = False) -> int:
