@@ -78,7 +78,7 @@ class Batcher:
         self._wake = asyncio.Event()
         self._room = asyncio.Condition()
         self._inflight = 0
-        self.rate: float | None = None  # crops/s the backbone ran at (moving average)
+        self._rate: float | None = None  # crops/s the backbone ran at (moving average)
         self.room = self.max_inflight  # crops admitted now: max_inflight until measured
         self._executor: ThreadPoolExecutor | None = None
 
@@ -191,10 +191,10 @@ class Batcher:
     def _measured(self, crops: int, seconds: float) -> None:
         """One backbone call's rate moves the room: ``QUEUE_S`` of work, two batches at least."""
         rate = crops / max(seconds, 1e-6)
-        if self.rate is not None:
-            rate = (1 - RATE_WEIGHT) * self.rate + RATE_WEIGHT * rate
-        self.rate = rate
-        room = int(min(self.max_inflight, max(2 * self.max_batch, self.rate * QUEUE_S)))
+        if self._rate is not None:
+            rate = (1 - RATE_WEIGHT) * self._rate + RATE_WEIGHT * rate
+        self._rate = rate
+        room = int(min(self.max_inflight, max(2 * self.max_batch, rate * QUEUE_S)))
         if room != self.room:
             self.room = room
             self.metrics.queue_capacity.labels("engine_crops").set(room)
