@@ -13,17 +13,15 @@ that really move.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
 
 from streamer.config import Settings, StreamSpec
 from streamer.errors import Rejected
-from streamer.kafka_common import client_options, ensure_topic, sticky_assignor
+from streamer.kafka_common import client_options, ensure_topic, sticky_assignor, stop_client
 from streamer.manager import StreamManager
 from streamer.urls import redact
 
@@ -80,8 +78,7 @@ class SourceDirectory:
             self._running = False
         for client in (self._consumer, self._producer):
             if client is not None:
-                with contextlib.suppress(KafkaError):
-                    await client.stop()
+                await stop_client(client)
         self._consumer = self._producer = None
 
     async def __aenter__(self) -> SourceDirectory:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import logging
+from typing import Any, Protocol
 
 from aiokafka.coordinator.assignors.sticky.sticky_assignor import StickyPartitionAssignor
+from aiokafka.errors import KafkaError
 
 from streamer.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _Stoppable(Protocol):
+    async def stop(self) -> None: ...
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -73,3 +82,22 @@ def sticky_assignor() -> type[StickyPartitionAssignor]:
             "_latest_partition_movements": None,
         },
     )
+
+
+async def stop_client(client: _Stoppable) -> None:
+    """Stop an aiokafka producer or consumer, quietly when Kafka is away.
+
+    A consumer stopped while a fetch waits to retry raises the ``CancelledError`` of its
+    own fetch task (aio-libs/aiokafka#647: ``Fetcher.close`` awaits the tasks it has
+    just cancelled); that is not a cancellation of the caller, so it is logged and the
+    shutdown goes on. A cancellation of the caller still propagates.
+    """
+    try:
+        await client.stop()
+    except KafkaError as exc:
+        log.info("kafka: %s stopped with an error: %s", type(client).__name__, exc)
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise
+        log.info("kafka: %s stopped while a request was being retried", type(client).__name__)

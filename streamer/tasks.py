@@ -39,7 +39,8 @@ class Backoff:
 
     def delay(self, attempt: int) -> float:
         """Exponential backoff with jitter: uniform in [0.5, 1] of min(max, initial * 2^n)."""
-        base = min(self.max_s, self.initial_s * (2 ** max(0, attempt - 1)))
+        exponent = min(max(0, attempt - 1), 64)  # a source down for days: no float overflow
+        base = min(self.max_s, self.initial_s * 2.0**exponent)
         return base * random.uniform(0.5, 1.0)
 
 

@@ -44,7 +44,7 @@ def test_stream_ids_are_checked():
 
 def test_backoff_grows_to_its_cap_with_jitter():
     b = Backoff(initial_s=0.5, max_s=4.0)
-    for attempt, cap in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (10, 4.0)]:
+    for attempt, cap in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (10, 4.0), (5000, 4.0)]:
         delays = [b.delay(attempt) for _ in range(50)]
         assert all(cap * 0.5 <= d <= cap for d in delays)
         assert len(set(delays)) > 1
@@ -167,6 +167,34 @@ def test_a_task_stopping_another_can_itself_be_stopped():
         task.cancel()
         await asyncio.wait_for(asyncio.wait({task}), 5)
         assert task.cancelled()
+
+    asyncio.run(main())
+
+
+def test_stopping_a_kafka_client_survives_aiokafkas_own_cancelled_fetch():
+    """SIGTERM with the broker away ended in a traceback: the consumer's stop() raised the
+    CancelledError of the fetch it had just cancelled (aio-libs/aiokafka#647)."""
+    import asyncio
+
+    from streamer.kafka_common import stop_client
+
+    class Consumer:  # what aiokafka's Fetcher.close does with a fetch waiting to retry
+        stopped = False
+
+        async def stop(self) -> None:
+            retry = asyncio.create_task(asyncio.sleep(60))
+            await asyncio.sleep(0)
+            retry.cancel()
+            await retry
+            Consumer.stopped = True  # not reached: the rest of its stop is skipped
+
+    async def main() -> None:
+        await stop_client(Consumer())  # returns: the shutdown goes on
+        stopping = asyncio.create_task(stop_client(Consumer()))
+        await asyncio.sleep(0)
+        stopping.cancel()  # the caller's own cancellation still goes through
+        await asyncio.wait({stopping})
+        assert stopping.cancelled()
 
     asyncio.run(main())
 

@@ -36,7 +36,7 @@ from aiokafka.errors import KafkaError
 from streamer.buffers import BoundedBuffer, Policy
 from streamer.config import Settings
 from streamer.faults import InjectedFault
-from streamer.kafka_common import client_options
+from streamer.kafka_common import client_options, stop_client
 from streamer.metrics import Metrics
 from streamer.sinks.base import Ack
 from streamer.tasks import Supervisor
@@ -141,8 +141,7 @@ class KafkaSink:
                 await producer.start()
                 return producer
             except KafkaError as exc:
-                with contextlib.suppress(KafkaError):
-                    await producer.stop()
+                await stop_client(producer)
                 log.warning("kafka: cannot connect (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
@@ -152,8 +151,7 @@ class KafkaSink:
             self._buffer.unget(self._sending)
             self._sending = []
         if self._producer is not None:  # restarted after a failure: a fresh producer
-            with contextlib.suppress(KafkaError):
-                await self._producer.stop()
+            await stop_client(self._producer)
         self._healthy = False
         self._producer = await self._connect()
         self._healthy = True
@@ -255,7 +253,6 @@ class KafkaSink:
         await self.supervisor.cancel("kafka-sink")
         self._started = False
         if self._producer is not None:
-            with contextlib.suppress(KafkaError):
-                await self._producer.stop()
+            await stop_client(self._producer)
             self._producer = None
         self._healthy = False

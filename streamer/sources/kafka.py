@@ -41,7 +41,7 @@ from aiokafka.errors import KafkaError
 from streamer.buffers import BoundedBuffer, Empty, Ended, Policy, QueueMetrics
 from streamer.config import STREAM_ID, Settings, StreamSpec
 from streamer.errors import Rejected, SourceError
-from streamer.kafka_common import client_options, ensure_topic, sticky_assignor
+from streamer.kafka_common import client_options, ensure_topic, sticky_assignor, stop_client
 from streamer.metrics import Metrics
 from streamer.sources.base import Opener, SourceState
 from streamer.sources.decode import Picture, VideoFrame, resample
@@ -55,6 +55,7 @@ JPEG = "image/jpeg"
 # picture decoded this many pictures after the demuxer finished it.
 TS_DELAY = 32
 DLQ_BATCH = 256  # dead letters sent at once, at most
+CLOSE_COMMIT_S = 5.0  # at shutdown, the last commit waits this long for Kafka, at most
 
 
 @dataclass(frozen=True)
@@ -349,13 +350,18 @@ class KafkaVideoIngest:
         """After the streams drained and the sinks flushed: commit what is done, leave."""
         await self.stop_consuming()
         if self._consumer is not None:
-            with contextlib.suppress(KafkaError):
-                await self._commit()
-                await self._consumer.stop()
+            try:  # a commit waits for the group coordinator, for ever if Kafka is away
+                await asyncio.wait_for(self._commit(), CLOSE_COMMIT_S)
+            except TimeoutError:
+                log.warning(
+                    "kafka video: no commit within %.0f s at shutdown (Kafka away?); "
+                    "the messages since the last commit will be read again",
+                    CLOSE_COMMIT_S,
+                )
+            await stop_client(self._consumer)
             self._consumer = None
         if self._producer is not None:
-            with contextlib.suppress(KafkaError):
-                await self._producer.stop()
+            await stop_client(self._producer)
             self._producer = None
         self.openers.clear()
 
@@ -589,8 +595,12 @@ class KafkaVideoIngest:
             if p in assigned
         }
         if offsets:
-            with contextlib.suppress(KafkaError):
+            try:
                 await self._consumer.commit(offsets)
+            except KafkaError as exc:  # the next owner re-reads from the last commit
+                log.warning(
+                    "kafka video: commit failed (%s); those messages may be read again", exc
+                )
 
 
 def _message(partition: int, rec: Any, pts: float | None = None) -> Message:
