@@ -7,6 +7,7 @@ service at start-up with one line naming the setting (:func:`load_settings`).
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
 import re
 from difflib import get_close_matches
@@ -85,20 +86,24 @@ class Settings(BaseSettings):
     events_max_clients: int = Field(
         32, ge=1, le=10000, description="concurrent /v1/events (SSE) connections"
     )
-    device: Literal["auto", "cpu", "cuda"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto (CUDA when present), cpu or cuda"
+    )
     checkpoint: Path | None = Field(None, description="model checkpoint; default: bundled demo")
     random_weights: bool = Field(False, description="untrained weights (smoke tests, benchmarks)")
-    window_frames: int = Field(150, ge=2, le=600)
-    hop_frames: int = Field(30, ge=1, le=600)
-    fps: float = Field(30.0, gt=0, le=120)
-    threshold: float = Field(0.5, ge=0, le=1)
-    max_streams: int = Field(16, ge=1, le=1024)
-    max_faces: int = Field(4, ge=1, le=16)
+    window_frames: int = Field(150, ge=2, le=600, description="frames per window")
+    hop_frames: int = Field(30, ge=1, le=600, description="frames between window starts")
+    fps: float = Field(30.0, gt=0, le=120, description="frame rate streams are resampled to")
+    threshold: float = Field(0.5, ge=0, le=1, description="P(FAKE) for a FAKE label")
+    max_streams: int = Field(16, ge=1, le=1024, description="streams one replica runs")
+    max_faces: int = Field(4, ge=1, le=16, description="faces tracked per stream")
     detect_every: int = Field(3, ge=1, le=30, description="frames between face detections")
     kafka_bootstrap: str | None = Field(None, description="host:port,...; unset: no Kafka")
-    kafka_verdicts_topic: str = "deepfake.verdicts"
-    kafka_video_topic: str = "deepfake.video"
-    kafka_sources_topic: str = "deepfake.sources"
+    kafka_verdicts_topic: str = Field("deepfake.verdicts", description="verdicts out")
+    kafka_video_topic: str = Field("deepfake.video", description="encoded video in")
+    kafka_sources_topic: str = Field(
+        "deepfake.sources", description="stream specs, spread over replicas (compacted)"
+    )
     kafka_dlq_topic: str = Field(
         "deepfake.video.dlq", description="unusable video messages, with a 'reason' header"
     )
@@ -119,17 +124,27 @@ class Settings(BaseSettings):
     kafka_buffer: int = Field(
         10000, ge=1, le=1_000_000, description="verdicts held while Kafka is away"
     )
-    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
-    kafka_sasl_username: str | None = None
-    kafka_sasl_password: str | None = None
-    kafka_ssl_cafile: Path | None = None
-    kafka_ssl_certfile: Path | None = None
-    kafka_ssl_keyfile: Path | None = None
-    sink: Literal["stdout", "kafka", "none"] = "stdout"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = Field(
+        None, description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512 (SASL_*; unset: PLAIN)"
+    )
+    kafka_sasl_username: str | None = Field(None, description="SASL user")
+    kafka_sasl_password: str | None = Field(None, description="SASL password")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle (SSL, SASL_SSL)")
+    kafka_ssl_certfile: Path | None = Field(None, description="client certificate (mutual TLS)")
+    kafka_ssl_keyfile: Path | None = Field(None, description="client key (mutual TLS)")
+    sink: Literal["stdout", "kafka", "none"] = Field(
+        "stdout", description="where verdicts go: stdout (JSON lines), kafka or none"
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="DEBUG, INFO, WARNING or ERROR (to stderr)"
+    )
 
-    sources: list[StreamSpec] = Field(default_factory=list, description="streams at start-up")
+    sources: list[StreamSpec] = Field(
+        default_factory=list, description="streams at start-up: a JSON list of stream specs"
+    )
     allow_file_sources: bool = Field(False, description="accept file:// stream URLs")
     source_allow_nets: Annotated[list[str], NoDecode] = Field(
         default_factory=list,
@@ -161,8 +176,10 @@ class Settings(BaseSettings):
     open_timeout_s: float = Field(
         10.0, gt=0, description="open/read timeout of a file or URL scanned through the API"
     )
-    reconnect_initial_s: float = Field(0.5, gt=0)
-    reconnect_max_s: float = Field(30.0, gt=0)
+    reconnect_initial_s: float = Field(0.5, gt=0, description="first wait before reconnecting")
+    reconnect_max_s: float = Field(
+        30.0, gt=0, description="longest wait between reconnects (jittered doubling)"
+    )
     drain_grace_s: float = Field(10.0, ge=0, description="SIGTERM: time to finish due windows")
     flush_grace_s: float = Field(
         10.0, ge=0, le=600, description="SIGTERM: time for sinks to deliver buffered verdicts"
@@ -199,7 +216,9 @@ class Settings(BaseSettings):
         description="work queued and no engine batch done this long: /healthz fails",
     )
     faults: Faults = Field(
-        default_factory=Faults, description="test-only fault injection, JSON (streamer/faults.py)"
+        default_factory=Faults,
+        description="tests only: injected faults, JSON (engine_delay_ms, engine_error_rate, "
+        "sink_error_rate, calls, seed; streamer/faults.py)",
     )
 
     @field_validator("api_token", mode="before")
@@ -261,6 +280,45 @@ NOT_SETTINGS_PREFIXES = ("DFM_TEST_",)
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
+def settings_table() -> str:
+    """Every setting as a Markdown table row: name, default, range, meaning.
+
+    ``docs/settings.md`` holds this table (``scripts/settings_table.py`` writes it, a test
+    compares), so the field descriptions here are its single source.
+    """
+    rows = ["| setting | default | range | meaning |", "| --- | --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        meaning = (field.description or "").replace("|", "\\|")
+        rows.append(f"| `DFM_{name.upper()}` | {_shown(default)} | {_bounds(field)} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+def _shown(value: Any) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, BaseModel):
+        value = value.model_dump(exclude_defaults=True)
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, (list, dict)):
+        text = json.dumps(value) if not value or isinstance(value, dict) else ", ".join(value)
+        return f"`{text}`"
+    if isinstance(value, int) and value >= 1 << 20 and value % (1 << 20) == 0:
+        return f"{value >> 20} MiB"
+    return f"`{value}`"
+
+
+def _bounds(field: Any) -> str:
+    parts = []
+    for rule in field.metadata:
+        for attr, sign in (("ge", ">="), ("gt", ">"), ("le", "<="), ("lt", "<")):
+            bound = getattr(rule, attr, None)
+            if bound is not None:
+                parts.append(f"{sign} {bound}")
+    return ", ".join(parts)
+
+
 def unknown_env(environ: dict[str, str] | None = None) -> list[str]:
     """``DFM_*`` variables that name no setting (a typo is otherwise silently ignored)."""
     env = os.environ if environ is None else environ
@@ -295,7 +353,7 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
         close = get_close_matches(
             unknown[0], [f"DFM_{n.upper()}" for n in Settings.model_fields], n=1
         )
-        hint = f"; did you mean {close[0]}?" if close else "; see the settings table in README.md"
+        hint = f"; did you mean {close[0]}?" if close else "; see docs/settings.md"
         raise ConfigError(f"unknown setting {unknown[0]} in the environment{hint}")
     path = config_file or (Path(os.environ["DFM_CONFIG"]) if os.environ.get("DFM_CONFIG") else None)
     values: dict[str, Any] = {}

@@ -4,7 +4,7 @@
 
 Made for a GPU machine that reaches no package registry: torch and torchvision come with
 the machine; the other dependencies install from wheels carried beside the checkout, and
-the face photos from a folder named by DFM_PHOTOS_DIR (README, "Performance"). Writes
+the face photos from a folder named by DFM_PHOTOS_DIR (docs/performance.md). Writes
 OUT_DIR/bench.json (all figures) and OUT_DIR/bench.txt (the tables), and prints the tables.
 Not part of `make test`: it needs a GPU.
 """

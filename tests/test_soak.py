@@ -1,7 +1,7 @@
 """Soak (bounded for make test): 4 looped streams through a real ``serve`` for 2 minutes.
 
 ``scripts/soak.py`` samples the process from outside; after its warm-up RSS may grow at
-most 5 % and threads, event-loop tasks and open files stay flat. The README reports a
+most 5 % and threads, event-loop tasks and open files stay flat. docs/performance.md reports a
 1-hour run with 8 streams made with the same script.
 """
 

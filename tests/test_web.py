@@ -5,8 +5,8 @@ check the page, not the model: the label the page shows is the service's, pinned
 DFM_THRESHOLD=0 (every window with a face is FAKE); the demo model's accuracy is in its own
 report. The browser starts with the flags that keep it off the network, and every request
 the page makes must go to the service itself.
-Screenshots go to the test's folder, or to DFM_TEST_SCREENSHOTS_DIR when set (the README's
-pictures are made that way).
+Screenshots go to the test's folder, or to DFM_TEST_SCREENSHOTS_DIR when set (the pictures in
+docs/service.md are made that way).
 """
 
 from __future__ import annotations
