@@ -13,6 +13,8 @@ from streamer.config import Settings
 
 log = logging.getLogger(__name__)
 
+CLOSE_S = 5.0  # at shutdown, a last commit or a producer's close waits this long for Kafka
+
 
 class _Stoppable(Protocol):
     async def stop(self) -> None: ...

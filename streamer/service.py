@@ -57,18 +57,18 @@ def shutdown_worst_case_s(settings: Settings) -> float:
 
     Streams finish due windows (``drain_grace_s``), their source threads get
     ``WORKER_JOIN_S``, sinks deliver what they buffer (``flush_grace_s``), then HTTP closes
-    (``HTTP_CLOSE_S``), the Kafka video ingest commits (``CLOSE_COMMIT_S``, when Kafka is
-    away). Everything else (Kafka consumers leaving, WHIP sessions closing, the engine
-    thread) is quick, within the margin added here.
+    (``HTTP_CLOSE_S``); with Kafka away, the verdict producer's close and the video
+    ingest's last commit wait ``CLOSE_S`` each. Everything else (Kafka consumers leaving,
+    WHIP sessions closing, the engine thread) is quick, within the margin added here.
     """
+    from streamer.kafka_common import CLOSE_S
     from streamer.manager import WORKER_JOIN_S
-    from streamer.sources.kafka import CLOSE_COMMIT_S
 
     return (
         settings.drain_grace_s
         + WORKER_JOIN_S
         + settings.flush_grace_s
-        + CLOSE_COMMIT_S
+        + 2 * CLOSE_S
         + HTTP_CLOSE_S
         + 2.0
     )

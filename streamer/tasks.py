@@ -30,6 +30,10 @@ GIVE_UP_AFTER = 5  # failures in a row before a loop is given up (and /healthz f
 HEALTHY_S = 60.0  # a loop that ran this long before failing starts its count afresh
 
 
+class Restart(Exception):
+    """A loop asks for a fresh start, for a reason it knows (logged in one line, counted)."""
+
+
 @dataclass(frozen=True)
 class Backoff:
     """When to try again: sources reconnecting, supervised loops restarting."""
@@ -106,5 +110,8 @@ class Supervisor:
                     self._given_up[name] = exc
                     return
                 delay = self.backoff.delay(failures)
-                log.error("task %s failed; restarting in %.1f s", name, delay, exc_info=exc)
+                if isinstance(exc, Restart):
+                    log.error("task %s: %s; restarting in %.1f s", name, exc, delay)
+                else:
+                    log.error("task %s failed; restarting in %.1f s", name, delay, exc_info=exc)
                 await asyncio.sleep(delay)

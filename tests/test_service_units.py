@@ -246,3 +246,110 @@ def test_a_slow_engine_queues_about_a_second_of_work_not_256_crops():
     assert waits and max(waits) < 2.0, max(waits)
     assert 8 <= room <= 60, room  # 40 crops/s for 1 s; two batches at least
     assert alone == room + 1
+
+
+class _Producer:
+    """Stands in for aiokafka's producer: its sends fail with ``refuse``, or never end when
+    its sender has died (``dead``), or are acknowledged at once."""
+
+    def __init__(self, refuse: Exception | None = None, dead: bool = False) -> None:
+        import asyncio
+        import types
+
+        self.refuse, self.sent, self.stopped = refuse, [], False
+        done = asyncio.get_running_loop().create_future()
+        if dead:
+            done.set_result(None)
+        self._sender = types.SimpleNamespace(sender_task=done if dead else _Pending())
+
+    async def send(self, topic: str, value: bytes, key: bytes) -> object:
+        import asyncio
+
+        fut = asyncio.get_running_loop().create_future()
+        if self.refuse is not None:
+            fut.set_exception(self.refuse)
+        elif not isinstance(self._sender.sender_task, _Pending):
+            pass  # a dead sender: nothing ever answers
+        else:
+            self.sent.append(value)
+            fut.set_result(None)
+        return fut
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+def _verdict(seq: int) -> object:
+    from streamer.verdict import Verdict
+
+    return Verdict(
+        stream_id="cam-1",
+        session="00000000-0000-4000-8000-000000000000",
+        seq=seq,
+        window={"start_pts_s": seq, "end_pts_s": seq + 5.0, "frames": 150, "fps": 30.0},
+        score=0.1,
+        smoothed_score=0.1,
+        label="REAL",
+        threshold=0.5,
+        faces=[],
+        model={"name": "test", "version": "test", "sha256": None},
+        latency_ms=1.0,
+        emitted_at="2026-01-01T00:00:00.000Z",
+    )
+
+
+class _Pending:
+    def done(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize("broken", ["out_of_order", "dead_sender"])
+def test_a_producer_that_can_deliver_nothing_more_is_replaced(broken):
+    """After a broker restart the sink stayed on a producer that could deliver nothing (it
+    held verdicts for over a minute, silently): now it starts a fresh one."""
+    import asyncio
+
+    from aiokafka.errors import OutOfOrderSequenceNumber
+
+    from streamer.metrics import Metrics
+    from streamer.sinks.kafka import KafkaSink
+    from streamer.tasks import Backoff, Supervisor
+
+    async def main() -> None:
+        first = (
+            _Producer(refuse=OutOfOrderSequenceNumber())
+            if broken == "out_of_order"
+            else _Producer(dead=True)
+        )
+        producers = [first, _Producer()]
+        metrics = Metrics()
+        sink = KafkaSink(
+            load_settings(sink="kafka", kafka_bootstrap="127.0.0.1:9"),
+            metrics,
+            supervisor=Supervisor(metrics.task_restarts, Backoff(0.01, 0.01)),
+        )
+        sink.stall_s = 0.1
+
+        async def connect() -> object:
+            return producers.pop(0)
+
+        sink._connect = connect  # type: ignore[method-assign]
+        acked: list[int] = []
+        await sink.start()
+
+        def held(queue: str) -> float | None:
+            return metrics.registry.get_sample_value("deepfake_queue_depth", {"queue": queue})
+
+        for seq in range(3):
+            await sink.publish(_verdict(seq), lambda seq=seq: acked.append(seq))
+        if broken == "dead_sender":  # handed to the producer, unacknowledged: shown as held
+            await asyncio.sleep(0.05)
+            assert (held("kafka_verdicts"), held("kafka_in_flight")) == (0, 3)
+        assert await sink.flush(5), f"held: {sink.pending}"
+        assert acked == [0, 1, 2] and not producers  # all through the second producer
+        assert (held("kafka_verdicts"), held("kafka_in_flight")) == (0, 0)
+        assert first.stopped
+        await sink.stop()
+
+    asyncio.run(main())
+

@@ -12,7 +12,9 @@ it again could write it twice). A record that fails goes back to the front of th
 with the ones after it that did not reach the broker, in their order, and is sent again
 after a backoff; with the idempotent producer a partition takes no record after one of
 its own that failed, so each stream's verdicts stay in order and none is written twice.
-``in_flight=1`` is the one-write-at-a-time path (``deepfake-monitor bench --parts sink``
+Verdicts handed to the producer and not yet acknowledged show in
+``deepfake_queue_depth{queue="kafka_in_flight"}``, so the two depths together are what is
+held. ``in_flight=1`` is the one-write-at-a-time path (``deepfake-monitor bench --parts sink``
 compares the two).
 
 Each verdict's ``on_ack`` runs once the broker has acknowledged it, or once it is given
@@ -31,20 +33,36 @@ import logging
 import random
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
 from streamer.buffers import BoundedBuffer, Policy
 from streamer.config import Settings
 from streamer.faults import InjectedFault
-from streamer.kafka_common import client_options, stop_client
+from streamer.kafka_common import CLOSE_S, client_options, stop_client
 from streamer.metrics import Metrics
 from streamer.sinks.base import Ack
-from streamer.tasks import Supervisor
+from streamer.tasks import Restart, Supervisor
 from streamer.verdict import Verdict
 
 log = logging.getLogger(__name__)
 
 IN_FLIGHT = 512  # verdicts handed to the producer and not yet acknowledged, at most
+FAILING_LOG_S = 30.0  # while writes keep failing, say so this often
+
+# The broker refused these for this producer's id for good (its sequence is lost, or it
+# was fenced), or the producer is closed: sending again through it fails the same way for
+# ever. The broker wrote none of the refused records, so a fresh producer sends them.
+BROKEN = (OutOfOrderSequenceNumber, UnknownProducerId, ProducerFenced, ProducerClosed)
+
+
+class ProducerBroken(Restart):
+    """The producer can deliver nothing more; the sink's loop restarts with a fresh one."""
 
 
 class KafkaSink:
@@ -79,6 +97,8 @@ class KafkaSink:
         self._up.set(0)
         self.in_flight = in_flight
         self._sending: list[Verdict] = []  # taken from the buffer, not yet acknowledged
+        self._in_flight_depth = metrics.queue_depth.labels("kafka_in_flight")
+        self._in_flight_depth.set(0)
         self._acks: dict[int, Ack] = {}  # id(verdict) -> its on_ack, while it is held here
         self._producer: AIOKafkaProducer | None = None
         self._started = False
@@ -150,36 +170,59 @@ class KafkaSink:
         if self._sending:  # restarted after a failure: what was in flight goes first again
             self._buffer.unget(self._sending)
             self._sending = []
+            self._in_flight_depth.set(0)
         if self._producer is not None:  # restarted after a failure: a fresh producer
             await stop_client(self._producer)
         self._healthy = False
         self._producer = await self._connect()
         self._healthy = True
         delay = 0.5
+        said_at = -FAILING_LOG_S
+        loop = asyncio.get_running_loop()
         while True:
             await self._buffer.wait()
             self._sending = self._buffer.take(self.in_flight)
+            self._in_flight_depth.set(len(self._sending))
             delivered, failed, error = await self._deliver(self._producer, self._sending)
             for verdict in delivered:
                 self._acked(verdict)
             self._sending = []
+            self._in_flight_depth.set(0)
             self._buffer.unget(failed)
             if delivered:
                 self._progress.set()
             if error is not None:
                 self.metrics.sink_errors.labels(self.name).inc()
+            if isinstance(error, BROKEN) or self._sender_dead(self._producer):
+                self._healthy = False
+                raise ProducerBroken(
+                    f"the producer can deliver nothing more ({error!r}); "
+                    f"holding {self.pending} verdicts for a fresh one"
+                )
             if delivered:  # some got through: Kafka is there; the failed ones go again at once
                 if not self._healthy:
                     log.info("kafka: publishing again")
                 self._healthy, delay = True, 0.5
             elif failed:
-                if self._healthy:
+                if self._healthy or loop.time() - said_at >= FAILING_LOG_S:
                     log.warning(
-                        "kafka: publish failed (%s); holding %d verdicts", error, self.pending
+                        "kafka: publish failed (%r); holding %d verdicts", error, self.pending
                     )
+                    said_at = loop.time()
                 self._healthy = False
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
+
+    @staticmethod
+    def _sender_dead(producer: AIOKafkaProducer) -> bool:
+        """aiokafka's sender task has ended: nothing sent through this producer goes out.
+
+        aiokafka has no public word for it; a sender that ended with an error fails every
+        later send with that error, one that was cancelled leaves them waiting for ever.
+        """
+        sender = getattr(producer, "_sender", None)
+        task = getattr(sender, "sender_task", None)
+        return task is not None and task.done()
 
     async def _deliver(
         self, producer: AIOKafkaProducer, verdicts: list[Verdict]
@@ -208,7 +251,7 @@ class KafkaSink:
         for verdict, fut in sent:
             try:
                 await self._acknowledged(fut)
-            except KafkaError as exc:
+            except (KafkaError, ProducerBroken) as exc:  # the ones before it are delivered
                 error = error or exc
                 failed.append(verdict)
             else:
@@ -222,6 +265,8 @@ class KafkaSink:
                 await asyncio.wait_for(asyncio.shield(fut), self.stall_s)
                 return
             except TimeoutError:
+                if self._producer is not None and self._sender_dead(self._producer):
+                    raise ProducerBroken("aiokafka's sender ended") from None
                 if self._healthy:
                     log.warning(
                         "kafka: no acknowledgement for %.0f s; holding %d verdicts",
@@ -253,6 +298,9 @@ class KafkaSink:
         await self.supervisor.cancel("kafka-sink")
         self._started = False
         if self._producer is not None:
-            await stop_client(self._producer)
+            try:  # it waits for what aiokafka still retries, for ever if Kafka is away
+                await asyncio.wait_for(stop_client(self._producer), CLOSE_S)
+            except TimeoutError:
+                log.warning("kafka: the producer did not close within %.0f s; left", CLOSE_S)
             self._producer = None
         self._healthy = False

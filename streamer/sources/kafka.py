@@ -41,7 +41,13 @@ from aiokafka.errors import KafkaError
 from streamer.buffers import BoundedBuffer, Empty, Ended, Policy, QueueMetrics
 from streamer.config import STREAM_ID, Settings, StreamSpec
 from streamer.errors import Rejected, SourceError
-from streamer.kafka_common import client_options, ensure_topic, sticky_assignor, stop_client
+from streamer.kafka_common import (
+    CLOSE_S,
+    client_options,
+    ensure_topic,
+    sticky_assignor,
+    stop_client,
+)
 from streamer.metrics import Metrics
 from streamer.sources.base import Opener, SourceState
 from streamer.sources.decode import Picture, VideoFrame, resample
@@ -55,7 +61,6 @@ JPEG = "image/jpeg"
 # picture decoded this many pictures after the demuxer finished it.
 TS_DELAY = 32
 DLQ_BATCH = 256  # dead letters sent at once, at most
-CLOSE_COMMIT_S = 5.0  # at shutdown, the last commit waits this long for Kafka, at most
 
 
 @dataclass(frozen=True)
@@ -351,12 +356,12 @@ class KafkaVideoIngest:
         await self.stop_consuming()
         if self._consumer is not None:
             try:  # a commit waits for the group coordinator, for ever if Kafka is away
-                await asyncio.wait_for(self._commit(), CLOSE_COMMIT_S)
+                await asyncio.wait_for(self._commit(), CLOSE_S)
             except TimeoutError:
                 log.warning(
                     "kafka video: no commit within %.0f s at shutdown (Kafka away?); "
                     "the messages since the last commit will be read again",
-                    CLOSE_COMMIT_S,
+                    CLOSE_S,
                 )
             await stop_client(self._consumer)
             self._consumer = None
