@@ -115,6 +115,7 @@ def write_report(
     ax.plot([0, 1], [0, 1], "--", color="grey")
     ax.set_xlabel("false positive rate")
     ax.set_ylabel("true positive rate")
+    ax.set_title("ROC, held-out clips")
     ax.legend(loc="lower right")
     fig.tight_layout()
     fig.savefig(out / "roc.png", dpi=100)
@@ -123,18 +124,29 @@ def write_report(
     for key in ("loss", "accuracy"):
         if not history or f"train_{key}" not in history[0]:
             continue
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        epochs = range(1, len(history) + 1)
-        for split in ("train", "val"):
-            values = [h.get(f"{split}_{key}", math.nan) for h in history]
-            ax.plot(epochs, values, marker="o", label=split)
-        ax.set_xlabel("epoch")
-        ax.set_ylabel(key)
-        ax.legend()
-        fig.tight_layout()
+        fig = history_figure(history, key)
         fig.savefig(out / f"{key}.png", dpi=100)
         plt.close(fig)
     return result
+
+
+def history_figure(history: Sequence[dict[str, float]], key: str) -> Any:
+    """Training and validation ``key`` per epoch: a title, whole-number epoch ticks."""
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    epochs = range(1, len(history) + 1)
+    for split in ("train", "val"):
+        values = [h.get(f"{split}_{key}", math.nan) for h in history]
+        ax.plot(epochs, values, marker="o", label=split)
+    ax.set_title(f"{key} per epoch ({len(history)} epochs)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(key)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.legend()
+    fig.tight_layout()
+    return fig
 
 
 def evaluate_checkpoint(

@@ -250,6 +250,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     # a bad file, URL or option is reported within a second.
     from streamer.config import checkpoint_path
     from streamer.scan import ScanOptions, fetch_http, open_frames, stream_id_for
+    from streamer.sources.decode import media_seconds
     from streamer.urls import NetPolicy, parse_source_url
 
     if args.hop > args.window:
@@ -289,16 +290,24 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         checkpoint = checkpoint_path(args.checkpoint, random_weights=args.random_weights)
         loaded = random_model() if checkpoint is None else load_checkpoint(checkpoint)
         engine = Engine(loaded, device)
-        return _scan_frames(args, frames, engine, options, stream_id)
+        seconds = media_seconds(source)
+        total = None if seconds is None else max(1, round(seconds * options.fps))
+        return _scan_frames(args, frames, engine, options, stream_id, total)
 
 
 def _scan_frames(
-    args: argparse.Namespace, frames: Any, engine: Any, options: Any, stream_id: str
+    args: argparse.Namespace,
+    frames: Any,
+    engine: Any,
+    options: Any,
+    stream_id: str,
+    total: int | None = None,
 ) -> int:
     from analyzer.faces import BlazeFaceDetector
     from streamer.scan import scan
 
-    with BlazeFaceDetector() as detector, _progress(desc="scan", unit="frame") as tick:
+    bar = _progress(total=total, desc="scan", unit="frame")
+    with BlazeFaceDetector() as detector, bar as tick:
         summary = scan(
             frames,
             engine,
@@ -489,7 +498,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         soften=args.soften,
         version=args.model_version,
         training_data=(args.training_data + "; " if args.training_data else "")
-        + f"{args.manifest} (train {len(parts['train'])}, val {len(parts['val'])})",
+        + f"{Path(args.manifest).name} (train {len(parts['train'])}, val {len(parts['val'])})",
     )
 
     def report(row: dict[str, float]) -> None:

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from streamer.errors import SourceError
-from streamer.sources.decode import decode, resample
+from streamer.sources.decode import decode, media_seconds, resample
+from streamer.urls import parse_source_url
 
 DOT = np.zeros((2, 2, 3), np.uint8)
 
@@ -35,6 +36,17 @@ def test_decode_reads_every_frame_of_a_synthetic_clip(synth_clips):
     assert len(frames) == 180
     assert frames[0][0] == 0.0 and frames[-1][0] == pytest.approx(179 / 30, abs=1e-3)
     assert frames[0][1].shape == (360, 480, 3)
+
+
+def test_a_files_length_gives_scans_progress_bar_its_total(synth_clips, tmp_path):
+    """``scan`` of a file shows frames done of a known total (and so an ETA)."""
+    clip = sorted(synth_clips.glob("*.mp4"))[0]
+    seconds = media_seconds(parse_source_url(str(clip), kind="scan"))
+    frames = len(list(resample(decode(str(clip)), 30.0)))
+    assert seconds is not None and round(seconds * 30) == frames
+    (tmp_path / "junk.mp4").write_bytes(b"not a video")
+    for unknown in (str(tmp_path / "junk.mp4"), str(tmp_path / "none.mp4"), "rtsp://cam:554/x"):
+        assert media_seconds(parse_source_url(unknown, kind="scan")) is None
 
 
 def test_decode_of_a_missing_file_says_so(tmp_path):

@@ -54,3 +54,21 @@ def test_report_writes_metrics_and_non_empty_images(tmp_path):
     for name in ("confusion_matrix.png", "roc.png", "loss.png", "accuracy.png"):
         image = np.asarray(Image.open(tmp_path / name).convert("L"))
         assert image.shape[0] > 100 and image.std() > 5, name  # drawn, not blank
+
+
+def test_training_plots_have_a_title_and_whole_epochs_on_their_axis():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from analyzer.evaluate import history_figure
+
+    history = [{"train_loss": 0.7 - 0.1 * i, "val_loss": 0.72 - 0.1 * i} for i in range(3)]
+    fig = history_figure(history, "loss")
+    (ax,) = fig.axes
+    fig.canvas.draw()
+    ticks = [t for t in ax.get_xticks() if ax.get_xlim()[0] <= t <= ax.get_xlim()[1]]
+    plt.close(fig)
+    assert ax.get_title() == "loss per epoch (3 epochs)"
+    assert ticks and all(float(t).is_integer() for t in ticks), ticks  # not 1.25, 1.5, ...

@@ -165,6 +165,25 @@ def open_video(
     return container
 
 
+def media_seconds(source: SourceUrl) -> float | None:
+    """A local file's length in seconds as its container states it; None when unknown.
+
+    For progress bars only: nothing else depends on it (a container can misstate it).
+    """
+    if source.is_network:
+        return None
+    try:
+        with av.open(source.local_path, metadata_errors="replace") as container:
+            stream = container.streams.video[0]
+            if stream.duration is not None and stream.time_base is not None:
+                return float(stream.duration * stream.time_base)
+            if container.duration is not None:
+                return container.duration / av.time_base
+    except (av.error.FFmpegError, OSError, IndexError):
+        pass
+    return None
+
+
 def decode(
     source: SourceUrl | str, *, timeout_s: float = 10.0, limits: DecodeLimits | None = None
 ) -> Iterator[tuple[float, np.ndarray]]:
