@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import re
 import signal
 import socket
 from collections.abc import Sequence
@@ -50,6 +51,22 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HTTP_CLOSE_S = 5  # uvicorn's graceful close: open responses (an upload's events) are cut
+
+
+def without_directories(text: str) -> str:
+    """``text`` with every file path in it cut to the file's name: the page and the API
+    show no machine's directories (a checkpoint's training-data note names the manifest
+    it was trained on). A path is a word that starts at a root (``/``, ``~/``, ``./``,
+    ``C:\\``) or has a folder before a file name with an extension."""
+
+    def name(word: re.Match[str]) -> str:
+        w = word.group(0)
+        rooted = re.match(r"(?:[A-Za-z]:)?[\\/]|~[\\/]|\.\.?[\\/]", w)
+        if rooted or re.search(r"[\\/][^\\/]*\.[A-Za-z][A-Za-z0-9]*$", w):
+            return re.split(r"[\\/]", w.rstrip("\\/"))[-1] or w
+        return w
+
+    return re.sub(r"[^\s;,()]*[\\/][^\s;,()]*", name, text)
 
 
 def shutdown_worst_case_s(settings: Settings) -> float:
@@ -132,7 +149,7 @@ class Service:
                 "name": meta.name,
                 "version": meta.version,
                 "sha256": self.engine.sha256,
-                "training_data": meta.training_data,
+                "training_data": without_directories(meta.training_data),
             },
             "threshold": s.threshold,
             "window_frames": s.window_frames,

@@ -353,3 +353,22 @@ def test_a_producer_that_can_deliver_nothing_more_is_replaced(broken):
 
     asyncio.run(main())
 
+
+@pytest.mark.parametrize(
+    ("note", "shown"),
+    [
+        (
+            "synthetic clips; /root/.cache/dfm/clips/manifest.csv (train 70, val 20)",
+            "synthetic clips; manifest.csv (train 70, val 20)",
+        ),
+        ("data/clips/manifest.csv (train 1, val 1)", "manifest.csv (train 1, val 1)"),
+        ("C:\\data\\m.csv", "m.csv"),
+        ("~/clips/", "clips"),
+        ("split train/val 70/20", "split train/val 70/20"),  # not a path
+        ("none: random weights", "none: random weights"),
+    ],
+)
+def test_the_model_note_shows_no_machine_path(note, shown):
+    from streamer.service import without_directories
+
+    assert without_directories(note) == shown

@@ -93,6 +93,13 @@ def test_upload_of_a_fake_clip_shows_fake_and_one_point_per_window(
     # 180 frames at 30 fps, windows of 150 every 30: two windows, two points.
     assert page.locator("#timeline circle.point").count() == 2
     assert page.locator("#timeline line.threshold").count() == 1
+    # A labelled time axis that starts where the first window ends (about 5 s in), not at
+    # 0 with nothing before it, and ends at the last window's end (about 6 s).
+    ticks = [float(t.removesuffix(" s"))
+             for t in page.locator("#timeline text.tick").all_text_contents()]  # fmt: skip
+    assert len(ticks) >= 3 and 4.9 <= ticks[0] <= 5.2 and 5.7 <= ticks[-1] <= 6.0, ticks
+    first_x = float(page.locator("#timeline circle.point").first.get_attribute("cx") or -1)
+    assert first_x == 24  # the left edge of the plot
     assert page.locator("#crops img").count() == 8
     page.wait_for_selector("#heatmap:not([hidden])")
     assert page.locator("#upload-error").is_hidden()

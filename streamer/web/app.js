@@ -185,8 +185,12 @@ function drawTimeline(state, svg = $("timeline"), caption = $("timeline-text")) 
   const W = 600, H = 200, pad = 24;
   svg.replaceChildren();
   const points = state.verdicts.filter((v) => v.score !== null);
-  const end = Math.max(1, ...state.verdicts.map((v) => v.window.end_pts_s));
-  const x = (t) => pad + ((W - 2 * pad) * t) / end;
+  // Each point sits at its window's end, so the axis starts where the first window ends
+  // (5 s into a video at the default 150 frames), not at 0 with nothing before it.
+  const ends = state.verdicts.map((v) => v.window.end_pts_s);
+  const start = ends.length ? Math.min(...ends) : 0;
+  const end = Math.max(start + 1, ...ends);
+  const x = (t) => pad + ((W - 2 * pad) * (t - start)) / (end - start);
   const y = (p) => H - pad - (H - 2 * pad) * p;
   const add = (tag, attrs, text) => {
     const el = document.createElementNS(SVG, tag);
@@ -200,6 +204,15 @@ function drawTimeline(state, svg = $("timeline"), caption = $("timeline-text")) 
   add("text", { x: W - pad, y: y(state.threshold) - 4, class: "label", "text-anchor": "end" }, `threshold ${state.threshold}`);
   add("text", { x: 2, y: y(1) + 4, class: "label" }, "1");
   add("text", { x: 2, y: y(0) + 4, class: "label" }, "0");
+  const step = [0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600]
+    .find((s) => (end - start) / s <= 6) || 7200;
+  const first = Math.ceil(start / step - 1e-9);
+  for (let i = first; i * step <= end + 1e-9; i++) {
+    const t = i * step;
+    add("line", { x1: x(t), x2: x(t), y1: y(0), y2: y(0) + 4, class: "axis" });
+    const seconds = Number(t.toFixed(1));
+    add("text", { x: x(t), y: H - 6, class: "label tick", "text-anchor": "middle" }, `${seconds} s`);
+  }
   if (points.length > 1) {
     add("polyline", {
       points: points.map((v) => `${x(v.window.end_pts_s)},${y(v.score)}`).join(" "),
@@ -216,7 +229,7 @@ function drawTimeline(state, svg = $("timeline"), caption = $("timeline-text")) 
   const noFace = state.verdicts.length - points.length;
   caption.textContent =
     `${state.verdicts.length} window${state.verdicts.length === 1 ? "" : "s"} scored` +
-    (noFace ? `, ${noFace} without a face` : "") + ".";
+    (noFace ? `, ${noFace} without a face` : "") + "; each point sits at its window's end.";
 }
 
 function showDone(ev, state) {
