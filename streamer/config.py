@@ -10,12 +10,20 @@ import ipaddress
 import json
 import os
 import re
+from collections.abc import Callable
 from difflib import get_close_matches
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from streamer.errors import ConfigError, UrlRejected
@@ -67,7 +75,41 @@ class IceServer(BaseModel):
     credential: str | None = None
 
 
-class Settings(BaseSettings):
+class WindowSchedule(BaseModel):
+    """How frames become windows and verdicts, and how faces are followed: the one
+    definition of these options, their bounds and their defaults. :class:`Settings` holds
+    them as ``DFM_*`` settings (``serve``, uploads); ``scan`` builds its options from them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    window_frames: int = Field(150, ge=2, le=600, description="frames per window")
+    hop_frames: int = Field(30, ge=1, le=600, description="frames between window starts")
+    fps: float = Field(30.0, gt=0, le=120, description="frame rate streams are resampled to")
+    threshold: float = Field(0.5, ge=0, le=1, description="P(FAKE) for a FAKE label")
+    max_faces: int = Field(4, ge=1, le=16, description="faces tracked per stream")
+    detect_every: int = Field(3, ge=1, le=30, description="frames between face detections")
+
+    @model_validator(mode="after")
+    def _hop_within_window(self) -> Self:
+        if self.hop_frames > self.window_frames:
+            raise ValueError("hop_frames must not exceed window_frames; windows would skip frames")
+        return self
+
+
+def first_error(exc: ValidationError, name: Callable[[tuple[str | int, ...]], str]) -> str:
+    """The first problem in ``exc`` as one line, each field named as the user wrote it
+    (``name`` of its location: a ``DFM_*`` variable, a file's key, a command's option)."""
+    err = exc.errors()[0]
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        msg = "unknown setting; see docs/settings.md"
+    if not err["loc"]:  # a rule over several fields: name them inside the message
+        return re.sub(r"\b[a-z]+(?:_[a-z]+)+\b", lambda m: name((m.group(0),)), msg)
+    return f"{name(tuple(err['loc']))}: {msg}"
+
+
+class Settings(WindowSchedule, BaseSettings):
     model_config = SettingsConfigDict(env_prefix="DFM_", extra="forbid", validate_default=True)
 
     http_host: str = Field("127.0.0.1", description="HTTP listen address")
@@ -91,13 +133,7 @@ class Settings(BaseSettings):
     )
     checkpoint: Path | None = Field(None, description="model checkpoint; default: bundled demo")
     random_weights: bool = Field(False, description="untrained weights (smoke tests, benchmarks)")
-    window_frames: int = Field(150, ge=2, le=600, description="frames per window")
-    hop_frames: int = Field(30, ge=1, le=600, description="frames between window starts")
-    fps: float = Field(30.0, gt=0, le=120, description="frame rate streams are resampled to")
-    threshold: float = Field(0.5, ge=0, le=1, description="P(FAKE) for a FAKE label")
     max_streams: int = Field(16, ge=1, le=1024, description="streams one replica runs")
-    max_faces: int = Field(4, ge=1, le=16, description="faces tracked per stream")
-    detect_every: int = Field(3, ge=1, le=30, description="frames between face detections")
     kafka_bootstrap: str | None = Field(None, description="host:port,...; unset: no Kafka")
     kafka_verdicts_topic: str = Field("deepfake.verdicts", description="verdicts out")
     kafka_video_topic: str = Field("deepfake.video", description="encoded video in")
@@ -370,13 +406,14 @@ def load_settings(config_file: Path | None = None, **overrides: Any) -> Settings
     try:
         settings = Settings(**values)
     except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(p) for p in err["loc"]) or "?"
-        top = str(err["loc"][0]) if err["loc"] else "?"
-        name = f"{path}: key {loc}" if top in from_file else f"DFM_{top.upper()} ({loc})"
-        raise ConfigError(f"setting {name}: {err['msg']}") from None
-    if settings.hop_frames > settings.window_frames:
-        raise ConfigError("setting DFM_HOP_FRAMES must not exceed DFM_WINDOW_FRAMES")
+
+        def name(loc: tuple[str | int, ...]) -> str:
+            dotted, top = ".".join(str(p) for p in loc), str(loc[0])
+            if top in from_file:
+                return f"{path}: key {dotted}"
+            return f"DFM_{top.upper()}" + (f" ({dotted})" if len(loc) > 1 else "")
+
+        raise ConfigError(f"setting {first_error(exc, name)}") from None
     if settings.sink == "kafka" and not settings.kafka_bootstrap:
         raise ConfigError("setting DFM_SINK=kafka needs DFM_KAFKA_BOOTSTRAP")
     if settings.auth == "token" and not settings.api_token and not is_loopback(settings.http_host):

@@ -14,11 +14,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from analyzer.faces import Detector, FaceTracker
+from streamer.config import WindowSchedule
 from streamer.errors import SourceError, SourceUnreachable
 from streamer.sources.decode import DecodeLimits, VideoFrame, decode, resample
 from streamer.streams import PendingCrop, StreamState
@@ -31,14 +32,17 @@ if TYPE_CHECKING:  # torch: imported only once a scan has its first frame
 log = logging.getLogger(__name__)
 
 
+_SCHEDULE = WindowSchedule()  # the defaults
+
+
 @dataclass
 class ScanOptions:
-    window: int = 150
-    hop: int = 30
-    fps: float = 30.0
-    threshold: float = 0.5
-    max_faces: int = 4
-    detect_every: int = 3
+    window: int = _SCHEDULE.window_frames
+    hop: int = _SCHEDULE.hop_frames
+    fps: float = _SCHEDULE.fps
+    threshold: float = _SCHEDULE.threshold
+    max_faces: int = _SCHEDULE.max_faces
+    detect_every: int = _SCHEDULE.detect_every
     batch_size: int = 32
     timeout_s: float = 10.0
     max_gap_s: float | None = 5.0  # a longer gap or a jump back restarts tracks and windows
@@ -46,6 +50,19 @@ class ScanOptions:
     limits: DecodeLimits = field(default_factory=DecodeLimits)
 
     keep_top: bool = False  # keep the crops of the highest-scoring window (ScanSummary.top)
+
+    @classmethod
+    def from_schedule(cls, schedule: WindowSchedule, **rest: Any) -> ScanOptions:
+        """Options with ``schedule``'s window, hop, fps, threshold and face tracking."""
+        return cls(
+            window=schedule.window_frames,
+            hop=schedule.hop_frames,
+            fps=schedule.fps,
+            threshold=schedule.threshold,
+            max_faces=schedule.max_faces,
+            detect_every=schedule.detect_every,
+            **rest,
+        )
 
 
 @dataclass

@@ -198,13 +198,8 @@ class UploadScanner:
             self._remove(path)
             raise
         await self._slots.acquire()
-        options = ScanOptions(
-            window=self.settings.window_frames,
-            hop=min(self.settings.hop_frames, self.settings.window_frames),
-            fps=self.settings.fps,
-            threshold=self.settings.threshold,
-            max_faces=self.settings.max_faces,
-            detect_every=self.settings.detect_every,
+        options = ScanOptions.from_schedule(
+            self.settings,
             batch_size=min(32, self.settings.max_batch),
             timeout_s=self.settings.open_timeout_s,
             max_gap_s=self.settings.max_gap_s,

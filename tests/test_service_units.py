@@ -27,7 +27,7 @@ def test_settings_read_env_and_yaml(monkeypatch, tmp_path):
         ({"fps": 0}, "DFM_FPS"),
         ({"hop_frames": 200}, "DFM_HOP_FRAMES"),
         ({"sink": "kafka"}, "DFM_KAFKA_BOOTSTRAP"),
-        ({"windows": 3}, "windows"),
+        ({"windows": 3}, "DFM_WINDOWS: unknown setting"),
     ],
 )
 def test_bad_settings_name_the_setting(overrides, needle):
@@ -372,3 +372,25 @@ def test_the_model_note_shows_no_machine_path(note, shown):
     from streamer.service import without_directories
 
     assert without_directories(note) == shown
+
+
+def test_scan_options_and_settings_share_one_window_schedule(capsys):
+    """Window, hop, fps, threshold and face tracking were defined four times (settings,
+    scan, its options and uploads) with bounds checked by hand in two of them."""
+    from streamer.cli import SCHEDULE_OPTIONS, _build_parser, main
+    from streamer.config import Settings, WindowSchedule
+    from streamer.scan import ScanOptions
+
+    args = _build_parser().parse_args(["scan", "clip.mp4"])
+    settings = Settings()
+    for field, flag in SCHEDULE_OPTIONS.items():
+        assert getattr(args, flag[2:].replace("-", "_")) == getattr(settings, field), flag
+    assert ScanOptions.from_schedule(WindowSchedule()) == ScanOptions()
+    for bad, said in (
+        (["--threshold", "1.5"], "--threshold 1.5: Input should be less than or equal to 1"),
+        (["--detect-every", "31"], "--detect-every 31: Input should be less than or equal"),
+        (["--window", "20", "--hop", "30"], "--hop 30 must not exceed --window 20"),
+    ):
+        assert main(["scan", "clip.mp4", *bad]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("deepfake-monitor: error: " + said), line

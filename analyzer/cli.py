@@ -1,0 +1,319 @@
+"""The offline commands of the model side: ``synth``, ``preprocess``, ``train``, ``evaluate``.
+
+``streamer/cli.py`` (the ``deepfake-monitor`` command) adds them beside its own
+(``scan``, ``serve``, ``explain``, ``bench``, ``schema``). Nothing here imports ``streamer``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from analyzer.errors import AnalyzerError
+
+
+class UsageError(AnalyzerError):
+    """Bad command-line input."""
+
+
+def positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
+    return value
+
+
+def share(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a share between 0 and 1, such as 0.5")
+    return value
+
+
+def fractions(text: str) -> tuple[float, float, float]:
+    try:
+        parts = tuple(float(p) for p in text.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or min(parts) < 0 or abs(sum(parts) - 1.0) > 1e-6:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not three fractions adding up to 1, such as 0.7,0.2,0.1"
+        )
+    return parts[0], parts[1], parts[2]
+
+
+def add_commands(sub: Any) -> None:
+    """Add the offline commands to the ``deepfake-monitor`` subparsers ``sub``."""
+    synth = sub.add_parser("synth", help="write labelled synthetic REAL/FAKE face videos")
+    synth.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    synth.add_argument("--videos", type=positive_int, default=10, help="clips to write")
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--frames", type=positive_int, default=240, help="frames per clip")
+    synth.add_argument("--fps", type=float, default=30.0)
+    synth.add_argument("--size", default="480x360", help="WIDTHxHEIGHT, both even")
+    synth.add_argument(
+        "--identities",
+        default=None,
+        help="comma-separated photos (names in analyzer/photos.py, or astronaut); default all",
+    )
+    synth.add_argument("--workers", type=positive_int, default=1, help="parallel processes")
+    synth.add_argument(
+        "--method",
+        choices=["faceswap", "selfblend"],
+        default="faceswap",
+        help="how FAKE clips are made: another photo's face, or the face blended onto itself",
+    )
+    synth.add_argument(
+        "--swap-all", action="store_true", help="FAKE clips swap every face, not one or two"
+    )
+    synth.add_argument("--photos", type=Path, default=None, help="folder of the face photos")
+
+    pre = sub.add_parser("preprocess", help="labelled videos -> 112x112 face clips + manifest")
+    pre.add_argument(
+        "source", type=Path, metavar="SRC", help="DFDC / FF++ / real+fake folder / CSV"
+    )
+    pre.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    pre.add_argument("--frames", type=positive_int, default=150, help="face frames per clip")
+    pre.add_argument("--workers", type=positive_int, default=max(1, (os.cpu_count() or 2) - 1))
+
+    tr = sub.add_parser("train", help="train the ResNeXt50-LSTM on a preprocess manifest")
+    tr.add_argument("manifest", type=Path, metavar="MANIFEST", help="manifest.csv of preprocess")
+    tr.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="checkpoints and history")
+    tr.add_argument("--epochs", type=positive_int, default=20)
+    tr.add_argument("--batch", type=positive_int, default=4)
+    tr.add_argument("--lr", type=float, default=1e-5)
+    tr.add_argument("--weight-decay", type=float, default=1e-5)
+    tr.add_argument(
+        "--lr-schedule",
+        choices=["constant", "cosine"],
+        default="constant",
+        help="constant (the study's), or cosine decay to 0 over --epochs",
+    )
+    tr.add_argument("--frames", type=positive_int, default=150, help="frames per window")
+    tr.add_argument("--patience", type=positive_int, default=5, help="early stopping")
+    tr.add_argument("--seed", type=int, default=0, help="split and training seed")
+    tr.add_argument(
+        "--split", type=fractions, default=(0.7, 0.2, 0.1), help="train,val,test fractions"
+    )
+    tr.add_argument(
+        "--val-manifest",
+        type=Path,
+        default=None,
+        help="validate on this manifest's clips and train on all of MANIFEST (no split)",
+    )
+    tr.add_argument("--no-augment", action="store_true")
+    tr.add_argument(
+        "--imagenet", type=Path, default=None, help="torchvision ImageNet weights of the backbone"
+    )
+    tr.add_argument(
+        "--backbone",
+        choices=["resnext50_32x4d", "mobilenet_v3_small"],
+        default="resnext50_32x4d",
+        help="per-frame CNN (the study's ResNeXt50 or the compact demo's MobileNetV3-Small)",
+    )
+    tr.add_argument("--lstm-hidden", type=positive_int, default=None, help="LSTM units")
+    tr.add_argument(
+        "--pairs",
+        action="store_true",
+        help="batch each REAL clip with the FAKEs of the same footage (manifest column pair)",
+    )
+    tr.add_argument(
+        "--self-blend",
+        type=share,
+        default=0.0,
+        help="share of REAL training clips turned FAKE on the fly by self-blending (0-1)",
+    )
+    tr.add_argument(
+        "--soften",
+        type=share,
+        default=0.0,
+        help="share of training clips, REAL and FAKE alike, blurred as a whole (0-1)",
+    )
+    tr.add_argument("--model-version", default="trained", help="version written in verdicts")
+    tr.add_argument("--training-data", default=None, help="what the data was, for the metadata")
+    tr.add_argument("--device", default=os.environ.get("DFM_DEVICE", "auto"))
+    tr.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+
+    ev = sub.add_parser("evaluate", help="test-split report of a checkpoint: metrics and plots")
+    ev.add_argument("manifest", type=Path, metavar="MANIFEST", help="manifest.csv of preprocess")
+    ev.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
+    ev.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="report folder")
+    ev.add_argument("--seed", type=int, default=0, help="the split seed used for training")
+    ev.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
+    ev.add_argument(
+        "--fractions", type=fractions, default=(0.7, 0.2, 0.1), help="as train's --split"
+    )
+    ev.add_argument("--threshold", type=float, default=0.5)
+    ev.add_argument(
+        "--window", type=positive_int, default=None,
+        help="frames scored from the start of each clip (default: the checkpoint's window)",
+    )  # fmt: skip
+    ev.add_argument("--device", default=os.environ.get("DFM_DEVICE", "auto"))
+
+
+def _cmd_synth(args: argparse.Namespace) -> int:
+    from analyzer.synthetic import PHOTO_NAMES, synthesize
+
+    try:
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except ValueError:
+        raise UsageError(f"--size {args.size!r} must look like 480x360") from None
+    if width < 64 or height < 64 or width % 2 or height % 2:
+        raise UsageError(f"--size {args.size} must be even numbers of at least 64")
+    names = args.identities.split(",") if args.identities else PHOTO_NAMES
+    with progress(total=args.videos, desc="synth", unit="video") as tick:
+        specs = synthesize(
+            args.out_dir,
+            videos=args.videos,
+            seed=args.seed,
+            frames=args.frames,
+            fps=args.fps,
+            size=(width, height),
+            identities=[n.strip() for n in names if n.strip()],
+            photos_dir=args.photos,
+            swap_all=args.swap_all,
+            workers=args.workers,
+            method=args.method,
+            progress=tick,
+        )
+    fakes = sum(s.label == "FAKE" for s in specs)
+    real = len(specs) - fakes
+    print(f"wrote {len(specs)} clips ({real} REAL, {fakes} FAKE) and labels.csv to {args.out_dir}")
+    return 0
+
+
+def _cmd_preprocess(args: argparse.Namespace) -> int:
+    from analyzer.clips import preprocess
+    from analyzer.datasets import read_any
+
+    items = read_any(args.source)
+    with progress(total=len(items), desc="preprocess", unit="video") as tick:
+        done, skipped = preprocess(
+            items, args.out_dir, frames=args.frames, workers=args.workers, progress=tick
+        )
+    print(
+        f"{len(done)} clips in {args.out_dir / 'manifest.csv'}; "
+        f"{len(skipped)} videos skipped (reasons in {args.out_dir / 'skipped.csv'})"
+    )
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from analyzer.datasets import read_csv, require_parts, split
+    from analyzer.train import TrainConfig, train
+
+    items = read_csv(args.manifest)
+    if args.val_manifest is not None:
+        parts = {"train": items, "val": read_csv(args.val_manifest)}
+    else:
+        parts = split(items, seed=args.seed, balance=False, fractions=args.split)
+        require_parts(parts, ("train", "val"), args.split)
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch=args.batch,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        lr_schedule=args.lr_schedule,
+        frames=args.frames,
+        patience=args.patience,
+        seed=args.seed,
+        augment=not args.no_augment,
+        device=args.device,
+        imagenet=args.imagenet,
+        backbone=args.backbone,
+        lstm_hidden=args.lstm_hidden,
+        pairs=args.pairs,
+        self_blend=args.self_blend,
+        soften=args.soften,
+        version=args.model_version,
+        training_data=(args.training_data + "; " if args.training_data else "")
+        + f"{Path(args.manifest).name} (train {len(parts['train'])}, val {len(parts['val'])})",
+    )
+
+    def report(row: dict[str, float]) -> None:
+        print(
+            f"epoch {row['epoch']:.0f}/{args.epochs}  train loss {row['train_loss']:.4f} "
+            f"acc {row['train_accuracy']:.3f}  |  val loss {row['val_loss']:.4f} "
+            f"acc {row['val_accuracy']:.3f}",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    steps = len(parts["train"]) * args.epochs
+    with progress(total=steps, desc="train", unit="clip") as tick:
+
+        def on_batch(n: int, loss: float, acc: float) -> None:
+            if tick is not None:
+                tick(n, loss=f"{loss:.4f}", acc=f"{acc:.3f}")
+
+        history = train(
+            parts["train"],
+            parts["val"],
+            args.out_dir,
+            config,
+            resume=args.resume,
+            progress=report,
+            on_batch=on_batch,
+        )
+    print(f"{len(history)} epochs; checkpoints in {args.out_dir} (best.pt, last.pt)")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from analyzer.datasets import read_csv, split
+    from analyzer.evaluate import evaluate_checkpoint
+
+    items = read_csv(args.manifest)
+    if args.split != "all":
+        items = split(items, seed=args.seed, balance=False, fractions=args.fractions)[args.split]
+    if not items:
+        raise UsageError(f"the {args.split} split of {args.manifest} is empty; try --split all")
+    result = evaluate_checkpoint(
+        args.checkpoint,
+        items,
+        args.out_dir,
+        device=args.device,
+        threshold=args.threshold,
+        window=args.window,
+    )
+    print(
+        f"{result['videos']} videos: accuracy {result['accuracy']:.4f}, "
+        f"AUC {result['roc_auc']:.4f}, EER {result['eer']:.4f}, "
+        f"log loss {result['log_loss']:.4f} ({result['window_frames']}-frame windows); "
+        f"report in {args.out_dir}"
+    )
+    return 0
+
+
+@contextlib.contextmanager
+def progress(**kwargs: Any) -> Iterator[Callable[..., object] | None]:
+    """Yields ``tick(n, **postfix)`` for a bar on a terminal's stderr, else None."""
+    if not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(file=sys.stderr, dynamic_ncols=True, **kwargs) as bar:
+
+        def tick(n: int = 1, **postfix: str) -> None:
+            if postfix:
+                bar.set_postfix(postfix, refresh=False)
+            bar.update(n)
+
+        yield tick
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "synth": _cmd_synth,
+    "preprocess": _cmd_preprocess,
+    "train": _cmd_train,
+    "evaluate": _cmd_evaluate,
+}
