@@ -19,14 +19,16 @@ import math
 import torch
 import torch.nn.functional as F
 
+from analyzer import manipulations
+
 # Mean absolute colour change of the pasted face, in [0, 1] units (8 of 255 levels).
 MIN_STEP = 8 / 255
-# Mean colour step of the pasted face per channel mean, as in synthetic.MIN_COLOUR_STEP.
-MIN_COLOUR_STEP = 10 / 255
+# Mean colour step of the pasted face per channel mean: synth's, in [0, 1] units.
+MIN_COLOUR_STEP = manipulations.MIN_COLOUR_STEP / 255
 # The side at which the copy is rendered before it is scaled up to the crop, in crop
-# pixels: synthetic.RENDER_SIDE after preprocess's crop (the pasted square is about 1.08
-# crops wide).
-RENDER_SIDE = (30, 52)
+# pixels: synth's RENDER_SIDE after preprocess's crop (the pasted square is about 1.08
+# crops wide): (30, 52).
+RENDER_SIDE = tuple(round(side / 1.08) for side in manipulations.RENDER_SIDE)
 FPS = 30.0
 
 
@@ -75,7 +77,7 @@ def self_blend(clips: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     step = (patch - clips).abs().mean((1, 2, 3, 4), keepdim=True)
     patch = clips + (patch - clips) * (MIN_STEP / step.clamp_min(1e-6)).clamp_min(1.0)
 
-    # Rendered at a low resolution, as a face-swap decoder would (synthetic.RENDER_SIDE,
+    # Rendered at a low resolution, as a face-swap decoder would (manipulations.RENDER_SIDE,
     # in crop pixels), then a mean colour step of at least MIN_COLOUR_STEP.
     small = torch.randint(RENDER_SIDE[0], RENDER_SIDE[1] + 1, (b,), generator=gen)
     for size in small.unique().tolist():

@@ -160,7 +160,8 @@ def add_commands(sub: Any) -> None:
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
-    from analyzer.synthetic import PHOTO_NAMES, synthesize
+    from analyzer.scene import PHOTO_NAMES
+    from analyzer.synthetic import synthesize
 
     try:
         width, height = (int(v) for v in args.size.lower().split("x"))

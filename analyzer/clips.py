@@ -24,7 +24,7 @@ import numpy as np
 
 from analyzer.datasets import Item
 from analyzer.faces import BlazeFaceDetector, main_face_crops
-from analyzer.synthetic import write_h264
+from analyzer.h264 import write_h264
 
 MANIFEST = "manifest.csv"
 SKIPPED = "skipped.csv"

@@ -46,7 +46,7 @@ def test_grad_cam_of_the_demo_model_varies_over_the_face(synth_clips):
 
 def test_explain_of_a_video_without_faces_is_one_clear_error(tmp_path):
     blank = tmp_path / "blank.mp4"
-    from analyzer.synthetic import write_h264
+    from analyzer.h264 import write_h264
 
     frames = (np.full((120, 160, 3), 90, np.uint8) for _ in range(30))
     write_h264(blank, frames, (160, 120), 30.0)

@@ -12,17 +12,9 @@ import pytest
 
 from analyzer.errors import AssetsMissingError
 from analyzer.faces import BlazeFaceDetector
-from analyzer.synthetic import (
-    CSV_FIELDS,
-    MIN_BLEND_STEP,
-    MIN_COLOUR_STEP,
-    PHOTO_NAMES,
-    _graded_photo,
-    _make_self_blend,
-    _make_swap,
-    load_photos,
-    synthesize,
-)
+from analyzer.manipulations import MIN_BLEND_STEP, MIN_COLOUR_STEP, face_swap, self_blend_paste
+from analyzer.scene import PHOTO_NAMES, graded_photo, load_photos
+from analyzer.synthetic import CSV_FIELDS, synthesize
 from streamer.sources.decode import decode
 from tests.conftest import run_cli
 
@@ -111,7 +103,7 @@ def test_photos_are_graded_per_clip_and_self_blends_always_leave_a_step(photos_d
     photos = load_photos(photos_dir, ["sample2"])
     photo, face = photos[0], photos[0].faces[0]
     means = [
-        _graded_photo(photo, np.random.default_rng(seed)).rgb.reshape(-1, 3).mean(0)
+        graded_photo(photo, np.random.default_rng(seed)).rgb.reshape(-1, 3).mean(0)
         for seed in range(8)
     ]
     spread = np.ptp(np.stack(means), axis=0).max()
@@ -119,7 +111,7 @@ def test_photos_are_graded_per_clip_and_self_blends_always_leave_a_step(photos_d
 
     under = photo.rgb.astype(np.float32)
     for seed in range(40):
-        swap = _make_self_blend(photo, face, np.random.default_rng(seed))
+        swap = self_blend_paste(photo, face, np.random.default_rng(seed))
         x0, y0, x1, y1 = swap.box
         step = np.abs(swap.patch - under[y0:y1, x0:x1]).mean()
         assert step >= 0.8 * MIN_BLEND_STEP, f"seed {seed}: a self-blend step of {step:.1f}"
@@ -137,8 +129,8 @@ def test_pasted_faces_are_soft_and_off_in_colour_like_a_decoders(photos_dir):
     for seed in range(6):
         rng = np.random.default_rng(seed)
         for swap in (
-            _make_self_blend(target, target.faces[0], rng),
-            _make_swap(target, target.faces[0], donor, donor.faces[0], rng),
+            self_blend_paste(target, target.faces[0], rng),
+            face_swap(target, target.faces[0], donor, donor.faces[0], rng),
         ):
             x0, y0, x1, y1 = swap.box
             covered = under[y0:y1, x0:x1]
