@@ -82,7 +82,7 @@ class StreamRunner:
         self.metrics = metrics
         self.model = model
         self.counters = Counters()
-        self.state = StreamState(
+        self.windows = StreamState(
             spec.id,
             window=settings.window_frames,
             hop=settings.hop_frames,
@@ -90,8 +90,7 @@ class StreamRunner:
             threshold=settings.threshold,
             feature_dim=batcher.engine.feature_dim,
         )
-        self.source_state = SourceState.STARTING
-        self.reason: str | None = None
+        self._broken: str | None = None  # why the stream's own task ended in an error
         self.last_verdict: Verdict | None = None
         self.started_at = time.time()
         max_faces = options.max_faces or settings.max_faces
@@ -168,8 +167,16 @@ class StreamRunner:
         self.metrics.source_reconnects.labels(self.id).inc()
 
     # -- loop side ---------------------------------------------------------------------
+    @property
+    def source_state(self) -> SourceState:
+        """The source's state, owned by its worker; FAILED once the stream's task broke."""
+        return SourceState.FAILED if self._broken is not None else self.worker.now[0]
+
+    @property
+    def reason(self) -> str | None:
+        return self._broken if self._broken is not None else self.worker.now[1]
+
     def _on_state(self, state: SourceState, reason: str | None) -> None:
-        self.source_state, self.reason = state, reason
         self.metrics.source_up.labels(self.id).set(1 if state == SourceState.RUNNING else 0)
         if state in (SourceState.STOPPED, SourceState.FAILED):
             self._inbox.end()
@@ -185,8 +192,7 @@ class StreamRunner:
         log.error("stream %s: stopped by an internal error: %s", self.id, self._scrub(repr(exc)))
         self.worker.stop()
         self._inbox.end()  # a source waiting for room must not wait for ever
-        self.source_state = SourceState.FAILED
-        self.reason = self._scrub(f"internal error: {exc!r}")
+        self._broken = self._scrub(f"internal error: {exc!r}")
         self.metrics.source_up.labels(self.id).set(0)
 
     async def _run(self) -> None:
@@ -198,42 +204,42 @@ class StreamRunner:
             if item.restart:
                 log.warning("stream %s: timestamps jump; tracks and windows restart", self.id)
                 self.metrics.discontinuities.labels(self.id).inc()
-                self.state.restart()
+                self.windows.restart()
             if item.stride != self._stride:
                 # The analysis stride changed: the verdicts say the frame rate analysed.
                 self._stride = item.stride
-                self.state.fps = self.settings.fps / item.stride
+                self.windows.fps = self.settings.fps / item.stride
             if item.marks:
-                self.delivery.add_marks(self.state.frames_seen, item.marks)
+                self.delivery.add_marks(self.windows.frames_seen, item.marks)
             self.counters.frames += 1
             self.metrics.frames_decoded.labels(self.id).inc()
             if item.faces.crops:
                 self.counters.faces += len(item.faces.crops)
                 self.metrics.faces_detected.labels(self.id).inc(len(item.faces.crops))
-            pending = self.state.add_frame(item.pts_s, item.faces, item.arrival)
+            pending = self.windows.add_frame(item.pts_s, item.faces, item.arrival)
             if pending:
                 await self.batcher.reserve(len(pending))
                 fut = self.batcher.backbone([p.crop for p in pending])
                 fut.add_done_callback(partial(self._features_done, pending))
                 self._last_features = fut
-            if self.state.window_due():
+            if self.windows.window_due():
                 await self._emit_window()
 
     def _features_done(self, pending: list[PendingCrop], fut: asyncio.Future[Any]) -> None:
         if fut.cancelled():
             return
         if fut.exception() is not None:
-            self.state.features_failed(pending)
+            self.windows.features_failed(pending)
             return
-        late = self.state.set_features(pending, fut.result())
+        late = self.windows.set_features(pending, fut.result())
         if late:
             self.metrics.frames_dropped.labels(self.id, "late_features").inc(late)
 
     async def _emit_window(self) -> None:
         if self._last_features is not None and not self._last_features.done():
             await asyncio.wait([self._last_features])
-        job = self.state.build_window()
-        if self.state.lacks_features(job):
+        job = self.windows.build_window()
+        if self.windows.lacks_features(job):
             self._skip_window(job, "engine_error", "features of some of its frames failed")
             return
         scores: list[float] = []
@@ -243,9 +249,9 @@ class StreamRunner:
             except Exception as exc:
                 self._skip_window(job, "engine_error", f"the head failed twice ({exc})")
                 # Its features may be what the engine chokes on: start the tracks afresh.
-                self.state.restart()
+                self.windows.restart()
                 return
-        verdict = self.state.make_verdict(job, scores, self.model, time.monotonic())
+        verdict = self.windows.make_verdict(job, scores, self.model, time.monotonic())
         self.last_verdict = verdict
         self.counters.verdicts += 1
         self.metrics.verdicts.labels(self.id, verdict.label).inc()
@@ -286,7 +292,7 @@ class StreamRunner:
             "state": str(self.source_state),
             "reason": self.reason,
             "attempts": self.worker.attempts,
-            "session": self.state.session,
+            "session": self.windows.session,
             "frames": self.counters.frames,
             "faces": self.counters.faces,
             "verdicts": self.counters.verdicts,
@@ -294,7 +300,7 @@ class StreamRunner:
             "shed": self.counters.shed,
             "stride": self._stride,
             "skipped_windows": self.counters.skipped,
-            "tracks": sorted(self.state.tracks),
+            "tracks": sorted(self.windows.tracks),
             "last_verdict": self.last_verdict.model_dump(by_alias=True)
             if self.last_verdict
             else None,

@@ -111,6 +111,8 @@ class SourceWorker:
         self.on_shed = on_shed  # a frame skipped for that, before its faces were sought
         self.state = SourceState.STARTING
         self.reason: str | None = None
+        # (state, reason) in one assignment: what other threads read (StreamRunner.status)
+        self.now: tuple[SourceState, str | None] = (self.state, None)
         # CPU seconds of this thread per stage, for benchmarks: decode, faces, crop.
         self.cpu_s = {"decode": 0.0, "faces": 0.0, "crop": 0.0}
         self.tracker: FaceTracker | None = None
@@ -137,9 +139,11 @@ class SourceWorker:
         if state == self.state:
             if reason != self.reason:
                 self.reason = reason
+                self.now = (state, reason)
                 self.on_state(state, reason)
             return
         self.state, self.reason = state, reason
+        self.now = (state, reason)
         log.info("stream %s: source %s%s", self.stream_id, state, f" ({reason})" if reason else "")
         self.on_state(state, reason)
 
