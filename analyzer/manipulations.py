@@ -56,15 +56,7 @@ def face_swap(
     matched = (patch - mu_p) / sd_p * sd_t + mu_t
     patch = (1 - strength) * patch + strength * matched
     patch *= rng.uniform(0.93, 1.07, 3).astype(np.float32)
-    patch = as_rendered(patch, under, rng)
-    return Paste(
-        (tx0, ty0, tx1, ty1),
-        np.clip(patch, 0, 255),
-        blend_mask(side, rng),
-        Wave(rng, 0.3, 2.5),
-        Wave(rng, 0.3, 2.5),
-        Wave(rng, 0.2, 1.5),
-    )
+    return _pasted((tx0, ty0, tx1, ty1), patch, under, rng)
 
 
 # The side, in pixels, at which a face-swap decoder renders the pasted square (about 1.3
@@ -128,11 +120,18 @@ def self_blend_paste(target: Photo, face: Face, rng: np.random.Generator) -> Pas
     dx, dy = rng.uniform(-0.03, 0.03, 2) * side
     m = np.array([[s, 0, c - s * c + dx], [0, s, c - s * c + dy]], np.float32)
     patch = cv2.warpAffine(patch, m, (side, side), borderMode=cv2.BORDER_REFLECT)
+    return _pasted((x0, y0, x1, y1), patch, under, rng)
+
+
+def _pasted(
+    box: tuple[int, int, int, int], patch: np.ndarray, under: np.ndarray, rng: np.random.Generator
+) -> Paste:
+    """``patch`` rendered as a decoder leaves it, with its mask and its wobble."""
     patch = as_rendered(patch, under, rng)
     return Paste(
-        (x0, y0, x1, y1),
+        box,
         np.clip(patch, 0, 255),
-        blend_mask(side, rng),
+        blend_mask(box[2] - box[0], rng),
         Wave(rng, 0.3, 2.5),
         Wave(rng, 0.3, 2.5),
         Wave(rng, 0.2, 1.5),

@@ -296,7 +296,7 @@ def overload_bench(
     }
 
 
-def _bench_verdict(stream: int, seq: int) -> Verdict:
+def bench_verdict(stream: int, seq: int) -> Verdict:
     return Verdict(
         stream_id=f"bench-{stream}",
         session="00000000-0000-4000-8000-000000000000",
@@ -327,9 +327,9 @@ def sink_bench(bootstrap: str, *, verdicts: int, streams: int = 100) -> dict[str
         )
         sink = KafkaSink(settings, Metrics(), flush_timeout_s=600, in_flight=in_flight)
         await sink.start()
-        await sink.publish(_bench_verdict(0, 0))  # connect and create the topic first
+        await sink.publish(bench_verdict(0, 0))  # connect and create the topic first
         await sink.flush(60)
-        batch = [_bench_verdict(i % streams, 1 + i // streams) for i in range(count)]
+        batch = [bench_verdict(i % streams, 1 + i // streams) for i in range(count)]
         start = time.perf_counter()
         for v in batch:
             await sink.publish(v)

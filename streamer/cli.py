@@ -58,7 +58,10 @@ def _build_parser() -> argparse.ArgumentParser:
         info = WindowSchedule.model_fields[field]
         kind = int if info.annotation is int else float
         help_text = f"{info.description} (default {info.default})"
-        scan.add_argument(flag, type=kind, default=info.default, help=help_text)
+        metavar = flag[2:].upper().replace("-", "_")
+        scan.add_argument(
+            flag, dest=field, metavar=metavar, type=kind, default=info.default, help=help_text
+        )
     scan.add_argument("--batch", type=positive_int, default=32, help="backbone batch size")
     scan.add_argument(
         "--device", default=os.environ.get("DFM_DEVICE", "auto"), help="auto|cpu|cuda"
@@ -130,7 +133,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
     from streamer.sources.decode import media_seconds
     from streamer.urls import NetPolicy, parse_source_url
 
-    values = {f: getattr(args, flag[2:].replace("-", "_")) for f, flag in SCHEDULE_OPTIONS.items()}
+    values = {field: getattr(args, field) for field in SCHEDULE_OPTIONS}
     try:
         schedule = WindowSchedule(**values)
     except ValidationError as exc:

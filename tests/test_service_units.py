@@ -279,25 +279,6 @@ class _Producer:
         self.stopped = True
 
 
-def _verdict(seq: int) -> object:
-    from streamer.verdict import Verdict
-
-    return Verdict(
-        stream_id="cam-1",
-        session="00000000-0000-4000-8000-000000000000",
-        seq=seq,
-        window={"start_pts_s": seq, "end_pts_s": seq + 5.0, "frames": 150, "fps": 30.0},
-        score=0.1,
-        smoothed_score=0.1,
-        label="REAL",
-        threshold=0.5,
-        faces=[],
-        model={"name": "test", "version": "test", "sha256": None},
-        latency_ms=1.0,
-        emitted_at="2026-01-01T00:00:00.000Z",
-    )
-
-
 class _Pending:
     def done(self) -> bool:
         return False
@@ -311,6 +292,7 @@ def test_a_producer_that_can_deliver_nothing_more_is_replaced(broken):
 
     from aiokafka.errors import OutOfOrderSequenceNumber
 
+    from streamer.bench import bench_verdict
     from streamer.metrics import Metrics
     from streamer.sinks.kafka import KafkaSink
     from streamer.tasks import Backoff, Supervisor
@@ -341,7 +323,7 @@ def test_a_producer_that_can_deliver_nothing_more_is_replaced(broken):
             return metrics.registry.get_sample_value("deepfake_queue_depth", {"queue": queue})
 
         for seq in range(3):
-            await sink.publish(_verdict(seq), lambda seq=seq: acked.append(seq))
+            await sink.publish(bench_verdict(0, seq), lambda seq=seq: acked.append(seq))
         if broken == "dead_sender":  # handed to the producer, unacknowledged: shown as held
             await asyncio.sleep(0.05)
             assert (held("kafka_verdicts"), held("kafka_in_flight")) == (0, 3)
@@ -383,8 +365,8 @@ def test_scan_options_and_settings_share_one_window_schedule(capsys):
 
     args = _build_parser().parse_args(["scan", "clip.mp4"])
     settings = Settings()
-    for field, flag in SCHEDULE_OPTIONS.items():
-        assert getattr(args, flag[2:].replace("-", "_")) == getattr(settings, field), flag
+    for field in SCHEDULE_OPTIONS:
+        assert getattr(args, field) == getattr(settings, field), field
     assert ScanOptions.from_schedule(WindowSchedule()) == ScanOptions()
     for bad, said in (
         (["--threshold", "1.5"], "--threshold 1.5: Input should be less than or equal to 1"),

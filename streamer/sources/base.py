@@ -109,15 +109,21 @@ class SourceWorker:
         self.scrub = scrub  # takes credentials out of every reason shown or logged
         self.stride = stride  # overload: analyse 1 frame in stride() (read per frame)
         self.on_shed = on_shed  # a frame skipped for that, before its faces were sought
-        self.state = SourceState.STARTING
-        self.reason: str | None = None
-        # (state, reason) in one assignment: what other threads read (StreamRunner.status)
-        self.now: tuple[SourceState, str | None] = (self.state, None)
+        # (state, reason), set in one assignment: other threads read it (StreamRunner)
+        self.now: tuple[SourceState, str | None] = (SourceState.STARTING, None)
         # CPU seconds of this thread per stage, for benchmarks: decode, faces, crop.
         self.cpu_s = {"decode": 0.0, "faces": 0.0, "crop": 0.0}
         self.tracker: FaceTracker | None = None
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"source-{stream_id}", daemon=True)
+
+    @property
+    def state(self) -> SourceState:
+        return self.now[0]
+
+    @property
+    def reason(self) -> str | None:
+        return self.now[1]
 
     def start(self) -> None:
         self._thread.start()
@@ -138,11 +144,9 @@ class SourceWorker:
         reason = self.scrub(reason) if reason is not None else None
         if state == self.state:
             if reason != self.reason:
-                self.reason = reason
                 self.now = (state, reason)
                 self.on_state(state, reason)
             return
-        self.state, self.reason = state, reason
         self.now = (state, reason)
         log.info("stream %s: source %s%s", self.stream_id, state, f" ({reason})" if reason else "")
         self.on_state(state, reason)
