@@ -97,13 +97,18 @@ class WindowSchedule(BaseModel):
         return self
 
 
-def first_error(exc: ValidationError, name: Callable[[tuple[str | int, ...]], str]) -> str:
+def first_error(
+    exc: ValidationError,
+    name: Callable[[tuple[str | int, ...]], str],
+    unknown: str = "unknown setting; see docs/settings.md",
+) -> str:
     """The first problem in ``exc`` as one line, each field named as the user wrote it
-    (``name`` of its location: a ``DFM_*`` variable, a file's key, a command's option)."""
+    (``name`` of its location: a ``DFM_*`` variable, a file's key, a command's option);
+    ``unknown`` is what a name the model does not have is told."""
     err = exc.errors()[0]
     msg = str(err["msg"]).removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
-        msg = "unknown setting; see docs/settings.md"
+        msg = unknown
     if not err["loc"]:  # a rule over several fields: name them inside the message
         return re.sub(r"\b[a-z]+(?:_[a-z]+)+\b", lambda m: name((m.group(0),)), msg)
     return f"{name(tuple(err['loc']))}: {msg}"

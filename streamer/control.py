@@ -19,7 +19,8 @@ from streamer.errors import NotFound
 
 if TYPE_CHECKING:
     from streamer.cluster import SourceDirectory
-    from streamer.manager import StreamManager, StreamRunner
+    from streamer.manager import StreamManager
+    from streamer.pipeline import StreamRunner
     from streamer.sinks.stdout import RecentVerdicts
 
 SPARKLINE_POINTS = 60

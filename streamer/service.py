@@ -79,7 +79,7 @@ def shutdown_worst_case_s(settings: Settings) -> float:
     WHIP sessions closing, the engine thread) is quick, within the margin added here.
     """
     from streamer.kafka_common import CLOSE_S
-    from streamer.manager import WORKER_JOIN_S
+    from streamer.pipeline import WORKER_JOIN_S
 
     return (
         settings.drain_grace_s

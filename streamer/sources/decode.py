@@ -46,7 +46,7 @@ class Picture:
         self._rgb: np.ndarray | None = None
         # Delivery marks (Kafka messages): input that is wholly before this picture, so
         # done once the windows up to this picture's first tick are acknowledged. The
-        # source worker takes them off with the picture's first tick (streamer/manager.py).
+        # source worker takes them off with the picture's first tick (streamer/pipeline.py).
         self.marks: tuple[object, ...] = ()
         if isinstance(frame, np.ndarray):
             self._rgb = frame
