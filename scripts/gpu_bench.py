@@ -1,6 +1,6 @@
 """Engine, baseline and pipeline benchmarks on a CUDA GPU in one go, within about 8 minutes.
 
-    python tests/gpu_bench.py OUT_DIR
+    python scripts/gpu_bench.py OUT_DIR
 
 Made for a GPU machine that reaches no package registry: torch and torchvision come with
 the machine; the other dependencies install from wheels carried beside the checkout, and

@@ -10,6 +10,9 @@ The overload part runs 0.5x to 3x that capacity, each load twice in one go: with
 overload shedder (``streamer/shedding.py``) and without it (``DFM_SHED_MAX_STRIDE=1``),
 and reports verdicts/s, streams that got no verdict, and what was shed or dropped.
 
+The stages part costs one stream's path stage by stage on one clip: decode, face
+detection on every frame, tracking with crops, backbone per crop, head per window.
+
 The sink part sends the same verdicts through the Kafka sink to a broker the caller
 names (``--kafka``), once one acknowledged write at a time and once pipelined, and
 reports verdicts/s for each.
@@ -352,6 +355,61 @@ def sink_bench(bootstrap: str, *, verdicts: int, streams: int = 100) -> dict[str
     }
 
 
+def stage_bench(work: Path, *, device: str, quick: bool) -> dict[str, Any]:
+    """Milliseconds per frame (decode, detection, tracking + crops), per crop (backbone)
+    and per window (head) on a 480p two-face clip; random weights (speed only)."""
+    from analyzer.engine import Engine
+    from analyzer.faces import BlazeFaceDetector, FaceTracker
+    from analyzer.model import random_model
+    from streamer.sources.decode import decode
+
+    def per(count: int, fn: Any) -> float:
+        start = time.perf_counter()
+        fn()
+        return (time.perf_counter() - start) * 1000 / count
+
+    clip = make_clip(work, "480p", 2)
+    start = time.perf_counter()
+    decoded = [rgb for _, rgb in decode(str(clip))]
+    decode_ms = (time.perf_counter() - start) * 1000 / len(decoded)
+    frames = decoded[: 60 if quick else 300]
+    crops: list[np.ndarray] = []
+    with BlazeFaceDetector() as det:
+        det.detect(frames[0])
+        detect_ms = per(len(frames), lambda: [det.detect(rgb) for rgb in frames])
+        tracker = FaceTracker(det, detect_every=3)
+        track_ms = per(
+            len(frames),
+            lambda: crops.extend(c.crop for rgb in frames for c in tracker.update(rgb).crops),
+        )
+    engine = Engine(random_model(), device)
+    batch = np.stack((crops * 32)[:32])
+    reps = 1 if quick else 3
+    engine.backbone(batch)
+    backbone_ms = per(reps * len(batch), lambda: [engine.backbone(batch) for _ in range(reps)])
+    rng = np.random.default_rng(0)
+    windows = [rng.standard_normal((150, engine.feature_dim)).astype(np.float32)] * 8
+    engine.head(windows)
+    head_ms = per(reps * len(windows), lambda: [engine.head(windows) for _ in range(reps)])
+    h, w = frames[0].shape[:2]
+    return {
+        "device": str(engine.device),
+        "torch_threads": torch.get_num_threads(),
+        "clip": {
+            "frames": len(frames),
+            "size": [w, h],
+            "faces_per_frame": len(crops) / len(frames),
+        },
+        "ms": {
+            "decode_per_frame": decode_ms,
+            "detect_per_frame": detect_ms,
+            "track_and_crop_per_frame": track_ms,
+            "backbone_per_crop": backbone_ms,
+            "head_per_window": head_ms,
+        },
+    }
+
+
 def format_report(result: dict[str, Any]) -> str:
     """The benchmark as plain-text tables."""
     lines: list[str] = []
@@ -451,6 +509,19 @@ def format_report(result: dict[str, Any]) -> str:
             f"{over['top_load_share_of_peak'] * 100:.0f}% of the peak verdict rate, "
             f"{over['top_load_streams_without_verdicts']} stream(s) without a verdict"
         )
+    stages = result.get("stages")
+    if stages:
+        clip, ms = stages["clip"], stages["ms"]
+        lines += [
+            f"stages on {stages['device']} ({stages['torch_threads']} torch threads): "
+            f"{clip['frames']} frames {clip['size'][0]}x{clip['size'][1]}, "
+            f"{clip['faces_per_frame']:.2f} faces/frame, random weights",
+            f"  decode (PyAV, to RGB)            {ms['decode_per_frame']:8.2f} ms/frame",
+            f"  BlazeFace on every frame         {ms['detect_per_frame']:8.2f} ms/frame",
+            f"  tracker (detect every 3) + crops {ms['track_and_crop_per_frame']:8.2f} ms/frame",
+            f"  backbone, batch 32               {ms['backbone_per_crop']:8.2f} ms/crop",
+            f"  head, 8 windows of 150           {ms['head_per_window']:8.2f} ms/window",
+        ]
     sink = result.get("sink")
     if sink:
         lines.append(f"sink to Kafka at {sink['bootstrap']}: verdicts of {sink['streams']} streams")

@@ -41,6 +41,11 @@ SCHEDULE_OPTIONS = {
 }
 
 
+# Every benchmark is a part of `deepfake-monitor bench`: the model side's measurements are
+# in analyzer/bench.py, the service's in streamer/bench.py.
+BENCH_PARTS = ("engine", "baseline", "pipeline", "overload", "stages", "sink")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Live deepfake detection for video.")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output")
@@ -88,7 +93,11 @@ def _build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", help="measure engine, naive baseline and pipeline")
     bench.add_argument("--out", type=Path, default=Path("bench.json"), help="JSON results")
     bench.add_argument("--device", default=os.environ.get("DFM_DEVICE", "auto"))
-    bench.add_argument("--parts", default="engine,baseline,pipeline")
+    bench.add_argument(
+        "--parts",
+        default="engine,baseline,pipeline",
+        help=f"comma-separated, from {','.join(BENCH_PARTS)}",
+    )
     bench.add_argument("--quick", action="store_true", help="a few seconds: a smoke test")
     bench.add_argument("--batches", default=None, help="backbone batch sizes, e.g. 1,8,32,64")
     bench.add_argument("--hops", default="15,30,75", help="hops for the baseline")
@@ -218,14 +227,20 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from analyzer.bench import baseline_bench, engine_bench
-    from streamer.bench import SIZES, format_report, overload_bench, pipeline_bench, sink_bench
+    from streamer.bench import (
+        SIZES,
+        format_report,
+        overload_bench,
+        pipeline_bench,
+        sink_bench,
+        stage_bench,
+    )
 
     parts = {p.strip() for p in args.parts.split(",") if p.strip()}
-    unknown = parts - {"engine", "baseline", "pipeline", "overload", "sink"}
+    unknown = parts - set(BENCH_PARTS)
     if unknown:
         raise UsageError(
-            f"--parts {','.join(sorted(unknown))}: "
-            "choose engine, baseline, pipeline, overload, sink"
+            f"--parts {','.join(sorted(unknown))}: choose from {', '.join(BENCH_PARTS)}"
         )
     if "sink" in parts and not args.kafka:
         raise UsageError("--parts sink sends to a real broker: name it with --kafka HOST:PORT")
@@ -282,6 +297,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             warmup=3.0 if args.quick else args.warmup,
             p99_bound_ms=args.p99_ms,
         )
+    if "stages" in parts:
+        result["stages"] = stage_bench(work, device=args.device, quick=args.quick)
     if "sink" in parts:
         verdicts = min(args.verdicts, 5_000) if args.quick else args.verdicts
         result["sink"] = sink_bench(args.kafka, verdicts=verdicts)

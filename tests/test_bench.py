@@ -12,11 +12,11 @@ from tests.conftest import run_cli
 @pytest.mark.slow
 def test_bench_quick_measures_every_part(tmp_path, photos_dir):
     out = tmp_path / "bench.json"
-    parts = "engine,baseline,pipeline,overload"
+    parts = "engine,baseline,pipeline,overload,stages"
     args = ("--parts", parts, "--capacity", "1", "--out", str(out), "--work", str(tmp_path / "c"))
     result = run_cli("bench", "--quick", *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    for heading in ("engine on", "baseline on", "pipeline on", "overload on"):
+    for heading in ("engine on", "baseline on", "pipeline on", "overload on", "stages on"):
         assert heading in result.stdout
     data = json.loads(out.read_text())
     engine = data["engine"]
@@ -35,3 +35,6 @@ def test_bench_quick_measures_every_part(tmp_path, photos_dir):
     for row in over["rows"]:
         assert row["shed"]["stride"] >= 1 and row["no_shed"]["stride"] == 1
     assert 0 <= over["top_load_share_of_peak"] <= 1.5
+    stages = data["stages"]
+    assert stages["clip"]["faces_per_frame"] > 1.5  # the two-face clip: both found
+    assert all(ms > 0 for ms in stages["ms"].values())

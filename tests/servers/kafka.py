@@ -131,3 +131,17 @@ class KafkaBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+if __name__ == "__main__":
+    # A throw-away local broker for `deepfake-monitor bench --parts sink --kafka ...` and
+    # for trying the service by hand: python -m tests.servers.kafka (Ctrl-C stops it).
+    import tempfile
+
+    with KafkaBroker(Path(tempfile.mkdtemp(prefix="dfm-kafka-"))) as broker:
+        print(f"Kafka (KRaft) listening on {broker.bootstrap}; Ctrl-C stops it", flush=True)
+        try:
+            while broker.proc is not None and broker.proc.poll() is None:
+                time.sleep(1)
+        except KeyboardInterrupt:
+            pass
