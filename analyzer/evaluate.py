@@ -15,17 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-
-def roc_curve(y: np.ndarray, p: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """False and true positive rates (FAKE is positive) at every distinct threshold."""
-    order = np.argsort(-p, kind="mergesort")
-    y, p = y[order], p[order]
-    distinct = np.r_[np.flatnonzero(np.diff(p)), len(p) - 1]
-    tp = np.cumsum(y)[distinct]
-    fp = (distinct + 1) - tp
-    pos, neg = max(1, int(y.sum())), max(1, int(len(y) - y.sum()))
-    return np.r_[0.0, fp / neg], np.r_[0.0, tp / pos]
+from sklearn import metrics as skm
 
 
 def metrics(
@@ -40,24 +30,23 @@ def metrics(
     if len(y) == 0:
         raise ValueError("no predictions to evaluate")
     pred = (p >= threshold).astype(int)
-    tp = int(((pred == 1) & (y == 1)).sum())
-    tn = int(((pred == 0) & (y == 0)).sum())
-    fp = int(((pred == 1) & (y == 0)).sum())
-    fn = int(((pred == 0) & (y == 1)).sum())
     out: dict[str, Any] = {
         "videos": int(len(y)),
-        "accuracy": (tp + tn) / len(y),
-        "log_loss": float(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p))),
+        "accuracy": float(skm.accuracy_score(y, pred)),
+        "log_loss": float(skm.log_loss(y, p, labels=[0, 1])),
         "threshold": threshold,
         # Rows: true label, columns: predicted label, in the order REAL, FAKE.
-        "confusion_matrix": {"labels": ["REAL", "FAKE"], "matrix": [[tn, fp], [fn, tp]]},
+        "confusion_matrix": {
+            "labels": ["REAL", "FAKE"],
+            "matrix": skm.confusion_matrix(y, pred, labels=[0, 1]).tolist(),
+        },
     }
     if 0 < y.sum() < len(y):
-        fpr, tpr = roc_curve(y, p)
-        out["roc_auc"] = float(np.trapezoid(tpr, fpr))
+        out["roc_auc"] = float(skm.roc_auc_score(y, p))
+        fpr, tpr, _ = skm.roc_curve(y, p, drop_intermediate=False)
         fnr = 1 - tpr
         i = int(np.argmin(np.abs(fnr - fpr)))
-        out["eer"] = float((fpr[i] + fnr[i]) / 2)
+        out["eer"] = float((fpr[i] + fnr[i]) / 2)  # where misses and false alarms meet
     else:
         out["roc_auc"] = out["eer"] = math.nan  # one class only: undefined
     if methods is not None:
@@ -110,7 +99,7 @@ def write_report(
     y = np.array([1 if lb == "FAKE" else 0 for lb in labels])
     fig, ax = plt.subplots(figsize=(4, 4))
     if 0 < y.sum() < len(y):
-        fpr, tpr = roc_curve(y, np.asarray(p_fake, dtype=np.float64))
+        fpr, tpr, _ = skm.roc_curve(y, np.asarray(p_fake, dtype=np.float64))
         ax.plot(fpr, tpr, label=f"AUC {result['roc_auc']:.3f}")
     ax.plot([0, 1], [0, 1], "--", color="grey")
     ax.set_xlabel("false positive rate")
