@@ -14,15 +14,15 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
 import uvicorn
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -198,27 +198,33 @@ def create_app(service: ApiBackend) -> FastAPI:
             raise
         return StreamingResponse(events, media_type="application/x-ndjson", headers=STREAMING)
 
-    @app.get("/v1/events")
-    async def events(request: Request) -> StreamingResponse:
-        """Server-Sent Events: ``streams`` snapshots (state, last score, recent scores)."""
+    async def event_slot() -> AsyncIterator[None]:
+        """One of ``DFM_EVENTS_MAX_CLIENTS`` event streams, held while it is open."""
         nonlocal sse_clients
-        limit = service.settings.events_max_clients
-        if sse_clients >= limit:
+        if sse_clients >= service.settings.events_max_clients:
             raise Busy(
                 f"{sse_clients} event streams are open already (DFM_EVENTS_MAX_CLIENTS)",
                 retry_after_s=10,
             )
         sse_clients += 1
+        try:
+            yield
+        finally:
+            sse_clients -= 1
 
-        async def counted() -> AsyncIterator[str]:
-            nonlocal sse_clients
-            try:
-                async for chunk in _snapshots(service, request):
-                    yield chunk
-            finally:
-                sse_clients -= 1
-
-        return StreamingResponse(counted(), media_type="text/event-stream", headers=STREAMING)
+    @app.get("/v1/events", response_class=EventSourceResponse, dependencies=[Depends(event_slot)])
+    async def events(request: Request) -> AsyncIterator[ServerSentEvent]:
+        """Server-Sent Events: ``streams`` snapshots (state, last score, recent scores),
+        sent when they change; FastAPI frames them and keeps an idle stream alive."""
+        yield ServerSentEvent(retry=3000)
+        last = ""
+        while not service.closing.is_set() and not await request.is_disconnected():
+            cards = service.control.cards(service.settings.threshold)
+            snapshot = json.dumps({"streams": cards}, separators=(",", ":"))
+            if snapshot != last:
+                yield ServerSentEvent(event="streams", raw_data=snapshot)
+                last = snapshot
+            await asyncio.sleep(service.settings.events_interval_s)
 
     @app.get("/v1/streams")
     async def list_streams() -> dict[str, Any]:
@@ -286,23 +292,6 @@ def create_app(service: ApiBackend) -> FastAPI:
         return Response(status_code=200)
 
     return app
-
-
-async def _snapshots(service: ApiBackend, request: Request) -> AsyncIterator[str]:
-    interval = service.settings.events_interval_s
-    last, sent_at = "", 0.0
-    yield "retry: 3000\n\n"
-    while not service.closing.is_set() and not await request.is_disconnected():
-        cards = service.control.cards(service.settings.threshold)
-        snapshot = json.dumps({"streams": cards}, separators=(",", ":"))
-        now = time.monotonic()
-        if snapshot != last:
-            yield f"event: streams\ndata: {snapshot}\n\n"
-            last, sent_at = snapshot, now
-        elif now - sent_at > 15:
-            yield ": keep-alive\n\n"
-            sent_at = now
-        await asyncio.sleep(interval)
 
 
 def _jsonable(errors: Any) -> Any:

@@ -172,6 +172,13 @@ def test_hostile_requests_get_a_4xx_and_leak_nothing(tmp_path, gap_video):
             second = c.get("/v1/events", headers=AUTH)
             assert second.status_code == 503 and "DFM_EVENTS_MAX_CLIENTS" in second.json()["error"]
         assert "cam" in text and "hunter2" not in text
+
+        # A closed event stream gives its place back.
+        def events_status() -> int:
+            with c.stream("GET", "/v1/events", headers=AUTH) as again:
+                return again.status_code
+
+        wait_until(lambda: events_status() == 200, 10, "the event stream's place freed")
         assert "hunter2" not in svc.log()
         assert c.delete("/v1/streams/cam", headers=AUTH).status_code == 204
 
