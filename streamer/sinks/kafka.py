@@ -47,7 +47,7 @@ from streamer.faults import InjectedFault
 from streamer.kafka_common import CLOSE_S, client_options, stop_client
 from streamer.metrics import Metrics
 from streamer.sinks.base import Ack
-from streamer.tasks import Restart, Supervisor
+from streamer.tasks import Backoff, Restart, Supervisor
 from streamer.verdict import Verdict
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ class KafkaSink:
         )
 
     async def _connect(self) -> AIOKafkaProducer:
-        delay = 0.5
+        backoff, attempt = Backoff(0.5, 10.0), 0
         while True:
             producer = AIOKafkaProducer(
                 **client_options(self.settings),
@@ -162,9 +162,10 @@ class KafkaSink:
                 return producer
             except KafkaError as exc:
                 await stop_client(producer)
+                attempt += 1
+                delay = backoff.delay(attempt)
                 log.warning("kafka: cannot connect (%s); retrying in %.1f s", exc, delay)
                 await asyncio.sleep(delay)
-                delay = min(delay * 2, 10.0)
 
     async def _run(self) -> None:
         if self._sending:  # restarted after a failure: what was in flight goes first again
@@ -176,7 +177,7 @@ class KafkaSink:
         self._healthy = False
         self._producer = await self._connect()
         self._healthy = True
-        delay = 0.5
+        backoff, attempt = Backoff(0.5, 5.0), 0
         said_at = -FAILING_LOG_S
         loop = asyncio.get_running_loop()
         while True:
@@ -202,7 +203,7 @@ class KafkaSink:
             if delivered:  # some got through: Kafka is there; the failed ones go again at once
                 if not self._healthy:
                     log.info("kafka: publishing again")
-                self._healthy, delay = True, 0.5
+                self._healthy, attempt = True, 0
             elif failed:
                 if self._healthy or loop.time() - said_at >= FAILING_LOG_S:
                     log.warning(
@@ -210,8 +211,8 @@ class KafkaSink:
                     )
                     said_at = loop.time()
                 self._healthy = False
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
+                attempt += 1
+                await asyncio.sleep(backoff.delay(attempt))
 
     @staticmethod
     def _sender_dead(producer: AIOKafkaProducer) -> bool:

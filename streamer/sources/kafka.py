@@ -51,6 +51,7 @@ from streamer.kafka_common import (
 from streamer.metrics import Metrics
 from streamer.sources.base import Opener, SourceState
 from streamer.sources.decode import Picture, VideoFrame, resample
+from streamer.tasks import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -417,7 +418,7 @@ class KafkaVideoIngest:
                 batch.append(self._dlq.get_nowait())
             for msg, sid, reason, why in batch:
                 self._skipped(sid, msg, why, reason)
-            delay = 0.5
+            backoff = Backoff(0.5, 5.0)
             for attempt in range(5):
                 batch = await self._write_dead_letters(batch)
                 if not batch:
@@ -425,8 +426,7 @@ class KafkaVideoIngest:
                 log.warning(
                     "kafka video: %d dead-letter writes failed; attempt %d", len(batch), attempt + 1
                 )
-                await asyncio.sleep(delay)
-                delay = min(2 * delay, 5.0)
+                await asyncio.sleep(backoff.delay(attempt + 1))
             for msg, _, _, _ in batch:
                 log.error(
                     "kafka video: partition %d offset %d lost: the dead-letter topic cannot "

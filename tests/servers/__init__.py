@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 HERE = Path(__file__).resolve().parent
 CLI = str(Path(sys.executable).parent / "deepfake-monitor")
@@ -225,16 +226,10 @@ class Service:
 
     def metric(self, name: str, **labels: str) -> float | None:
         """The value of one series in /metrics, or None when it is absent."""
-        text = self.client.get("/metrics").text
-        want = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
-        for line in text.splitlines():
-            if line.startswith("#"):
-                continue
-            series, _, value = line.rpartition(" ")
-            metric, _, rest = series.partition("{")
-            got = ",".join(sorted(rest.rstrip("}").split(","))) if rest else ""
-            if metric == name and got == want:
-                return float(value)
+        for family in text_string_to_metric_families(self.client.get("/metrics").text):
+            for sample in family.samples:
+                if sample.name == name and sample.labels == labels:
+                    return float(sample.value)
         return None
 
     def terminate(self, timeout: float = 60, *, signalled: bool = False) -> int:
