@@ -26,7 +26,7 @@ run: setup
 test: setup lint
 	$(BIN)/python -m pytest
 
-## check: the edit loop: lint, types, and the unit tests of pure logic (about 30 s).
+## check: the edit loop: lint, types, and the unit tests of pure logic (under a minute).
 UNIT = tests/test_service_units.py tests/test_shedding.py tests/test_buffers.py \
        tests/test_streams.py tests/test_urls.py tests/test_blend.py tests/test_datasets.py \
        tests/test_architecture.py tests/test_docs.py

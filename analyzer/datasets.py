@@ -169,6 +169,10 @@ def split(
     most of its share of their label mix. With ``balance``, each split then keeps as many
     of its majority label as it has of the other (the study's 50/50 data), dropping
     items at random.
+
+    Not scikit-learn's ``StratifiedGroupKFold``: its folds are equal, so 70/20/10 takes
+    ten folds and at least ten groups, where this split works from three groups up (a
+    small synthetic set, a first try on a handful of people).
     """
     if abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(f"fractions {fractions} must add up to 1")
