@@ -255,10 +255,14 @@ def test_a_replica_joining_and_leaving_restarts_only_the_streams_that_move(
         counts = {sid: len(one.verdicts(sid)) + len(two.verdicts(sid)) for sid in back}
         wait_until(lambda: all(len(one.verdicts(s)) + len(two.verdicts(s)) > counts[s]
                                for s in back), 30, "verdicts resume")  # fmt: skip
+        moved_back_s = time.monotonic() - started
+        # SIGTERM leaves the group at once: well within the 10 s session timeout plus the
+        # time the streams take to restart and give a verdict (about 14 s measured).
+        assert moved_back_s < 40, moved_back_s
         print(
             f"rebalance, 12 streams: a third replica joining restarted {len(restarted)} "
             f"(the ones it took), leaving restarted {len(back)}; the others kept their "
-            f"sessions; moved back within {time.monotonic() - started:.1f} s of SIGTERM"
+            f"sessions; moved back within {moved_back_s:.1f} s of SIGTERM"
         )
         assert one.terminate() == 0 and two.terminate() == 0
 

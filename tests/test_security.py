@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import run_cli
-from tests.servers import Service, SilentServer, wait_until
+from tests.servers import Service, SilentServer, in_process, wait_until
 
 FAST = {"DFM_FPS": "10", "DFM_WINDOW_FRAMES": "20", "DFM_HOP_FRAMES": "10"}
 TOKEN = "s3cret"
@@ -260,14 +260,13 @@ def test_hostile_requests_get_a_4xx_and_leak_nothing(tmp_path, gap_video):
         assert svc.terminate() == 0
 
 
-def test_a_token_less_service_answers_only_to_its_own_host_name(tmp_path):
-    with Service(FAST, tmp_path) as svc:
-        c = svc.client
-        assert c.get("/v1/streams").status_code == 200
-        r = c.get("/v1/streams", headers={"Host": "rebind.example:8080"})
+async def test_a_token_less_service_answers_only_to_its_own_host_name():
+    async with in_process(FAST) as (svc, c):
+        assert (await c.get("/v1/streams")).status_code == 200
+        r = await c.get("/v1/streams", headers={"Host": "rebind.example:8080"})
         assert r.status_code == 421 and "Host" in r.json()["error"]
-        assert c.get("/v1/streams", headers={"Host": f"localhost:{svc.port}"}).status_code == 200
-        assert svc.terminate() == 0
+        r = await c.get("/v1/streams", headers={"Host": f"localhost:{svc.http_port}"})
+        assert r.status_code == 200
 
 
 def test_serving_all_interfaces_without_a_token_must_be_said_explicitly(tmp_path):

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -369,3 +369,21 @@ class GstWhipPublisher(_Publisher):
 
 def thread_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/task"))
+
+
+@contextlib.asynccontextmanager
+async def in_process(env: dict[str, str]) -> AsyncIterator[tuple[Any, httpx.AsyncClient]]:
+    """The service in this process, its HTTP app as served (behind the guard) reached
+    through ``httpx.ASGITransport``: for contract tests that need no process of their own
+    (lifecycle, signals and real servers stay with :class:`Service`)."""
+    from streamer.api import guarded_app
+    from streamer.config import load_settings
+    from streamer.service import Service as InProcessService
+
+    env = {"DFM_RANDOM_WEIGHTS": "true", "DFM_HTTP_PORT": "0", **env}
+    settings = load_settings(**{k.removeprefix("DFM_").lower(): v for k, v in env.items()})
+    async with InProcessService(settings) as svc:
+        transport = httpx.ASGITransport(app=guarded_app(svc))
+        base = f"http://127.0.0.1:{svc.http_port}"
+        async with httpx.AsyncClient(transport=transport, base_url=base) as client:
+            yield svc, client
