@@ -51,7 +51,14 @@ def test_publish_verdicts_then_delete_ends_the_stream(face_clip, tmp_path):
             assert pub.location and pub.location.startswith(f"{url}/")
             # 120 s: on a busy machine the first seconds (the model warming up) can push the
             # node into shedding, and 3 verdicts then take several times longer.
-            wait_until(lambda: len(svc.verdicts("phone-1")) >= 3, 120, "WHIP verdicts")
+            try:
+                wait_until(lambda: len(svc.verdicts("phone-1")) >= 3, 120, "WHIP verdicts")
+            except AssertionError as exc:
+                status = svc.client.get("/v1/streams").text
+                pub.kill()
+                raise AssertionError(
+                    f"{exc}\nstreams: {status}\nservice log: {svc.log()[-4000:]}"
+                ) from None
             verdicts = svc.verdicts("phone-1")
             assert gapless(verdicts) and any(v["faces"] for v in verdicts)
             assert svc.client.get("/v1/streams/phone-1").json()["state"] == "running"
@@ -63,9 +70,9 @@ def test_publish_verdicts_then_delete_ends_the_stream(face_clip, tmp_path):
             ]
             print(f"WHIP end-to-end delay s: {[round(d, 3) for d in delays]}")
             # Same machine, same clock: never before the frame was sent, and a verdict
-            # this late would mean frames queue up somewhere (the first one includes
-            # the model's warm-up on a busy 2-core machine).
-            assert all(-0.5 < d < 30 for d in delays), delays
+            # this late would mean frames queue up somewhere (1.5-1.8 s measured here,
+            # the first one with the model's warm-up).
+            assert all(-0.5 < d < 10 for d in delays), delays
             assert pub.stop() == 0
         finally:
             pub.kill()

@@ -18,28 +18,55 @@ from typing import Any
 import httpx
 from aiortc import MediaStreamTrack, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaPlayer
+from aiortc.mediastreams import MediaStreamError
 
 
-class Stamped(MediaStreamTrack):
-    """Passes frames through and notes when the first one was sent."""
+class Looped(MediaStreamTrack):
+    """The file's frames, again from the start at its end, on one growing timeline; notes
+    when the first one was sent.
+
+    Not ``MediaPlayer(loop=True)``: with PyAV 18 its decoder ends with an error that is
+    not ``StopIteration``, so aiortc 1.16's player stops at the end of the file instead
+    of seeking back.
+    """
 
     kind = "video"
 
-    def __init__(self, source: MediaStreamTrack) -> None:
+    def __init__(self, path: str) -> None:
         super().__init__()
-        self.source = source
+        self.path = path
+        self.player = MediaPlayer(path)
+        self.offset = 0  # added to the pts of this pass through the file
+        self.last_pts: int | None = None
+        self.step = 0  # one frame, in the stream's time base
         self.first_sent = asyncio.get_running_loop().create_future()
 
     async def recv(self) -> Any:
-        frame = await self.source.recv()
+        assert self.player.video is not None
+        try:
+            frame = await self.player.video.recv()
+        except MediaStreamError:
+            self.player.video.stop()
+            self.player = MediaPlayer(self.path)
+            assert self.player.video is not None and self.last_pts is not None
+            self.offset = self.last_pts + self.step
+            frame = await self.player.video.recv()
+        frame.pts += self.offset
+        if self.last_pts is not None and frame.pts > self.last_pts:
+            self.step = frame.pts - self.last_pts
+        self.last_pts = frame.pts
         if not self.first_sent.done():
             self.first_sent.set_result(time.time())
         return frame
 
+    def stop(self) -> None:
+        if self.player.video is not None:
+            self.player.video.stop()
+        super().stop()
+
 
 async def publish(url: str, path: str, token: str | None) -> int:
-    player = MediaPlayer(path, loop=True)
-    track = Stamped(player.video)
+    track = Looped(path)
     pc = RTCPeerConnection()
     pc.addTransceiver(track, direction="sendonly")
     await pc.setLocalDescription(await pc.createOffer())
@@ -59,7 +86,7 @@ async def publish(url: str, path: str, token: str | None) -> int:
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
         await client.delete(location, headers=headers)
     await pc.close()
-    player.video.stop()
+    track.stop()
     return 0
 
 
