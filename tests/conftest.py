@@ -30,13 +30,9 @@ CLIP_CACHE = (
 )
 
 
-def synthetic_clip(index: int, label: str | None = None, **kwargs: Any) -> Path:
-    """Clip ``index`` of ``synthesize(**kwargs)``, made once and kept across runs.
-
-    Synthesis is seeded, so the same arguments, analyzer code, photos and PyAV make the
-    same clips; they key the cache (``$DFM_CACHE/test-clips``). Warm, this saves the
-    suite about a minute of synthesis. Tests read these files and never write them.
-    """
+def cache_folder(kwargs: dict[str, Any]) -> Path:
+    """Where clips made with ``kwargs`` are kept: keyed by them, the analyzer's code, the
+    photos and PyAV, so a change to any of these makes them afresh."""
     import av
 
     from analyzer.photos import default_photos_dir
@@ -46,7 +42,17 @@ def synthetic_clip(index: int, label: str | None = None, **kwargs: Any) -> Path:
         key.update(source.read_bytes())
     for photo in sorted(default_photos_dir().iterdir()):
         key.update(f"{photo.name}:{photo.stat().st_size}".encode())
-    folder = CLIP_CACHE / key.hexdigest()[:20]
+    return CLIP_CACHE / key.hexdigest()[:20]
+
+
+def synthetic_clip(index: int, label: str | None = None, **kwargs: Any) -> Path:
+    """Clip ``index`` of ``synthesize(**kwargs)``, made once and kept across runs.
+
+    Synthesis is seeded, so the same arguments, analyzer code, photos and PyAV make the
+    same clips; they key the cache (``$DFM_CACHE/test-clips``). Warm, this saves the
+    suite about a minute of synthesis. Tests read these files and never write them.
+    """
+    folder = cache_folder(kwargs)
     manifest = folder / "clips.json"
     if not manifest.exists():
         from analyzer.synthetic import synthesize
@@ -77,14 +83,18 @@ def photos_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def synth_clips(tmp_path_factory: pytest.TempPathFactory, photos_dir: Path) -> Path:
-    """Four 180-frame clips (REAL, FAKE, REAL, FAKE) from two photos, via the CLI."""
-    out = tmp_path_factory.mktemp("synth")
-    result = run_cli(
-        "synth", str(out), "--videos", "4", "--frames", "180", "--seed", "11",
-        "--identities", "sample3,astronaut",
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
+def synth_clips(photos_dir: Path) -> Path:
+    """Four 180-frame clips (REAL, FAKE, REAL, FAKE) from two photos, made by the CLI
+    once and kept across runs like :func:`synthetic_clip`'s. Tests never write here."""
+    args = ["--videos", "4", "--frames", "180", "--seed", "11", "--identities", "sample3,astronaut"]
+    out = cache_folder({"synth-cli": args})
+    if not (out / "labels.csv").exists():
+        part = out.with_name(f"{out.name}.part{os.getpid()}")
+        shutil.rmtree(part, ignore_errors=True)
+        result = run_cli("synth", str(part), *args)
+        assert result.returncode == 0, result.stderr
+        shutil.rmtree(out, ignore_errors=True)
+        part.rename(out)
     return out
 
 

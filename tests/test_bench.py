@@ -6,14 +6,16 @@ import json
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import cache_folder, run_cli
 
 
 @pytest.mark.slow
 def test_bench_quick_measures_every_part(tmp_path, photos_dir):
     out = tmp_path / "bench.json"
     parts = "engine,baseline,pipeline,overload,stages"
-    args = ("--parts", parts, "--capacity", "1", "--out", str(out), "--work", str(tmp_path / "c"))
+    # The bench's clips are made once and kept across runs, as the other tests' are.
+    work = cache_folder({"bench-clips": True})
+    args = ("--parts", parts, "--capacity", "1", "--out", str(out), "--work", str(work))
     result = run_cli("bench", "--quick", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     for heading in ("engine on", "baseline on", "pipeline on", "overload on", "stages on"):
