@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import Any, get_args
 
 from analyzer.faces import Detector, FaceTracker
 from streamer.batcher import Batcher
@@ -30,7 +30,7 @@ from streamer.sources.base import FrameItem, Opener, SourceState, SourceWorker
 from streamer.streams import PendingCrop, StreamState, WindowJob
 from streamer.tasks import Backoff
 from streamer.urls import SourceUrl
-from streamer.verdict import ModelRef, Verdict
+from streamer.verdict import Label, ModelRef, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,11 @@ class StreamRunner:
         self._task: asyncio.Task[None] | None = None
         self._last_features: asyncio.Future[Any] | None = None
         metrics.source_up.labels(spec.id).set(0)
+        # Every verdict label's series exists from the start, at 0: a first burst of FAKE
+        # windows is then an increase that increase() and rate() see, where a series born
+        # at its final value shows none (DeepfakeDetected stayed quiet).
+        for label in get_args(Label):
+            metrics.verdicts.labels(spec.id, label)
 
     # -- lifecycle ---------------------------------------------------------------------
     async def start(self) -> None:
