@@ -358,15 +358,11 @@ def sink_bench(bootstrap: str, *, verdicts: int, streams: int = 100) -> dict[str
 def stage_bench(work: Path, *, device: str, quick: bool) -> dict[str, Any]:
     """Milliseconds per frame (decode, detection, tracking + crops), per crop (backbone)
     and per window (head) on a 480p two-face clip; random weights (speed only)."""
+    from analyzer.bench import timed
     from analyzer.engine import Engine
     from analyzer.faces import BlazeFaceDetector, FaceTracker
     from analyzer.model import random_model
     from streamer.sources.decode import decode
-
-    def per(count: int, fn: Any) -> float:
-        start = time.perf_counter()
-        fn()
-        return (time.perf_counter() - start) * 1000 / count
 
     clip = make_clip(work, "480p", 2)
     count = 60 if quick else 300
@@ -374,23 +370,23 @@ def stage_bench(work: Path, *, device: str, quick: bool) -> dict[str, Any]:
     frames = [rgb for _, (_, rgb) in zip(range(count), decode(str(clip)), strict=False)]
     decode_ms = (time.perf_counter() - start) * 1000 / len(frames)
     crops: list[np.ndarray] = []
+    cpu = torch.device("cpu")  # detection and tracking run on the host
     with BlazeFaceDetector() as det:
-        det.detect(frames[0])
-        detect_ms = per(len(frames), lambda: [det.detect(rgb) for rgb in frames])
+        detect_s = timed(lambda: [det.detect(rgb) for rgb in frames], cpu, repeats=1)
         tracker = FaceTracker(det, detect_every=3)
-        track_ms = per(
-            len(frames),
-            lambda: crops.extend(c.crop for rgb in frames for c in tracker.update(rgb).crops),
+        track_s = timed(  # one pass, whose crops feed the backbone below
+            lambda: crops.extend(c.crop for f in frames for c in tracker.update(f).crops),
+            cpu,
+            repeats=1,
+            warmup=0,
         )
     engine = Engine(random_model(), device)
     batch = np.stack((crops * 32)[:32])
     reps = 1 if quick else 3
-    engine.backbone(batch)
-    backbone_ms = per(reps * len(batch), lambda: [engine.backbone(batch) for _ in range(reps)])
+    backbone_s = timed(lambda: engine.backbone(batch), engine.device, repeats=reps)
     rng = np.random.default_rng(0)
     windows = [rng.standard_normal((150, engine.feature_dim)).astype(np.float32)] * 8
-    engine.head(windows)
-    head_ms = per(reps * len(windows), lambda: [engine.head(windows) for _ in range(reps)])
+    head_s = timed(lambda: engine.head(windows), engine.device, repeats=reps)
     h, w = frames[0].shape[:2]
     return {
         "device": str(engine.device),
@@ -402,10 +398,10 @@ def stage_bench(work: Path, *, device: str, quick: bool) -> dict[str, Any]:
         },
         "ms": {
             "decode_per_frame": decode_ms,
-            "detect_per_frame": detect_ms,
-            "track_and_crop_per_frame": track_ms,
-            "backbone_per_crop": backbone_ms,
-            "head_per_window": head_ms,
+            "detect_per_frame": detect_s * 1000 / len(frames),
+            "track_and_crop_per_frame": track_s * 1000 / len(frames),
+            "backbone_per_crop": backbone_s * 1000 / len(batch),
+            "head_per_window": head_s * 1000 / len(windows),
         },
     }
 

@@ -10,7 +10,14 @@ import jsonschema
 import pytest
 
 from tests.conftest import SCHEMA_FILE, run_cli
-from tests.servers import RtspServer, Service, SilentServer, in_process, wait_until
+from tests.servers import (
+    RtspServer,
+    Service,
+    SilentServer,
+    in_process,
+    metric_in,
+    wait_until,
+)
 
 # Small windows at 10 fps: a verdict per stream every second, so tests stay short.
 FAST = {
@@ -214,20 +221,13 @@ def test_unknown_key_in_a_yaml_config_is_named(tmp_path):
 async def test_a_new_stream_has_every_verdict_series_at_zero(tmp_path):
     """DeepfakeDetected counts increase() of a stream's FAKE series: a series born at its
     final value shows no increase, so a first burst of FAKE windows went unalerted."""
-    from prometheus_client.parser import text_string_to_metric_families
-
     corrupt = tmp_path / "corrupt.mp4"
     corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 500)
     async with in_process({"DFM_ALLOW_FILE_SOURCES": "true"}) as (_, c):
         spec = {"id": "cam", "url": f"file://{corrupt}"}
         assert (await c.post("/v1/streams", json=spec)).status_code == 201
         text = (await c.get("/metrics")).text
-        verdicts = {
-            s.labels["label"]: s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-            if s.name == "deepfake_verdicts_total" and s.labels.get("stream") == "cam"
-        }
-        assert verdicts == {"REAL": 0, "FAKE": 0, "NO_FACE": 0}
+        for label in ("REAL", "FAKE", "NO_FACE"):
+            assert metric_in(text, "deepfake_verdicts_total", stream="cam", label=label) == 0
         assert (await c.delete("/v1/streams/cam")).status_code == 204
         assert 'stream="cam"' not in (await c.get("/metrics")).text

@@ -26,6 +26,15 @@ CLI = str(Path(sys.executable).parent / "deepfake-monitor")
 SYSTEM_PYTHON = "/usr/bin/python3"
 
 
+def metric_in(text: str, name: str, **labels: str) -> float | None:
+    """The value of one series in a /metrics text, or None when it is absent."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -226,11 +235,7 @@ class Service:
 
     def metric(self, name: str, **labels: str) -> float | None:
         """The value of one series in /metrics, or None when it is absent."""
-        for family in text_string_to_metric_families(self.client.get("/metrics").text):
-            for sample in family.samples:
-                if sample.name == name and sample.labels == labels:
-                    return float(sample.value)
-        return None
+        return metric_in(self.client.get("/metrics").text, name, **labels)
 
     def terminate(self, timeout: float = 60, *, signalled: bool = False) -> int:
         """SIGTERM (unless the test sent it already), wait for the exit; its status."""
