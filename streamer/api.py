@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any, Protocol
@@ -113,12 +114,47 @@ def body_cap(settings: Settings) -> Any:
     return cap
 
 
-def guarded_app(service: ApiBackend) -> HttpGuard:
-    """The app as served: :func:`create_app` behind the :class:`HttpGuard`."""
+class HttpMetrics:
+    """ASGI middleware: counts every HTTP answer by method, route template and status, and
+    times it to the response's start. The route is the matched template
+    (``/v1/streams/{stream_id}``), ``unmatched`` otherwise: random paths add no series."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client sees if the app fails before it answers
+
+        async def timed_send(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                route = _route(scope)
+                self.metrics.http_seconds.labels(route).observe(time.perf_counter() - started)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, timed_send)
+        finally:
+            self.metrics.http_requests.labels(scope["method"], _route(scope), str(status)).inc()
+
+
+def _route(scope: Any) -> str:
+    route = scope.get("route")
+    return str(getattr(route, "path", "unmatched"))
+
+
+def guarded_app(service: ApiBackend) -> HttpMetrics:
+    """The app as served: :func:`create_app` behind the :class:`HttpGuard`, counted."""
     s = service.settings
     from streamer.config import is_loopback
 
-    return HttpGuard(
+    guard = HttpGuard(
         create_app(service),
         token=s.api_token,
         check_host=not s.api_token and is_loopback(s.http_host),
@@ -126,6 +162,7 @@ def guarded_app(service: ApiBackend) -> HttpGuard:
         read_timeout_s=s.http_read_timeout_s,
         on_reject=lambda label: service.metrics.http_rejected.labels(label).inc(),
     )
+    return HttpMetrics(guard, service.metrics)
 
 
 def create_app(service: ApiBackend) -> FastAPI:

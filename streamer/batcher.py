@@ -49,6 +49,7 @@ RATE_WEIGHT = 0.3  # weight of the newest backbone call in the measured rate (cr
 class _Request:
     items: list[np.ndarray]
     future: asyncio.Future[np.ndarray] = field(repr=False)
+    queued: float = field(default_factory=time.monotonic)
 
 
 class Batcher:
@@ -83,6 +84,7 @@ class Batcher:
         self._executor: ThreadPoolExecutor | None = None
 
     async def start(self) -> None:
+        self.metrics.engine_max_batch.labels("backbone").set(self.max_batch)
         self.metrics.queue_capacity.labels("engine_crops").set(self.max_inflight)
         self.metrics.queue_depth.labels("engine_crops").set(0)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
@@ -205,7 +207,8 @@ class Batcher:
         loop = asyncio.get_running_loop()
         fn = self._backbone if stage == "backbone" else self._head
         started = time.perf_counter()
-        self._call_started = time.monotonic()
+        self._call_started = now = time.monotonic()
+        self.metrics.engine_queue_wait.labels(stage).observe(now - min(r.queued for r in reqs))
         try:
             result = await loop.run_in_executor(self._executor, fn, items)
         except Exception as exc:

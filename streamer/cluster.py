@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
@@ -27,6 +28,8 @@ from streamer.urls import redact
 
 log = logging.getLogger(__name__)
 
+RETRY_REFUSED_S = 30.0  # how often streams refused at DFM_MAX_STREAMS are tried again
+
 
 class _Listener(ConsumerRebalanceListener):
     def __init__(self, directory: SourceDirectory) -> None:
@@ -37,6 +40,7 @@ class _Listener(ConsumerRebalanceListener):
         log.info("sources: rebalancing (partitions %s)", sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.directory.manager.metrics.kafka_rebalances.labels(self.directory.group).inc()
         await self.directory.assigned(list(assigned))
 
 
@@ -46,6 +50,11 @@ class SourceDirectory:
         self.manager = manager
         self.topic = settings.kafka_sources_topic
         self.owned: dict[str, int] = {}  # stream id -> partition, for streams running here
+        # stream id -> (partition, spec) for every live spec in this replica's partitions,
+        # running or refused (DFM_MAX_STREAMS): deepfake_streams_desired counts them, and
+        # a refused one is tried again when there is room.
+        self.wanted: dict[str, tuple[int, StreamSpec]] = {}
+        self.group = f"{settings.kafka_group}.sources"
         self.partitions: set[int] = set()
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -59,7 +68,7 @@ class SourceDirectory:
         await self._producer.start()
         self._consumer = AIOKafkaConsumer(
             **opts,
-            group_id=f"{self.settings.kafka_group}.sources",
+            group_id=self.group,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             partition_assignment_strategy=(sticky_assignor(),),
@@ -111,13 +120,30 @@ class SourceDirectory:
         for sid in gone:
             del self.owned[sid]
             await self.manager.remove(sid)
+        self.wanted = {k: v for k, v in self.wanted.items() if v[0] in self.partitions}
         # The compacted topic is the desired state: read it whole on every assignment.
         if partitions:
             await self._consumer.seek_to_beginning(*partitions)
 
+    def refused(self) -> list[str]:
+        """Streams this replica should watch and does not (refused at DFM_MAX_STREAMS)."""
+        return [sid for sid in self.wanted if sid not in self.manager.streams]
+
+    async def _retry_refused(self) -> None:
+        """Start refused streams while there is room (a stream elsewhere was deleted)."""
+        for sid in self.refused():
+            if len(self.manager.streams) >= self.settings.max_streams:
+                return
+            partition, spec = self.wanted[sid]
+            await self._apply(sid, partition, spec)
+
     async def _run(self) -> None:
         assert self._consumer is not None
+        last_retry = time.monotonic()
         while True:
+            if time.monotonic() - last_retry > RETRY_REFUSED_S:
+                last_retry = time.monotonic()
+                await self._retry_refused()
             batches = await self._consumer.getmany(timeout_ms=1000)
             desired: dict[str, tuple[int, StreamSpec | None]] = {}
             for tp, records in batches.items():
@@ -145,6 +171,10 @@ class SourceDirectory:
     async def _apply(self, sid: str, partition: int, spec: StreamSpec | None) -> None:
         if partition not in self.partitions:
             return
+        if spec is None:
+            self.wanted.pop(sid, None)
+        else:
+            self.wanted[sid] = (partition, spec)
         running = self.manager.streams.get(sid)
         if running is not None and (spec is None or running.spec != spec):
             self.owned.pop(sid, None)

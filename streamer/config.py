@@ -324,7 +324,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 def settings_table() -> str:
     """Every setting as a Markdown table row: name, default, range, meaning.
 
-    ``docs/settings.md`` holds this table (``scripts/settings_table.py`` writes it, a test
+    ``docs/settings.md`` holds this table (``scripts/doc_tables.py`` writes it, a test
     compares), so the field descriptions here are its single source.
     """
     rows = ["| setting | default | range | meaning |", "| --- | --- | --- | --- |"]

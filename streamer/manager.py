@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from analyzer.faces import Detector
 from streamer.batcher import Batcher
 from streamer.config import Settings, StreamOptions, StreamSpec, first_error
-from streamer.errors import Conflict, Invalid, LimitReached
+from streamer.errors import Conflict, Invalid, LimitReached, Rejected
 from streamer.metrics import Metrics
 from streamer.pipeline import StreamRunner
 from streamer.shedding import LoadShedder, Sample
@@ -114,7 +114,11 @@ class StreamManager:
 
     async def add(self, spec: StreamSpec) -> StreamRunner:
         """Watch a stream given by URL (``POST /v1/streams``, ``DFM_SOURCES``)."""
-        source, options = self.check(spec)
+        try:
+            source, options = self.check(spec)
+        except Rejected:
+            self.metrics.streams_refused.labels("invalid").inc()
+            raise
         return await self._start(spec, options, self.opener_for(source, options), source)
 
     async def add_with_opener(self, spec: StreamSpec, opener: Opener) -> StreamRunner:
@@ -130,8 +134,10 @@ class StreamManager:
     ) -> StreamRunner:
         async with self._lock:
             if spec.id in self.streams:
+                self.metrics.streams_refused.labels("conflict").inc()
                 raise Conflict(f"stream {spec.id!r} exists; DELETE it first")
             if len(self.streams) >= self.settings.max_streams:
+                self.metrics.streams_refused.labels("limit").inc()
                 raise LimitReached(
                     f"already watching {len(self.streams)} streams (DFM_MAX_STREAMS)"
                 )

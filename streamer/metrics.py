@@ -5,10 +5,13 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import (
+    GC_COLLECTOR,
     CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
+    PlatformCollector,
+    ProcessCollector,
     disable_created_metrics,
     generate_latest,
 )
@@ -21,6 +24,9 @@ disable_created_metrics()
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30)
 INFERENCE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
+HTTP_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
 
 
 class Metrics:
@@ -28,7 +34,49 @@ class Metrics:
 
     def __init__(self) -> None:
         r = self.registry = CollectorRegistry()
+        # process_* (CPU, resident memory, open files) and python_* (GC, version): what a
+        # restart or an OOM kill is read from.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        r.register(GC_COLLECTOR)
         self.streams_active = Gauge("deepfake_streams_active", "Streams being watched", registry=r)
+        self.streams_desired = Gauge(
+            "deepfake_streams_desired",
+            "Streams this replica is asked to watch (its share of deepfake.sources, plus the "
+            "API's); above deepfake_streams_active, some were refused: scale out",
+            registry=r,
+        )
+        self.streams_refused = Counter(
+            "deepfake_streams_refused_total",
+            "Streams not started, by reason (limit: DFM_MAX_STREAMS reached; conflict: the "
+            "id runs already; invalid: a bad URL or options)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("limit", "conflict", "invalid"):
+            self.streams_refused.labels(reason)
+        self.whip_sessions = Gauge(
+            "deepfake_whip_sessions", "WebRTC publishers connected over WHIP", registry=r
+        )
+        self.http_requests = Counter(
+            "deepfake_http_requests_total",
+            "HTTP requests answered, by method, route template and status code",
+            ["method", "route", "code"],
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "deepfake_http_request_duration_seconds",
+            "HTTP request to its response's start (a streamed body continues after it)",
+            ["route"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.kafka_rebalances = Counter(
+            "deepfake_kafka_rebalances_total",
+            "Partition assignments this replica received, by consumer group",
+            ["group"],
+            registry=r,
+        )
         self.source_up = Gauge(
             "deepfake_source_up",
             "1 while the stream's source delivers frames",
@@ -87,6 +135,19 @@ class Metrics:
             "deepfake_verdicts_total", "Verdicts emitted", ["stream", "label"], registry=r
         )
         self.score = Gauge("deepfake_score", "Latest window score P(FAKE)", ["stream"], registry=r)
+        self.window_scores = Histogram(
+            "deepfake_window_score",
+            "Every window's score P(FAKE): a spike between two scrapes shows here, where the "
+            "deepfake_score gauge holds the latest only",
+            ["stream"],
+            buckets=SCORE_BUCKETS,
+            registry=r,
+        )
+        self.threshold = Gauge(
+            "deepfake_threshold",
+            "The score from which a window is labelled FAKE (DFM_THRESHOLD)",
+            registry=r,
+        )
         self.verdict_latency = Histogram(
             "deepfake_verdict_latency_seconds",
             "Last frame of a window in to its verdict out",
@@ -105,6 +166,19 @@ class Metrics:
             "Items per engine call",
             ["stage"],
             buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.engine_max_batch = Gauge(
+            "deepfake_engine_max_batch",
+            "Most items one engine call takes (DFM_MAX_BATCH): batch size over this is the fill",
+            ["stage"],
+            registry=r,
+        )
+        self.engine_queue_wait = Histogram(
+            "deepfake_engine_queue_wait_seconds",
+            "Oldest request of an engine call: queued to the call's start",
+            ["stage"],
+            buckets=WAIT_BUCKETS,
             registry=r,
         )
         self.engine_errors = Counter(
@@ -174,7 +248,10 @@ class Metrics:
             registry=r,
         )
         self.build_info = Gauge(
-            "deepfake_build_info", "Version and model", ["version", "model"], registry=r
+            "deepfake_build_info",
+            "Version, model version and sha256, device, PyTorch and CUDA versions",
+            ["version", "model", "sha256", "device", "torch", "cuda"],
+            registry=r,
         )
 
     def forget_stream(self, stream: str) -> None:
@@ -186,6 +263,7 @@ class Metrics:
             self.faces_detected,
             self.discontinuities,
             self.score,
+            self.window_scores,
         ):
             try:
                 metric.remove(stream)
@@ -204,3 +282,21 @@ class Metrics:
 
 def _samples(metric: Counter) -> list[Any]:
     return [s for family in metric.collect() for s in family.samples]
+
+
+def metrics_table() -> str:
+    """The Markdown table of ``docs/metrics.md``: every ``deepfake_`` series exported."""
+    metrics = Metrics()
+    labels = {
+        m._name: m._labelnames  # noqa: SLF001 (prometheus_client keeps no public accessor)
+        for m in vars(metrics).values()
+        if isinstance(m, (Counter, Gauge, Histogram))
+    }
+    rows = ["| Metric | Type | Labels | Meaning |", "| --- | --- | --- | --- |"]
+    for family in sorted(metrics.registry.collect(), key=lambda f: f.name):
+        if not family.name.startswith("deepfake_"):
+            continue  # process_* and python_*: prometheus_client's own
+        name = family.name + ("_total" if family.type == "counter" else "")
+        cell = ", ".join(f"`{n}`" for n in labels.get(family.name, ()))
+        rows.append(f"| `{name}` | {family.type} | {cell} | {family.documentation} |")
+    return "\n".join(rows) + "\n"

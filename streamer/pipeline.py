@@ -255,6 +255,7 @@ class StreamRunner:
         self.metrics.verdicts.labels(self.id, verdict.label).inc()
         if verdict.score is not None:
             self.metrics.score.labels(self.id).set(verdict.score)
+            self.metrics.window_scores.labels(self.id).observe(verdict.score)
         self.metrics.verdict_latency.observe(verdict.latency_ms / 1000.0)
         acked = partial(self._acked, self.delivery.window(job.first_frame))
         for sink in self.sinks:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import re
 import signal
 import socket
@@ -23,6 +24,7 @@ from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from typing import TYPE_CHECKING
 
+import torch
 import uvicorn
 
 from analyzer.engine import Engine, pick_device
@@ -33,6 +35,7 @@ from streamer.api import Server, guarded_app
 from streamer.batcher import Batcher
 from streamer.config import Settings, checkpoint_path, is_loopback
 from streamer.control import ClusterControl, LocalControl, StreamControl
+from streamer.cpus import cpu_budget
 from streamer.errors import ConfigError
 from streamer.manager import StreamManager
 from streamer.memory import trim_forever
@@ -88,6 +91,19 @@ def shutdown_worst_case_s(settings: Settings) -> float:
         + 2 * CLOSE_S
         + HTTP_CLOSE_S
         + 2.0
+    )
+
+
+def build_labels(version: str, loaded: LoadedModel, engine: Engine) -> tuple[str, ...]:
+    """``deepfake_build_info``'s labels: what an on-call engineer compares across replicas."""
+    cuda = torch.version.cuda or "none"
+    return (
+        version,
+        loaded.meta.version,
+        loaded.sha256 or "none",  # random weights (DFM_RANDOM_WEIGHTS) have no file
+        str(engine.device),
+        str(torch.__version__),
+        cuda,
     )
 
 
@@ -169,6 +185,12 @@ class Service:
         assert self._uploads is not None, "service not started"
         return self._uploads
 
+    def _desired_streams(self) -> int:
+        """Streams running here plus those of this replica's share it refused."""
+        running = len(self._manager.streams) if self._manager is not None else 0
+        refused = len(self.directory.refused()) if self.directory is not None else 0
+        return running + refused
+
     def health(self) -> list[str]:
         """What makes this replica unfit to live (Kubernetes restarts it); empty when fine."""
         problems = []
@@ -184,12 +206,19 @@ class Service:
         return problems
 
     def readiness(self) -> dict[str, bool]:
+        """Can this replica take streams? Each check must hold for ``/readyz`` to be 200.
+
+        A sink's state is not one of them: with Kafka away every replica holds its
+        verdicts alike, and taking them all out of the Service would only turn the API off
+        (``deepfake_sink_up`` and its alert say it instead).
+        """
+        manager = self._manager
         return {
             "accepting": not self.closing.is_set(),  # draining: send new work elsewhere
             "model": self._engine is not None,
             "engine": not self.health(),
-            "sinks": all(s.ready for s in self.sinks),
-            "streams": self._manager is not None,
+            "streams": manager is not None,
+            "room": manager is not None and len(manager.streams) < self.settings.max_streams,
         }
 
     async def start(self) -> None:
@@ -206,6 +235,8 @@ class Service:
             for warning in self.warnings():
                 log.warning("%s", warning)
             device = pick_device(s.device, "DFM_DEVICE")
+            if "OMP_NUM_THREADS" not in os.environ:  # PyTorch sizes its pool by the node
+                torch.set_num_threads(cpu_budget())
             checkpoint = checkpoint_path(s.checkpoint, random_weights=s.random_weights)
             loaded: LoadedModel
             if checkpoint is None:
@@ -214,7 +245,8 @@ class Service:
                 loaded = await asyncio.to_thread(load_checkpoint, checkpoint)
             self._engine = engine = await asyncio.to_thread(Engine, loaded, device)
             await asyncio.to_thread(engine.warmup, s.window_frames)
-            self.metrics.build_info.labels(self.version, loaded.meta.version).set(1)
+            self.metrics.build_info.labels(*build_labels(self.version, loaded, engine)).set(1)
+            self.metrics.threshold.set(s.threshold)
             model = ModelRef(
                 name=loaded.meta.name, version=loaded.meta.version, sha256=loaded.sha256
             )
@@ -261,8 +293,10 @@ class Service:
                 stack.push_async_callback(self._ingest.stop_consuming)
             self.supervisor.spawn("memory-trim", trim_forever)  # streamer/memory.py
             stack.push_async_callback(self.supervisor.cancel, "memory-trim")
-            self._whip = WhipGateway(s, self._manager)
-            await stack.enter_async_context(self._whip)
+            self._whip = whip = WhipGateway(s, self._manager)
+            await stack.enter_async_context(whip)
+            self.metrics.whip_sessions.set_function(lambda: len(whip.sessions))
+            self.metrics.streams_desired.set_function(self._desired_streams)
             await self._start_http()
         except BaseException:
             await stack.aclose()

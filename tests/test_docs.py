@@ -24,17 +24,22 @@ def _anchors(page: Path) -> set[str]:
     return out
 
 
-def test_the_settings_table_is_generated_from_the_settings():
+def test_the_settings_and_metrics_tables_are_generated_from_the_code():
     done = subprocess.run(
-        [sys.executable, str(REPO / "scripts" / "settings_table.py"), "--check"],
+        [sys.executable, str(REPO / "scripts" / "doc_tables.py"), "--check"],
         capture_output=True,
         text=True,
     )
     assert done.returncode == 0, done.stderr
     from streamer.config import Settings
+    from streamer.metrics import Metrics
 
     missing = [n for n, f in Settings.model_fields.items() if not f.description]
     assert not missing, f"settings without a description: {missing}"
+    families = [f for f in Metrics().registry.collect() if f.name.startswith("deepfake_")]
+    assert len(families) > 30 and all(f.documentation for f in families)
+    page = (REPO / "docs" / "metrics.md").read_text()
+    assert all(f"`{f.name}" in page for f in families)
 
 
 def test_every_relative_link_and_anchor_resolves():

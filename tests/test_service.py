@@ -231,3 +231,57 @@ async def test_a_new_stream_has_every_verdict_series_at_zero(tmp_path):
             assert metric_in(text, "deepfake_verdicts_total", stream="cam", label=label) == 0
         assert (await c.delete("/v1/streams/cam")).status_code == 204
         assert 'stream="cam"' not in (await c.get("/metrics")).text
+
+
+async def test_operator_metrics_and_readiness_say_what_the_replica_can_take(tmp_path):
+    """What an on-call engineer reads (issue 20): process metrics, HTTP answers by route
+    template, refused streams by reason, the model's sha256 and device in build_info, the
+    served threshold, the engine's batch limit; and /readyz turns 503 once the replica is
+    full (it can take no stream), while /healthz stays 200 (nothing is wrong with it)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    corrupt = tmp_path / "corrupt.mp4"
+    corrupt.write_bytes(b"\x00\x00\x00\x18ftypmp42" + b"garbage" * 500)
+    env = {
+        "DFM_ALLOW_FILE_SOURCES": "true", "DFM_MAX_STREAMS": "1", "DFM_THRESHOLD": "0.7",
+        "DFM_RANDOM_WEIGHTS": "false",  # the bundled demo checkpoint: it has a sha256
+    }  # fmt: skip
+    async with in_process(env) as (svc, c):
+        assert (await c.get("/readyz")).json()["checks"]["room"] is True
+        spec = {"id": "cam", "url": f"file://{corrupt}"}
+        assert (await c.post("/v1/streams", json=spec)).status_code == 201
+        assert (await c.post("/v1/streams", json={**spec, "id": "two"})).status_code == 429
+        assert (await c.post("/v1/streams", json=spec)).status_code == 409
+        assert (await c.get("/v1/streams/nope")).status_code == 404
+        ready = await c.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["room"] is False
+        assert (await c.get("/healthz")).status_code == 200
+        samples = {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families((await c.get("/metrics")).text)
+            for s in family.samples
+        }
+
+        def value(name: str, **labels: str) -> float:
+            return samples[(name, tuple(sorted(labels.items())))]
+
+        assert value("deepfake_streams_refused_total", reason="limit") == 1
+        assert value("deepfake_streams_refused_total", reason="conflict") == 1
+        assert value("deepfake_streams_refused_total", reason="invalid") == 0
+        route = "/v1/streams/{stream_id}"
+        assert value("deepfake_http_requests_total", method="GET", route=route, code="404") == 1
+        assert value("deepfake_http_requests_total", method="POST", route="/v1/streams",
+                     code="429") == 1  # fmt: skip
+        assert value("deepfake_threshold") == 0.7
+        assert value("deepfake_engine_max_batch", stage="backbone") == svc.settings.max_batch
+        assert value("deepfake_streams_desired") == 1
+        assert value("deepfake_whip_sessions") == 0
+        assert value("process_resident_memory_bytes") > 10e6
+        ((build, one),) = [(k, v) for k, v in samples.items() if k[0] == "deepfake_build_info"]
+        labels = dict(build[1])
+        assert one == 1 and labels["device"] == "cpu"
+        assert len(labels["sha256"]) == 64 and labels["sha256"] == svc.engine.sha256
+        # A scan of random paths adds no series.
+        assert (await c.get("/no/such/path")).status_code == 404
+        text = (await c.get("/metrics")).text
+        assert "/no/such/path" not in text and 'route="unmatched"' in text

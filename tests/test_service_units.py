@@ -376,3 +376,22 @@ def test_scan_options_and_settings_share_one_window_schedule(capsys):
         assert main(["scan", "clip.mp4", *bad]) == 2
         (line,) = capsys.readouterr().err.strip().splitlines()
         assert line.startswith("deepfake-monitor: error: " + said), line
+
+
+def test_the_cpu_budget_is_the_containers_limit_not_the_nodes_cores(tmp_path):
+    """FFmpeg and PyTorch threads are sized from this: a pod limited to 2.5 CPUs on a
+    64-core node gets 3, not 64."""
+    from streamer.cpus import quota_cpus
+
+    (tmp_path / "cpu.max").write_text("250000 100000\n")
+    assert quota_cpus(tmp_path) == 2.5
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert quota_cpus(tmp_path) is None
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("400000")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000")
+    assert quota_cpus(tmp_path) == 4  # cgroup v1
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1")
+    assert quota_cpus(tmp_path) is None
+    assert quota_cpus(tmp_path / "missing") is None

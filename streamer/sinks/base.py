@@ -23,10 +23,6 @@ class InMemorySink:
 
     name = "memory"
 
-    @property
-    def ready(self) -> bool:
-        return True
-
     async def start(self) -> None:
         return None
 
@@ -36,9 +32,6 @@ class InMemorySink:
 
 class Sink(Protocol):
     name: str
-
-    @property
-    def ready(self) -> bool: ...
 
     async def start(self) -> None: ...
 

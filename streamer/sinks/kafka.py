@@ -105,10 +105,6 @@ class KafkaSink:
         self._healthy_now = False
 
     @property
-    def ready(self) -> bool:
-        return self._started and len(self._buffer) < 0.9 * self._buffer.capacity
-
-    @property
     def _healthy(self) -> bool:
         return self._healthy_now
 

@@ -19,10 +19,6 @@ class StdoutSink:
         self._out = stream
         self._started = False
 
-    @property
-    def ready(self) -> bool:
-        return self._started
-
     async def start(self) -> None:
         self._started = True
 

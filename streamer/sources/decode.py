@@ -21,6 +21,7 @@ from typing import Any
 import av
 import numpy as np
 
+from streamer.cpus import cpu_budget
 from streamer.errors import FrameTooLarge, SourceError, SourceUnreachable, UrlRejected
 from streamer.urls import NetPolicy, SourceUrl, parse_source_url, redact
 
@@ -208,6 +209,7 @@ def decode_pictures(
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        stream.thread_count = cpu_budget()  # FFmpeg's default is the node's cores
         rate = float(stream.average_rate or stream.guessed_rate or 30)
         first: float | None = None
         count = 0

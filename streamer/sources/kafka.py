@@ -286,6 +286,8 @@ class _Rebalance(ConsumerRebalanceListener):
         await self.ingest.revoked()
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
+        group = f"{self.ingest.settings.kafka_group}.video"
+        self.ingest.metrics.kafka_rebalances.labels(group).inc()
         await self.ingest.assigned({tp.partition for tp in assigned})
 
 
