@@ -8,6 +8,7 @@ model's quality is in its own report (analyzer/assets/demo-report/).
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 
@@ -27,27 +28,37 @@ def fake_clip(photos_dir):
                           identities=["astronaut", "sample3"])  # fmt: skip
 
 
-def test_prometheus_fires_deepfake_detected_for_a_fake_stream(fake_clip, tmp_path):
+# The alerts this test sees fire, with their `for` shortened (the shipped rules wait
+# 30 s to 5 min): a stream's FAKE windows, an engine that hangs on its first batch (with
+# crops queued, its heartbeat is old), and a scrape target that does not answer.
+SHORTENED = {"DeepfakeDetected", "DeepfakeEngineStalled", "DeepfakeMetricsMissing"}
+
+
+def test_prometheus_fires_the_content_engine_and_scrape_alerts(fake_clip, tmp_path):
     env = {
         "DFM_FPS": "10", "DFM_WINDOW_FRAMES": "20", "DFM_HOP_FRAMES": "10",
         "DFM_THRESHOLD": "0.3", "DFM_ALLOW_FILE_SOURCES": "true",
+        # The first engine call hangs 15 s: DeepfakeEngineStalled, then the engine goes on.
+        "DFM_FAULTS": json.dumps({"engine_delay_ms": 15000, "calls": 1}),
+        "DFM_ENGINE_STALL_S": "60",
     }  # fmt: skip
     rules = yaml.safe_load((REPO / "deploy/prometheus/rules.yml").read_text())
     for group in rules["groups"]:
         for rule in group["rules"]:
-            if rule.get("alert") == "DeepfakeDetected":
-                rule["for"] = "2s"  # test only: the shipped rule waits 30 s
+            if rule.get("alert") in SHORTENED:
+                rule["for"] = "2s"  # test only
     (tmp_path / "rules.yml").write_text(yaml.safe_dump(rules))
     with Service(env, tmp_path) as svc:
         spec = {"id": "fake-cam", "url": f"file://{fake_clip}", "options": {"loop": True}}
         assert svc.client.post("/v1/streams", json=spec).status_code == 201
-        prom_port = free_port()
+        prom_port, nobody = free_port(), free_port()  # nothing listens on `nobody`
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
             "rule_files": [str(tmp_path / "rules.yml")],
             "scrape_configs": [
                 {"job_name": "deepfake-monitor",
-                 "static_configs": [{"targets": [f"127.0.0.1:{svc.port}"]}]},
+                 "static_configs": [{"targets": [f"127.0.0.1:{svc.port}",
+                                                 f"127.0.0.1:{nobody}"]}]},
             ],
         }  # fmt: skip
         (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))
@@ -62,29 +73,50 @@ def test_prometheus_fires_deepfake_detected_for_a_fake_stream(fake_clip, tmp_pat
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        seen: dict[str, dict[str, dict]] = {}  # alert name -> its firing instances by labels
         try:
 
-            def firing() -> list[dict]:
+            def all_fired() -> bool:
                 try:
                     r = httpx.get(f"http://127.0.0.1:{prom_port}/api/v1/alerts", timeout=5)
                 except httpx.HTTPError:
-                    return []
+                    return False
                 if r.status_code != 200:  # 503 "Service Unavailable" while it starts up
-                    return []
-                return [
-                    a
-                    for a in r.json()["data"]["alerts"]
-                    if a["labels"]["alertname"] == "DeepfakeDetected" and a["state"] == "firing"
-                ]
+                    return False
+                for alert in r.json()["data"]["alerts"]:
+                    if alert["state"] == "firing":
+                        labels = alert["labels"]
+                        seen.setdefault(labels["alertname"], {})[str(sorted(labels.items()))] = (
+                            alert
+                        )
+                return SHORTENED <= seen.keys() and dead_target_missing()
 
-            alerts = wait_until(firing, 120, "DeepfakeDetected to fire")
-            assert alerts[0]["labels"]["stream"] == "fake-cam"
-            assert alerts[0]["labels"]["severity"] == "critical"
-            assert "fake-cam" in alerts[0]["annotations"]["summary"]
+            def dead_target_missing() -> bool:
+                return any(
+                    a["labels"].get("instance") == f"127.0.0.1:{nobody}"
+                    for a in seen.get("DeepfakeMetricsMissing", {}).values()
+                )
+
+            try:
+                wait_until(all_fired, 150, f"{sorted(SHORTENED)} to fire")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}; fired: {sorted(seen)}") from None
         finally:
             prom.terminate()
             prom.wait(30)
             log.close()
+        (detected,) = seen["DeepfakeDetected"].values()
+        assert detected["labels"]["stream"] == "fake-cam"
+        assert detected["labels"]["severity"] == "info"  # content: its own route
+        assert detected["labels"]["category"] == "content"
+        assert "fake-cam" in detected["annotations"]["summary"]
+        (stalled,) = seen["DeepfakeEngineStalled"].values()
+        assert stalled["labels"]["instance"] == f"127.0.0.1:{svc.port}"
+        # The dead target fires, the live one never does (before the first scrape, the
+        # absent() guard may fire without an instance).
+        missing = seen["DeepfakeMetricsMissing"].values()
+        instances = {a["labels"].get("instance") for a in missing}
+        assert f"127.0.0.1:{svc.port}" not in instances
         assert svc.terminate() == 0
 
 
