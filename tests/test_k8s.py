@@ -20,7 +20,7 @@ BIN = Path(sys.executable).parent
 
 def render(target: str) -> list[dict]:
     out = subprocess.run(
-        [str(BIN / "kubectl"), "kustomize", str(REPO / target)],
+        [str(BIN / "kubectl"), "kustomize", str(REPO / target)],  # an absolute one stays
         capture_output=True,
         text=True,
         timeout=120,
@@ -74,14 +74,86 @@ def test_the_pod_is_locked_down_and_drains_before_it_is_killed():
     assert worst < pod["terminationGracePeriodSeconds"], (worst, pod)
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
+    # The startup probe must not wait on readiness: a full replica is unready, yet up.
+    assert container["startupProbe"]["httpGet"]["path"] == "/healthz"
+
+
+def test_rollout_scaling_and_drains_work_on_a_full_gpu_pool():
+    docs = render("k8s/overlays/gpu")
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    # The autoscaler owns the replica count: a value here resets it on every apply.
+    assert "replicas" not in dep["spec"]
+    # No surge pod waiting for a GPU that no node has free.
+    assert dep["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+    pdb = next(d for d in docs if d["kind"] == "PodDisruptionBudget")
+    assert pdb["spec"]["unhealthyPodEvictionPolicy"] == "AlwaysAllow"
+    scaled = next(d for d in docs if d["kind"] == "ScaledObject")["spec"]
+    assert scaled["fallback"]["replicas"] >= scaled["minReplicaCount"]
+    behavior = scaled["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 300
+    assert behavior["scaleUp"]["stabilizationWindowSeconds"] == 0
+    # Saturation, not Kafka lag (which does not grow when a busy replica drops frames).
+    assert {t["type"] for t in scaled["triggers"]} == {"prometheus"}
+    queries = " ".join(t["metadata"]["query"] for t in scaled["triggers"])
+    for metric in ("deepfake_inference_seconds_sum", "deepfake_frames_dropped_total",
+                   "deepfake_streams_desired"):  # fmt: skip
+        assert metric in queries
+    # Thread pools from the CPU limit.
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    omp = next(e for e in container["env"] if e["name"] == "OMP_NUM_THREADS")
+    assert omp["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+
+
+def test_the_namespace_and_network_are_locked_down():
+    docs = render("k8s/base")
+    ns = next(d for d in docs if d["kind"] == "Namespace")
+    assert ns["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")["spec"]
+    assert all(rule.get("from") for rule in policy["ingress"]), "ingress from anywhere"
+    assert all(rule.get("to") for rule in policy["egress"]), "egress to anywhere"
+    service = next(d for d in docs if d["kind"] == "Service")["spec"]
+    assert service["sessionAffinity"] == "ClientIP"  # a WHIP session's PATCH and DELETE
+
+
+def test_the_optional_components_render(tmp_path):
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(REPO / "k8s/overlays/gpu", tmp_path)],
+                "components": [
+                    os.path.relpath(REPO / "k8s/components" / name, tmp_path)
+                    for name in ("nvidia-runtime", "prometheus-release")
+                ],
+            }
+        )
+    )
+    docs = render(str(tmp_path))
+    pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
+    assert pod["runtimeClassName"] == "nvidia"
+    for kind in ("ServiceMonitor", "PrometheusRule"):
+        obj = next(d for d in docs if d["kind"] == kind)
+        assert obj["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert "runtimeClassName" not in str(deployment("k8s/overlays/gpu"))
 
 
 def test_the_gpu_overlay_asks_for_a_gpu_node():
     pod = deployment("k8s/overlays/gpu")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
-    assert pod["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
+    # Driver >= 580 (CUDA 13 wheels) and compute capability >= 8 (bf16), from GFD labels.
+    (term,) = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][
+        "nodeSelectorTerms"
+    ]
+    rules = {e["key"]: (e["operator"], e["values"]) for e in term["matchExpressions"]}
+    assert rules == {
+        "nvidia.com/gpu.present": ("In", ["true"]),
+        "nvidia.com/cuda.driver-version.major": ("Gt", ["579"]),
+        "nvidia.com/gpu.compute.major": ("Gt", ["7"]),
+    }
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert "video" in env["NVIDIA_DRIVER_CAPABILITIES"].split(",")  # NVDEC
     assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
     assert {"name": "DFM_DEVICE", "value": "cuda"} in container["env"]
     assert "nvidia.com/gpu" not in str(deployment("k8s/base"))
