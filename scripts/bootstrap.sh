@@ -101,11 +101,12 @@ if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && [ ! -f "$kafka_jars/.complete" ]; then
   touch "$kafka_jars/.complete"
 fi
 
-# 7. validators for the custom resources in k8s/ (npm kubernetes-models), cached
+# 7. validators for the custom resources in k8s/ (npm kubernetes-models) and the
+#    dashboards (@grafana/schema types, tsc), cached
 models="$CACHE/k8s-models"
 if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && ! cmp -s tests/k8s_models/package-lock.json "$models/package-lock.json"; then
   command -v npm >/dev/null || apt_install npm
-  say "installing the kubernetes-models validators into $models"
+  say "installing the kubernetes-models validators and the Grafana schema types into $models"
   rm -rf "$models" && mkdir -p "$models"
   cp tests/k8s_models/package.json tests/k8s_models/package-lock.json "$models/"
   (cd "$models" && npm ci --silent --no-audit --no-fund >/dev/null)

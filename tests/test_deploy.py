@@ -4,6 +4,7 @@ really exports."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -54,6 +55,13 @@ def dashboard_exprs() -> list[tuple[str, str]]:
     return out
 
 
+def as_promql(expr: str) -> str:
+    """A dashboard query with Grafana's variables replaced as Grafana would."""
+    for var, value in {"$__rate_interval": "1m", "$__range": "1h"}.items():
+        expr = expr.replace(var, value)
+    return re.sub(r"\$\{?(namespace|pod|stream)(:regex)?\}?", ".*", expr)
+
+
 def test_dashboards_have_the_panels_users_look_for():
     titles = {p["title"] for path in DASHBOARDS for p in json.loads(path.read_text())["panels"]}
     for needle in (
@@ -69,7 +77,66 @@ def test_dashboards_have_the_panels_users_look_for():
     kinds = {p["type"] for path in DASHBOARDS for p in json.loads(path.read_text())["panels"]}
     assert "alertlist" in kinds
     stream = json.loads((REPO / "deploy/grafana/dashboards/stream.json").read_text())
-    assert [v["name"] for v in stream["templating"]["list"]] == ["stream"]
+    names = [v["name"] for v in stream["templating"]["list"]]
+    assert names == ["datasource", "namespace", "pod", "stream"]
+    fleet = json.loads((REPO / "deploy/grafana/dashboards/fleet.json").read_text())
+    for needle in ("Engine busy", "batch fill", "Queue depth over capacity", "GPU"):
+        assert any(needle.lower() in p["title"].lower() for p in fleet["panels"]), needle
+
+
+def test_dashboards_are_generated_and_filter_as_an_operator_needs():
+    done = subprocess.run([sys.executable, str(REPO / "scripts" / "dashboards.py"), "--check"],
+                          capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for path in DASHBOARDS:
+        board = json.loads(path.read_text())
+        for panel in board["panels"]:
+            for source in [panel.get("datasource")] + [t.get("datasource") for t in
+                                                       panel.get("targets", [])]:  # fmt: skip
+                assert source is None or source["uid"] == "${datasource}", panel["title"]
+            if panel["type"] not in ("row", "alertlist"):
+                assert panel["fieldConfig"]["defaults"].get("unit"), panel["title"]
+        for _, expr in dashboard_exprs():
+            # Grafana's $__rate_interval, never a fixed window that breaks on a scrape
+            # interval longer than a quarter of it.
+            assert not re.search(r"\[\d+[smh]\]", expr), expr
+            if "deepfake_" in expr and "threshold" not in expr:
+                assert 'pod=~"$pod"' in expr, expr
+        text = path.read_text()
+        assert '"value": 0.5' not in text  # the threshold comes from deepfake_threshold
+
+
+def test_dashboards_type_check_against_the_grafana_schema(tmp_path):
+    """The @grafana/schema Dashboard type, checked by tsc; enums read as their values."""
+    models = Path(os.environ.get("DFM_CACHE", Path.home() / ".cache" / "deepfake-monitor"))
+    modules = models / "k8s-models" / "node_modules"
+    assert (modules / "@grafana" / "schema").is_dir(), f"{modules} missing: run 'make setup'"
+    (tmp_path / "node_modules").symlink_to(modules)
+    head = (
+        'import type { Dashboard } from "@grafana/schema";\n'
+        "type Json<T> = T extends string ? `${T}` : T extends (infer U)[] ? Json<U>[]\n"
+        "  : T extends object ? { [K in keyof T]: Json<T[K]> } : T;\n"
+        "export const dashboard: Json<Dashboard> = "
+    )
+
+    def tsc(*texts: str) -> subprocess.CompletedProcess[str]:
+        names = []
+        for i, text in enumerate(texts):
+            (tmp_path / f"d{i}.ts").write_text(head + text + ";\n")
+            names.append(f"d{i}.ts")
+        return subprocess.run(
+            ["node", "node_modules/typescript/bin/tsc", "--noEmit", "--strict",
+             "--module", "esnext", "--moduleResolution", "bundler", "--target", "es2022",
+             "--skipLibCheck", *names],
+            cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    good = tsc(*(path.read_text() for path in DASHBOARDS))
+    assert good.returncode == 0, good.stdout + good.stderr
+    # A wrong field is caught: the types are really at work.
+    broken = DASHBOARDS[0].read_text().replace('"gridPos": {', '"gridPos": {"wide": 1, ', 1)
+    bad = tsc(broken)
+    assert bad.returncode != 0 and "wide" in bad.stdout
 
 
 def test_every_dashboard_query_parses(tmp_path):
@@ -80,7 +147,7 @@ def test_every_dashboard_query_parses(tmp_path):
             {
                 "name": "dashboards",
                 "rules": [
-                    {"record": f"dashboard:q{i}", "expr": e.replace("$stream", ".*")}
+                    {"record": f"dashboard:q{i}", "expr": as_promql(e)}
                     for i, (_, e) in enumerate(exprs)
                 ],
             }
