@@ -71,6 +71,13 @@ class Metrics:
             buckets=HTTP_BUCKETS,
             registry=r,
         )
+        self.kafka_lag = Gauge(
+            "deepfake_kafka_consumer_lag",
+            "Video messages in this replica's partitions not yet taken (high watermark of "
+            "the last fetch minus the next offset)",
+            ["topic"],
+            registry=r,
+        )
         self.kafka_rebalances = Counter(
             "deepfake_kafka_rebalances_total",
             "Partition assignments this replica received, by consumer group",

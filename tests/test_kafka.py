@@ -334,6 +334,7 @@ def test_video_from_kafka_ts_and_jpeg_with_bad_messages_skipped(broker, topics, 
         finally:
             await producer.stop()
 
+    video = topics["DFM_KAFKA_VIDEO_TOPIC"]
     with Service(env, tmp_path) as svc:
         asyncio.run(produce())
         # 150 frames at 30 fps are 50 at 10 fps: (50 - 20) / 10 + 1 = 4 windows; 60 JPEGs: 1.
@@ -350,6 +351,13 @@ def test_video_from_kafka_ts_and_jpeg_with_bad_messages_skipped(broker, topics, 
                 "deepfake_frames_dropped_total", stream=sid, reason="backpressure"
             )
         assert "offset" in svc.log() and "not whole 188-byte MPEG-TS packets" in svc.log()
+        # What an operator reads: the partitions were assigned (a rebalance counted for
+        # each group), and once every message is taken the consumer's lag is 0.
+        group = topics["DFM_KAFKA_GROUP"]
+        for name in (f"{group}.video", f"{group}.sources"):
+            assert svc.metric("deepfake_kafka_rebalances_total", group=name) >= 1, name
+        wait_until(lambda: svc.metric("deepfake_kafka_consumer_lag", topic=video) == 0, 30,
+                   "the video lag to reach 0")  # fmt: skip
         assert svc.terminate() == 0
 
 

@@ -395,3 +395,24 @@ def test_the_cpu_budget_is_the_containers_limit_not_the_nodes_cores(tmp_path):
     (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("-1")
     assert quota_cpus(tmp_path) is None
     assert quota_cpus(tmp_path / "missing") is None
+
+
+def test_the_video_lag_is_what_the_partitions_hold_beyond_the_next_offset_to_take():
+    from aiokafka import TopicPartition
+
+    from streamer.config import Settings
+    from streamer.metrics import Metrics
+    from streamer.sources.kafka import KafkaVideoIngest
+
+    class Fetched:  # the consumer's high watermarks as of its last fetch
+        def highwater(self, tp: TopicPartition) -> int | None:
+            return {0: 120, 1: 50, 2: None}[tp.partition]
+
+    ingest = KafkaVideoIngest(Settings(api_token="x"), None, Metrics())
+    assert ingest.lag() == 0  # not started
+    ingest._consumer = Fetched()  # type: ignore[assignment]
+    ingest.partitions = {0, 1, 2}
+    ingest._next = {0: 100, 1: 50}  # partition 2: nothing fetched yet
+    assert ingest.lag() == 20
+    ingest._next[0] = 121  # past the watermark of a fetch that is already old
+    assert ingest.lag() == 0

@@ -316,6 +316,7 @@ class KafkaVideoIngest:
         self._producer: AIOKafkaProducer | None = None
         self._dlq: asyncio.Queue[tuple[Message, str | None, str, str]] = asyncio.Queue(1000)
         self._paused: dict[TopicPartition, float] = {}
+        self._next: dict[int, int] = {}  # partition -> the next offset to take
         self._tasks: list[str] = []
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -338,6 +339,7 @@ class KafkaVideoIngest:
         )
         self._consumer.subscribe([s.kafka_video_topic], listener=_Rebalance(self))
         await self._consumer.start()
+        self.metrics.kafka_lag.labels(s.kafka_video_topic).set_function(self.lag)
         for name, run in (
             ("kafka-video", self._consume),
             ("kafka-video-commit", self._housekeeping),
@@ -345,6 +347,21 @@ class KafkaVideoIngest:
         ):
             self.manager.supervisor.spawn(name, run)
             self._tasks.append(name)
+
+    def lag(self) -> int:
+        """Messages in this replica's partitions not yet taken: the high watermark of the
+        last fetch minus the next offset to take (a paused, full stream's show here)."""
+        consumer = self._consumer
+        if consumer is None:
+            return 0
+        total = 0
+        for partition in self.partitions:
+            tp = TopicPartition(self.settings.kafka_video_topic, partition)
+            high = consumer.highwater(tp)
+            taken = self._next.get(partition)
+            if high is not None and taken is not None:
+                total += max(0, high - taken)
+        return total
 
     async def stop_consuming(self) -> None:
         """Read no more; the streams end with what they have. Safe to call twice."""
@@ -481,6 +498,8 @@ class KafkaVideoIngest:
                         self.offsets.started(tp.partition, rec.offset)
                         await self._dlq.put((msg, None, "internal", f"internal error: {exc!r}"))
                         taken = True
+                    if taken:
+                        self._next[tp.partition] = rec.offset + 1
                     if not taken:  # its stream is full: read it again a little later
                         self.offsets.refused(tp.partition, rec.offset)
                         self._consumer.seek(tp, rec.offset)
@@ -573,6 +592,8 @@ class KafkaVideoIngest:
         """
         gone = self.partitions - partitions
         self.partitions = set(partitions)
+        for partition in gone:
+            self._next.pop(partition, None)
         assert self._consumer is not None
         moved = [sid for sid, o in self.openers.items() if o.partition in gone]
         for sid in moved:
