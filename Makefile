@@ -46,9 +46,10 @@ format: setup
 schema: setup
 	$(BIN)/deepfake-monitor schema > deploy/schemas/verdict.v1.json
 
-## k8s-rules: regenerate the PrometheusRule in k8s/ from deploy/prometheus/rules.yml.
+## k8s-rules: regenerate the PrometheusRule in k8s/ from deploy/prometheus/rules.yml
+## (RUNBOOK_BASE=URL: where docs/runbook.md is published, for every alert's runbook_url).
 k8s-rules: setup
-	$(BIN)/python scripts/prometheusrule.py
+	$(BIN)/python scripts/prometheusrule.py $(if $(RUNBOOK_BASE),--runbook-base $(RUNBOOK_BASE))
 
 ## lock: re-pin requirements.lock from the current .venv.
 lock:

@@ -208,3 +208,31 @@ def test_compose_stack_mounts_files_that_exist():
     assert app["read_only"] is True and app["environment"]["DFM_KAFKA_BOOTSTRAP"] == "kafka:9092"
     # It listens on 0.0.0.0 in the container: without a token it would refuse to start.
     assert app["environment"]["DFM_API_TOKEN"].startswith("${DFM_API_TOKEN:?")
+
+
+def test_the_runbook_base_can_be_set_for_every_alert(tmp_path, monkeypatch):
+    """make k8s-rules RUNBOOK_BASE=URL: every runbook_url (and the promtool cases) move."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "prometheusrule", REPO / "scripts/prometheusrule.py"
+    )
+    assert spec is not None and spec.loader is not None
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    for name in ("rules.yml", "rules_test.yml"):
+        shutil.copy(PROM / name, tmp_path / name)
+    (tmp_path / "k8s" / "base").mkdir(parents=True)
+    monkeypatch.setattr(script, "RULES", tmp_path / "rules.yml")
+    monkeypatch.setattr(script, "TESTS", tmp_path / "rules_test.yml")
+    monkeypatch.setattr(script, "REPO", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["prometheusrule.py", "--runbook-base",
+                                      "https://git.example.org/ops/runbook.md"])  # fmt: skip
+    script.main()
+    rules = yaml.safe_load((tmp_path / "rules.yml").read_text())
+    urls = [r["annotations"]["runbook_url"] for g in rules["groups"] for r in g["rules"]
+            if "alert" in r]  # fmt: skip
+    assert urls and all(u.startswith("https://git.example.org/ops/runbook.md#") for u in urls)
+    assert "git.example.org" in (tmp_path / "k8s/base/prometheusrule.yaml").read_text()
+    test = promtool("test", "rules", "rules_test.yml", cwd=tmp_path)
+    assert test.returncode == 0, test.stdout + test.stderr
