@@ -138,10 +138,14 @@ class HttpMetrics:
                 self.metrics.http_seconds.labels(route).observe(time.perf_counter() - started)
             await send(message)
 
+        method = scope["method"] if scope["method"] in METHODS else "other"  # bounded
         try:
             await self.app(scope, receive, timed_send)
         finally:
-            self.metrics.http_requests.labels(scope["method"], _route(scope), str(status)).inc()
+            self.metrics.http_requests.labels(method, _route(scope), str(status)).inc()
+
+
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def _route(scope: Any) -> str:

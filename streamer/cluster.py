@@ -21,7 +21,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 
 from streamer.config import Settings, StreamSpec
-from streamer.errors import Rejected
+from streamer.errors import LimitReached, Rejected
 from streamer.kafka_common import client_options, ensure_topic, sticky_assignor, stop_client
 from streamer.manager import StreamManager
 from streamer.urls import redact
@@ -51,8 +51,9 @@ class SourceDirectory:
         self.topic = settings.kafka_sources_topic
         self.owned: dict[str, int] = {}  # stream id -> partition, for streams running here
         # stream id -> (partition, spec) for every live spec in this replica's partitions,
-        # running or refused (DFM_MAX_STREAMS): deepfake_streams_desired counts them, and
-        # a refused one is tried again when there is room.
+        # running or refused at DFM_MAX_STREAMS (not a bad spec: that one waits for a new
+        # record): deepfake_streams_desired counts them; a refused one is tried again
+        # when there is room.
         self.wanted: dict[str, tuple[int, StreamSpec]] = {}
         self.group = f"{settings.kafka_group}.sources"
         self.partitions: set[int] = set()
@@ -157,6 +158,8 @@ class SourceDirectory:
                     await self._apply(sid, partition, spec)
                 except Exception:  # one record must never stop the directory
                     log.exception("sources: cannot apply the record for %s", sid)
+            if any(spec is None for _, spec in desired.values()):
+                await self._retry_refused()  # a deleted stream made room
 
     def _parse(self, sid: str, value: bytes | None, offset: int) -> StreamSpec | None:
         if value is None:
@@ -184,5 +187,7 @@ class SourceDirectory:
                 await self.manager.add(spec)
             except Rejected as exc:
                 log.error("sources: cannot start %s: %s", sid, exc.reason)
+                if not isinstance(exc, LimitReached):  # a bad spec waits for a new record
+                    self.wanted.pop(sid, None)
                 return
             self.owned[sid] = partition

@@ -208,18 +208,25 @@ class Service:
     def readiness(self) -> dict[str, bool]:
         """Can this replica take streams? Each check must hold for ``/readyz`` to be 200.
 
-        A sink's state is not one of them: with Kafka away every replica holds its
-        verdicts alike, and taking them all out of the Service would only turn the API off
-        (``deepfake_sink_up`` and its alert say it instead).
+        ``room`` (below ``DFM_MAX_STREAMS``) counts only without Kafka, where the Service's
+        routing decides which replica a new stream lands on. With Kafka the stream
+        directory places streams by partition, and a full replica must stay reachable:
+        its own streams are read and deleted through it. A sink's state is never a check:
+        with Kafka away every replica holds its verdicts alike, and taking them all out of
+        the Service would only turn the API off (``deepfake_sink_up`` and its alert say it).
         """
         manager = self._manager
-        return {
+        checks = {
             "accepting": not self.closing.is_set(),  # draining: send new work elsewhere
             "model": self._engine is not None,
             "engine": not self.health(),
             "streams": manager is not None,
-            "room": manager is not None and len(manager.streams) < self.settings.max_streams,
         }
+        if not self.settings.kafka_bootstrap:
+            checks["room"] = (
+                manager is not None and len(manager.streams) < self.settings.max_streams
+            )
+        return checks
 
     async def start(self) -> None:
         s = self.settings

@@ -105,7 +105,8 @@ def test_verdicts_arrive_in_kafka_keyed_valid_and_whole_through_failing_writes(
     # A third of the sink's writes fail before they reach the broker (DFM_FAULTS): each is
     # retried in order, counted, and none is lost or written twice.
     faults = json.dumps({"sink_error_rate": 0.35, "seed": 3})
-    with Service(kafka_env(broker, topics, DFM_FAULTS=faults), tmp_path) as svc:
+    env = kafka_env(broker, topics, DFM_FAULTS=faults, DFM_MAX_STREAMS="1")
+    with Service(env, tmp_path) as svc:
         spec = {"id": "cam-k", "url": f"file://{clip}", "options": {"loop": True}}
         assert svc.client.post("/v1/streams", json=spec).status_code == 202
         wait_until(lambda: svc.metric("deepfake_verdicts_total", stream="cam-k", label="REAL")
@@ -121,6 +122,25 @@ def test_verdicts_arrive_in_kafka_keyed_valid_and_whole_through_failing_writes(
         assert svc.metric("deepfake_sink_errors_total", sink="kafka") >= 1
         assert svc.metric("deepfake_kafka_publish_errors_total") == 0
         wait_until(lambda: svc.client.get("/readyz").status_code == 200, 10, "ready")
+
+        # A second stream finds the replica full (DFM_MAX_STREAMS=1): it is refused and
+        # counted, and the autoscaler's metric asks for 2. The full replica stays ready:
+        # with Kafka the directory places streams, and its own are reached through it.
+        second = {**spec, "id": "cam-2"}
+        assert svc.client.post("/v1/streams", json=second).status_code == 202
+        wait_until(lambda: svc.metric("deepfake_streams_desired") == 2, 30, "2 streams desired")
+        assert svc.metric("deepfake_streams_active") == 1
+        assert svc.metric("deepfake_streams_refused_total", reason="limit") >= 1
+        assert svc.client.get("/readyz").status_code == 200
+        # Deleting the first makes room: the refused one starts at once, not at the next
+        # rebalance.
+        assert svc.client.delete("/v1/streams/cam-k").status_code == 202
+
+        def running() -> list[str]:
+            return [s["id"] for s in svc.client.get("/v1/streams").json()["streams"]]
+
+        wait_until(lambda: running() == ["cam-2"], 15, "the refused stream to start")
+        assert svc.metric("deepfake_streams_desired") == 1
         assert svc.terminate() == 0
 
 
