@@ -39,6 +39,16 @@ class Detector(Protocol):
     def detect(self, rgb: np.ndarray) -> list[Detection]: ...
 
 
+class ClosingDetector(Detector, Protocol):
+    """A detector that holds resources: close it, or use it in a ``with`` block."""
+
+    def close(self) -> None: ...
+
+    def __enter__(self) -> ClosingDetector: ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
 def _aligned(rgb: np.ndarray, alignment: int = 64) -> np.ndarray:
     """``rgb`` in C order at a 64-byte aligned address (copied only when it is not).
 
@@ -51,6 +61,18 @@ def _aligned(rgb: np.ndarray, alignment: int = 64) -> np.ndarray:
     out = raw[offset : offset + rgb.nbytes].view(rgb.dtype).reshape(rgb.shape)
     out[...] = rgb
     return out
+
+
+def open_detector(kind: str = "mediapipe", device: str = "cpu") -> ClosingDetector:
+    """A face detector by name: ``mediapipe`` (MediaPipe's runtime) or ``torch`` (the same
+    BlazeFace model in PyTorch, :mod:`analyzer.blazeface`, on ``device``)."""
+    if kind == "torch":
+        from analyzer.blazeface import TorchFaceDetector
+
+        return TorchFaceDetector(device=device)
+    if kind == "mediapipe":
+        return BlazeFaceDetector()
+    raise FaceModelError(f"unknown face detector {kind!r}; use mediapipe or torch")
 
 
 class BlazeFaceDetector:

@@ -359,7 +359,8 @@ def stage_bench(work: Path, *, device: str, quick: bool) -> dict[str, Any]:
     """Milliseconds per frame (decode, detection, tracking + crops), per crop (backbone)
     and per window (head) on a 480p two-face clip; random weights (speed only)."""
     from analyzer.bench import timed
-    from analyzer.engine import Engine
+    from analyzer.blazeface import TorchFaceDetector
+    from analyzer.engine import Engine, pick_device
     from analyzer.faces import BlazeFaceDetector, FaceTracker
     from analyzer.model import random_model
     from streamer.sources.decode import decode
@@ -380,6 +381,14 @@ def stage_bench(work: Path, *, device: str, quick: bool) -> dict[str, Any]:
             repeats=1,
             warmup=0,
         )
+    # The same BlazeFace in PyTorch (analyzer/blazeface.py), on the engine's device: one
+    # frame per call as a stream's thread calls it, and 16 frames per call as a batched
+    # detection stage would.
+    torch_det = TorchFaceDetector(device=pick_device(device))
+    dev = torch_det.device
+    torch_one_s = timed(lambda: [torch_det.detect(rgb) for rgb in frames], dev, repeats=1)
+    chunks = [frames[i : i + 16] for i in range(0, len(frames), 16)]
+    torch_batch_s = timed(lambda: [torch_det.detect_batch(c) for c in chunks], dev, repeats=1)
     engine = Engine(random_model(), device)
     batch = np.stack((crops * 32)[:32])
     reps = 1 if quick else 3
@@ -399,6 +408,8 @@ def stage_bench(work: Path, *, device: str, quick: bool) -> dict[str, Any]:
         "ms": {
             "decode_per_frame": decode_ms,
             "detect_per_frame": detect_s * 1000 / len(frames),
+            "detect_torch_per_frame": torch_one_s * 1000 / len(frames),
+            "detect_torch_batch16_per_frame": torch_batch_s * 1000 / len(frames),
             "track_and_crop_per_frame": track_s * 1000 / len(frames),
             "backbone_per_crop": backbone_s * 1000 / len(batch),
             "head_per_window": head_s * 1000 / len(windows),
@@ -513,7 +524,10 @@ def format_report(result: dict[str, Any]) -> str:
             f"{clip['frames']} frames {clip['size'][0]}x{clip['size'][1]}, "
             f"{clip['faces_per_frame']:.2f} faces/frame, random weights",
             f"  decode (PyAV, to RGB)            {ms['decode_per_frame']:8.2f} ms/frame",
-            f"  BlazeFace on every frame         {ms['detect_per_frame']:8.2f} ms/frame",
+            f"  BlazeFace (MediaPipe), 1 frame   {ms['detect_per_frame']:8.2f} ms/frame",
+            f"  the same in PyTorch, 1 frame     {ms['detect_torch_per_frame']:8.2f} ms/frame",
+            f"  the same in PyTorch, 16 frames   "
+            f"{ms['detect_torch_batch16_per_frame']:8.2f} ms/frame",
             f"  tracker (detect every 3) + crops {ms['track_and_crop_per_frame']:8.2f} ms/frame",
             f"  backbone, batch 32               {ms['backbone_per_crop']:8.2f} ms/crop",
             f"  head, 8 windows of 150           {ms['head_per_window']:8.2f} ms/window",

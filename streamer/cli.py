@@ -71,6 +71,12 @@ def _build_parser() -> argparse.ArgumentParser:
     scan.add_argument(
         "--device", default=os.environ.get("DFM_DEVICE", "auto"), help="auto|cpu|cuda"
     )
+    scan.add_argument(
+        "--detector",
+        choices=("mediapipe", "torch"),
+        default=os.environ.get("DFM_DETECTOR", "mediapipe"),
+        help="face detector: MediaPipe's runtime or the same BlazeFace in PyTorch",
+    )
     scan.add_argument("--timeout", type=float, default=10.0, help="network timeout, seconds")
     scan.add_argument("--stream-id", default=None, help="stream id in the verdicts")
 
@@ -182,11 +188,11 @@ def _scan_frames(
     stream_id: str,
     total: int | None = None,
 ) -> int:
-    from analyzer.faces import BlazeFaceDetector
+    from analyzer.faces import open_detector
     from streamer.scan import scan
 
     bar = _progress(total=total, desc="scan", unit="frame")
-    with BlazeFaceDetector() as detector, bar as tick:
+    with open_detector(args.detector, str(engine.device)) as detector, bar as tick:
         summary = scan(
             frames,
             engine,

@@ -136,6 +136,11 @@ class Settings(WindowSchedule, BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto (CUDA when present), cpu or cuda"
     )
+    detector: Literal["mediapipe", "torch"] = Field(
+        "mediapipe",
+        description="face detector: MediaPipe's runtime, or the same BlazeFace in PyTorch "
+        "(analyzer/blazeface.py; on the CPU one frame at a time is slower)",
+    )
     checkpoint: Path | None = Field(None, description="model checkpoint; default: bundled demo")
     random_weights: bool = Field(False, description="untrained weights (smoke tests, benchmarks)")
     max_streams: int = Field(16, ge=1, le=1024, description="streams one replica runs")

@@ -20,15 +20,16 @@ import os
 import re
 import signal
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AsyncExitStack
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
 import uvicorn
 
 from analyzer.engine import Engine, pick_device
-from analyzer.faces import BlazeFaceDetector, Detector
+from analyzer.faces import Detector, open_detector
 from analyzer.model import LoadedModel, load_checkpoint, random_model
 from streamer import __version__
 from streamer.api import Server, guarded_app
@@ -283,7 +284,14 @@ class Service:
                 stack.push_async_callback(sink.stop)
 
             self._manager = StreamManager(
-                s, batcher, self.sinks, self.recent, self.metrics, model, _detector, self.supervisor
+                s,
+                batcher,
+                self.sinks,
+                self.recent,
+                self.metrics,
+                model,
+                detector_factory(s, engine.device),
+                self.supervisor,
             )
             await stack.enter_async_context(self._manager)
             if s.kafka_bootstrap:
@@ -411,8 +419,10 @@ class Service:
         await self.stop()
 
 
-def _detector() -> Detector:
-    return BlazeFaceDetector()
+def detector_factory(settings: Settings, device: torch.device) -> Callable[[], Detector]:
+    """One face detector per stream (each runs in its stream's thread), of the kind
+    ``DFM_DETECTOR`` names; the PyTorch one on the engine's device."""
+    return partial(open_detector, settings.detector, str(device))
 
 
 async def serve(settings: Settings) -> int:

@@ -264,9 +264,10 @@ class UploadScanner:
                 raise _Cancelled
 
         def work() -> ScanSummary:
-            from analyzer.faces import BlazeFaceDetector
+            from analyzer.faces import open_detector
 
-            with BlazeFaceDetector() as detector:
+            device = str(self.batcher.engine.device)
+            with open_detector(self.settings.detector, device) as detector:
                 return scan(
                     frames, engine, detector, emit, options, stream_id="upload", on_frame=check
                 )

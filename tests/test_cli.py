@@ -64,14 +64,16 @@ def test_scan_synthetic_clips_one_valid_verdict_per_window(synth_clips, validato
 
 
 def test_scan_without_a_checkpoint_uses_the_labelled_demo(synth_clips):
+    # With the PyTorch face detector (the other scan tests use MediaPipe's runtime).
     clip = sorted(synth_clips.glob("*.mp4"))[0]
-    result = run_cli("scan", str(clip), "--hop", "30")
+    result = run_cli("scan", str(clip), "--hop", "30", "--detector", "torch")
     assert result.returncode == 0, result.stderr
     verdicts = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(verdicts) == 2
     for v in verdicts:
         assert v["model"]["name"] == "synthetic-demo-mobilenetv3s-lstm256"
         assert v["model"]["version"] == "synthetic-demo-5" and len(v["model"]["sha256"]) == 64
+        assert v["faces"], "the PyTorch detector found no face"
 
 
 def test_not_a_video(tmp_path):

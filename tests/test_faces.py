@@ -31,6 +31,36 @@ def test_blazeface_finds_every_face_of_a_group_photo(detector, photos_dir):
     assert len(detector.detect(rgb)) == 4
 
 
+def test_the_pytorch_blazeface_gives_mediapipes_boxes(detector, photos_dir):
+    """The same model run by our converter (analyzer/blazeface.py) instead of MediaPipe:
+    on every bundled face photo and the astronaut, the same number of faces, each box
+    with IoU >= 0.9 against MediaPipe's and a score within 0.05; a batch of frames gives
+    what one frame at a time gives; a flat picture has no face."""
+    import cv2
+
+    from analyzer.faces import open_detector
+
+    pictures = {"astronaut": data.astronaut()}
+    for path in sorted(photos_dir.glob("*.jpg")):
+        pictures[path.name] = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    assert len(pictures) >= 15
+    with open_detector("torch") as ours:
+        batched = ours.detect_batch(list(pictures.values()))  # type: ignore[attr-defined]
+        worst = 1.0
+        for (name, rgb), in_batch in zip(pictures.items(), batched, strict=True):
+            theirs, mine = detector.detect(rgb), ours.detect(rgb)
+            assert len(mine) == len(theirs), name
+            assert len(in_batch) == len(mine), name  # batched: the same up to rounding
+            assert all(iou(a.box, b.box) > 0.999 for a, b in zip(mine, in_batch, strict=True))
+            for face in theirs:
+                best = max(mine, key=lambda m, f=face: iou(m.box, f.box))
+                worst = min(worst, iou(best.box, face.box))
+                assert iou(best.box, face.box) >= 0.9, (name, face, best)
+                assert abs(best.score - face.score) < 0.05, (name, face, best)
+        assert ours.detect(np.full((360, 480, 3), 127, np.uint8)) == []
+    print(f"worst IoU against MediaPipe: {worst:.3f} over {len(pictures)} pictures")
+
+
 def test_blazeface_sees_no_face_in_texture(detector):
     assert detector.detect(np.full((360, 480, 3), 127, np.uint8)) == []
 
@@ -108,3 +138,19 @@ def test_crop_at_the_frame_edge_is_padded_not_shifted():
     crop = crop_face(frame, (0.0, 0.0, 0.2, 0.2), margin=1.0, size=112)
     assert crop.shape == (112, 112, 3)
     assert crop[0, 0].tolist() == [0, 0, 0] and crop[-1, -1].tolist() == [200, 200, 200]
+
+
+def test_the_service_makes_each_stream_the_detector_its_settings_name():
+    import torch
+
+    from analyzer.blazeface import TorchFaceDetector
+    from streamer.config import Settings
+    from streamer.service import detector_factory
+
+    make = detector_factory(Settings(api_token="x", detector="torch"), torch.device("cpu"))
+    with make() as det:  # type: ignore[attr-defined]
+        assert isinstance(det, TorchFaceDetector)
+        assert len(det.detect(data.astronaut())) == 1
+    mediapipe = detector_factory(Settings(api_token="x"), torch.device("cpu"))()
+    assert isinstance(mediapipe, BlazeFaceDetector)
+    mediapipe.close()  # type: ignore[attr-defined]
