@@ -21,8 +21,8 @@ Each verdict's ``on_ack`` runs once the broker has acknowledged it, or once it i
 up (dropped from a full buffer, counted): the Kafka video ingest commits an input offset
 only after that (``streamer/delivery.py``). ``deepfake_sink_up{sink="kafka"}`` is 0 while
 Kafka is away (no acknowledgement for ``stall_s``, or writes failing). That does not
-make the replica unready: it keeps analysing and holds verdicts. ``ready`` is false only
-once the buffer is nine tenths full, when the next verdicts would be lost.
+make the replica unready: it keeps analysing and holds verdicts; the buffer's fill is in
+``deepfake_queue_depth{queue="kafka_verdicts"}`` over its capacity (an alert past half).
 """
 
 from __future__ import annotations
