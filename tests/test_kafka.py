@@ -139,7 +139,7 @@ def test_verdicts_arrive_in_kafka_keyed_valid_and_whole_through_failing_writes(
         def running() -> list[str]:
             return [s["id"] for s in svc.client.get("/v1/streams").json()["streams"]]
 
-        wait_until(lambda: running() == ["cam-2"], 15, "the refused stream to start")
+        wait_until(lambda: running() == ["cam-2"], 40, "the refused stream to start")
         assert svc.metric("deepfake_streams_desired") == 1
         assert svc.terminate() == 0
 
