@@ -153,6 +153,10 @@ def add_commands(sub: Any) -> None:
     )
     ev.add_argument("--threshold", type=float, default=0.5)
     ev.add_argument(
+        "--target-fpr", type=float, default=0.01,
+        help="false-positive rate of the second operating point reported (default 1%%)",
+    )  # fmt: skip
+    ev.add_argument(
         "--window", type=positive_int, default=None,
         help="frames scored from the start of each clip (default: the checkpoint's window)",
     )  # fmt: skip
@@ -284,11 +288,13 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         device=args.device,
         threshold=args.threshold,
         window=args.window,
+        target_fpr=args.target_fpr,
     )
     print(
         f"{result['videos']} videos: accuracy {result['accuracy']:.4f}, "
         f"AUC {result['roc_auc']:.4f}, EER {result['eer']:.4f}, "
-        f"log loss {result['log_loss']:.4f} ({result['window_frames']}-frame windows); "
+        f"log loss {result['log_loss']:.4f}, Brier {result['brier']:.4f}, "
+        f"ECE {result['ece']:.4f} ({result['window_frames']}-frame windows); "
         f"report in {args.out_dir}"
     )
     return 0

@@ -1,9 +1,14 @@
-"""Video-level evaluation: accuracy, ROC AUC, EER, log loss, confusion matrix, plots.
+"""Video-level evaluation: accuracy, ROC AUC, EER, log loss, calibration, plots.
 
-:func:`metrics` takes the true labels and P(FAKE) per video; :func:`write_report` writes
-``metrics.json``, ``confusion_matrix.png``, ``roc.png`` and, from a checkpoint's training
-history, ``loss.png`` and ``accuracy.png`` (train against validation). Scores per
-manipulation method come out when the data names the method.
+:func:`metrics` takes the true labels and P(FAKE) per video. Beside accuracy, ROC AUC,
+EER and log loss it says how far the scores can be taken at their word: the Brier score
+and the expected calibration error (ECE, over ``CALIBRATION_BINS`` equal-width bins of
+P(FAKE)), and two operating points: the threshold at the EER, and the threshold that
+keeps the false-positive rate at most ``target_fpr`` (with the true-positive rate it
+gives). :func:`write_report` writes ``metrics.json``, ``confusion_matrix.png``,
+``roc.png``, ``reliability.png`` and, from a checkpoint's training history, ``loss.png``
+and ``accuracy.png`` (train against validation). Scores per manipulation method come
+out when the data names the method.
 """
 
 from __future__ import annotations
@@ -17,6 +22,20 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
+CALIBRATION_BINS = 10
+
+
+def calibration_error(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> float:
+    """Expected calibration error: over equal-width bins of P(FAKE), the gap between the
+    share of FAKE videos and the mean score, weighted by the bin's share of videos."""
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        members = which == b
+        if members.any():
+            total += members.mean() * abs(y[members].mean() - p[members].mean())
+    return float(total)
+
 
 def metrics(
     labels: Sequence[str],
@@ -24,6 +43,7 @@ def metrics(
     *,
     threshold: float = 0.5,
     methods: Sequence[str] | None = None,
+    target_fpr: float = 0.01,
 ) -> dict[str, Any]:
     y = np.array([1 if lb == "FAKE" else 0 for lb in labels])
     p = np.clip(np.asarray(p_fake, dtype=np.float64), 1e-7, 1 - 1e-7)
@@ -34,6 +54,8 @@ def metrics(
         "videos": int(len(y)),
         "accuracy": float(skm.accuracy_score(y, pred)),
         "log_loss": float(skm.log_loss(y, p, labels=[0, 1])),
+        "brier": float(skm.brier_score_loss(y, p, pos_label=1)),
+        "ece": calibration_error(y, p),
         "threshold": threshold,
         # Rows: true label, columns: predicted label, in the order REAL, FAKE.
         "confusion_matrix": {
@@ -43,17 +65,25 @@ def metrics(
     }
     if 0 < y.sum() < len(y):
         out["roc_auc"] = float(skm.roc_auc_score(y, p))
-        fpr, tpr, _ = skm.roc_curve(y, p, drop_intermediate=False)
+        fpr, tpr, cuts = skm.roc_curve(y, p, drop_intermediate=False)
+        cuts = np.minimum(cuts, 1.0)  # the first cut is +inf: nothing is FAKE
         fnr = 1 - tpr
         i = int(np.argmin(np.abs(fnr - fpr)))
         out["eer"] = float((fpr[i] + fnr[i]) / 2)  # where misses and false alarms meet
+        j = int(np.flatnonzero(fpr <= target_fpr)[-1])  # the most found within the budget
+        out["operating_points"] = {
+            "eer": {"threshold": float(cuts[i]), "fpr": float(fpr[i]), "tpr": float(tpr[i])},
+            "target_fpr": {"target": target_fpr, "threshold": float(cuts[j]),
+                           "fpr": float(fpr[j]), "tpr": float(tpr[j])},
+        }  # fmt: skip
     else:
         out["roc_auc"] = out["eer"] = math.nan  # one class only: undefined
     if methods is not None:
         per: dict[str, Any] = {}
         for method in sorted(set(methods) - {"none"}):
             idx = [i for i, m in enumerate(methods) if m == method or y[i] == 0]
-            sub = metrics([labels[i] for i in idx], [float(p[i]) for i in idx], threshold=threshold)
+            sub = metrics([labels[i] for i in idx], [float(p[i]) for i in idx], threshold=threshold,
+                          target_fpr=target_fpr)  # fmt: skip
             per[method] = {k: sub[k] for k in ("videos", "accuracy", "roc_auc", "eer")}
         out["per_method"] = per
     return out
@@ -67,6 +97,7 @@ def write_report(
     history: Sequence[dict[str, float]] = (),
     methods: Sequence[str] | None = None,
     threshold: float = 0.5,
+    target_fpr: float = 0.01,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Metrics (plus ``extra``, e.g. the window scored) in ``metrics.json``, and the plots."""
@@ -76,7 +107,8 @@ def write_report(
     import matplotlib.pyplot as plt
 
     out.mkdir(parents=True, exist_ok=True)
-    result = {**metrics(labels, p_fake, threshold=threshold, methods=methods), **(extra or {})}
+    scored = metrics(labels, p_fake, threshold=threshold, methods=methods, target_fpr=target_fpr)
+    result = {**scored, **(extra or {})}
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
 
     cm = np.array(result["confusion_matrix"]["matrix"])
@@ -110,6 +142,10 @@ def write_report(
     fig.savefig(out / "roc.png", dpi=100)
     plt.close(fig)
 
+    fig = reliability_figure(y, np.asarray(p_fake, dtype=np.float64), result)
+    fig.savefig(out / "reliability.png", dpi=100)
+    plt.close(fig)
+
     for key in ("loss", "accuracy"):
         if not history or f"train_{key}" not in history[0]:
             continue
@@ -117,6 +153,35 @@ def write_report(
         fig.savefig(out / f"{key}.png", dpi=100)
         plt.close(fig)
     return result
+
+
+def reliability_figure(y: np.ndarray, p: np.ndarray, result: dict[str, Any]) -> Any:
+    """Reliability diagram: per bin of P(FAKE), the share of FAKE videos against the mean
+    score (on the diagonal when calibrated), with each bin's count."""
+    import matplotlib.pyplot as plt
+
+    which = np.minimum((p * CALIBRATION_BINS).astype(int), CALIBRATION_BINS - 1)
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.plot([0, 1], [0, 1], "--", color="grey", label="calibrated")
+    means, shares, counts = [], [], []
+    for b in range(CALIBRATION_BINS):
+        members = which == b
+        if members.any():
+            means.append(p[members].mean())
+            shares.append(y[members].mean())
+            counts.append(int(members.sum()))
+    ax.plot(means, shares, "o-", label=f"ECE {result['ece']:.3f}, Brier {result['brier']:.3f}")
+    for x, s, n in zip(means, shares, counts, strict=True):
+        ax.annotate(str(n), (x, s), textcoords="offset points", xytext=(0, 6), ha="center",
+                    fontsize=8)  # fmt: skip
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.05)
+    ax.set_xlabel("mean P(FAKE) in the bin")
+    ax.set_ylabel("share of FAKE videos")
+    ax.set_title("reliability, held-out clips")
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    return fig
 
 
 def history_figure(history: Sequence[dict[str, float]], key: str) -> Any:
@@ -146,6 +211,7 @@ def evaluate_checkpoint(
     device: str = "auto",
     threshold: float = 0.5,
     window: int | None = None,
+    target_fpr: float = 0.01,
 ) -> dict[str, Any]:
     """Score each clip's first window (``window`` frames, else the checkpoint's
     ``window_frames``) with the whole model; write the report to ``out``."""
@@ -167,6 +233,7 @@ def evaluate_checkpoint(
         history=loaded.meta.history,
         methods=[i.method for i in items],
         threshold=threshold,
+        target_fpr=target_fpr,
         extra={"window_frames": frames},
     )
     rows = ["clip,label,method,p_fake"]

@@ -28,6 +28,26 @@ def test_metrics_match_hand_computed_values():
     assert 0 < m["eer"] < 0.5
 
 
+def test_calibration_and_operating_points_match_hand_computed_values():
+    m = metrics(LABELS, P_FAKE, target_fpr=0.34)
+    # Brier: mean squared gap to the label.
+    gaps = [0.1, 0.4, 0.6, 0.65, 0.2, 0.1]
+    assert m["brier"] == pytest.approx(np.mean(np.square(gaps)))
+    # ECE over tenths: bins 1 (0.1), 3 (0.35), 4 (0.4), 6 (0.6), 8 (0.8), 9 (0.9), one
+    # video each: the mean of |label - score|, the same gaps.
+    assert m["ece"] == pytest.approx(np.mean(gaps))
+    # Within a false-positive rate of 1/3 (one REAL of three over the cut), the cut at
+    # 0.6 finds 0.8 and 0.9: TPR 2/3; lower cuts let two REALs through.
+    target = m["operating_points"]["target_fpr"]
+    assert target["threshold"] == pytest.approx(0.6)
+    assert target["fpr"] == pytest.approx(1 / 3) and target["tpr"] == pytest.approx(2 / 3)
+    eer = m["operating_points"]["eer"]
+    assert eer["fpr"] == pytest.approx(1 - eer["tpr"])  # misses and false alarms equal
+    # Calibrated scores have no calibration error; confident wrong ones the most.
+    assert metrics(["REAL", "FAKE"] * 5, [0.0, 1.0] * 5)["ece"] == pytest.approx(0, abs=1e-6)
+    assert metrics(["REAL", "FAKE"], [0.99, 0.01])["ece"] == pytest.approx(0.99)
+
+
 def test_perfect_and_inverted_scores():
     assert metrics(["REAL", "FAKE"], [0.2, 0.7])["roc_auc"] == 1.0
     assert metrics(["REAL", "FAKE"], [0.7, 0.2])["roc_auc"] == 0.0
@@ -51,7 +71,7 @@ def test_report_writes_metrics_and_non_empty_images(tmp_path):
     ]
     write_report(tmp_path, LABELS, P_FAKE, history=history)
     assert json.loads((tmp_path / "metrics.json").read_text())["videos"] == 6
-    for name in ("confusion_matrix.png", "roc.png", "loss.png", "accuracy.png"):
+    for name in ("confusion_matrix.png", "roc.png", "reliability.png", "loss.png", "accuracy.png"):
         image = np.asarray(Image.open(tmp_path / name).convert("L"))
         assert image.shape[0] > 100 and image.std() > 5, name  # drawn, not blank
 
