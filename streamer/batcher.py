@@ -43,6 +43,7 @@ T = TypeVar("T")
 
 QUEUE_S = 1.0  # crops admitted to the engine queue: about this many seconds of its work
 RATE_WEIGHT = 0.3  # weight of the newest backbone call in the measured rate (crops/s)
+MAX_HEAD_BATCH = 256  # windows per head call: a burst of due windows goes in slices
 
 
 @dataclass
@@ -85,6 +86,7 @@ class Batcher:
 
     async def start(self) -> None:
         self.metrics.engine_max_batch.labels("backbone").set(self.max_batch)
+        self.metrics.engine_max_batch.labels("head").set(MAX_HEAD_BATCH)
         self.metrics.queue_capacity.labels("engine_crops").set(self.max_inflight)
         self.metrics.queue_depth.labels("engine_crops").set(0)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
@@ -158,7 +160,16 @@ class Batcher:
                 await self._run_backbone()
 
     async def _run_heads(self) -> None:
-        reqs = [self._heads.get_nowait() for _ in range(self._heads.qsize())]
+        """One head call for the queued windows, up to ``MAX_HEAD_BATCH`` of them (a
+        request larger than that still goes, alone)."""
+        reqs = [self._heads.get_nowait()]
+        count = len(reqs[0].items)
+        while not self._heads.empty():
+            size = len(self._heads._queue[0].items)  # type: ignore[attr-defined]
+            if count + size > MAX_HEAD_BATCH:
+                break
+            reqs.append(self._heads.get_nowait())
+            count += size
         await self._dispatch("head", reqs)
 
     async def _run_backbone(self) -> None:

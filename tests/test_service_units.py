@@ -416,3 +416,34 @@ def test_the_video_lag_is_what_the_partitions_hold_beyond_the_next_offset_to_tak
     assert ingest.lag() == 20
     ingest._next[0] = 121  # past the watermark of a fetch that is already old
     assert ingest.lag() == 0
+
+
+def test_a_burst_of_due_windows_goes_to_the_head_in_slices_of_256():
+    import asyncio
+
+    from streamer.batcher import MAX_HEAD_BATCH, Batcher
+    from streamer.metrics import Metrics
+
+    calls: list[int] = []
+
+    class Head:
+        def head(self, windows: list[np.ndarray]) -> np.ndarray:
+            calls.append(len(windows))
+            return np.full(len(windows), 0.5, np.float32)
+
+    async def run() -> list[np.ndarray]:
+        batcher = Batcher(Head(), Metrics())  # type: ignore[arg-type]
+        await batcher.start()
+        window = [np.zeros((4, 8), np.float32)]
+        # 600 one-window requests and one of 300 windows, all queued before the loop runs.
+        results = await asyncio.gather(
+            *(batcher.head(window) for _ in range(600)), batcher.head(window * 300)
+        )
+        await batcher.stop()
+        return results
+
+    results = asyncio.run(run())
+    assert all(len(r) == 1 for r in results[:600]) and len(results[600]) == 300
+    assert sum(calls) == 900
+    assert max(c for c in calls if c != 300) <= MAX_HEAD_BATCH  # the 300 go alone
+    assert 300 in calls and len(calls) <= 5
