@@ -406,13 +406,16 @@ def test_the_video_lag_is_what_the_partitions_hold_beyond_the_next_offset_to_tak
 
     class Fetched:  # the consumer's high watermarks as of its last fetch
         def highwater(self, tp: TopicPartition) -> int | None:
+            # aiokafka asserts the partition is assigned: during a rebalance it is not,
+            # and a scrape then must not fail (it made /metrics answer 500).
+            assert tp.partition != 3, "Partition is not assigned"
             return {0: 120, 1: 50, 2: None}[tp.partition]
 
     ingest = KafkaVideoIngest(Settings(api_token="x"), None, Metrics())
     assert ingest.lag() == 0  # not started
     ingest._consumer = Fetched()  # type: ignore[assignment]
-    ingest.partitions = {0, 1, 2}
-    ingest._next = {0: 100, 1: 50}  # partition 2: nothing fetched yet
+    ingest.partitions = {0, 1, 2, 3}  # 3: revoked, not yet told
+    ingest._next = {0: 100, 1: 50, 3: 7}  # partition 2: nothing fetched yet
     assert ingest.lag() == 20
     ingest._next[0] = 121  # past the watermark of a fetch that is already old
     assert ingest.lag() == 0

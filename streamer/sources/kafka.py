@@ -357,7 +357,10 @@ class KafkaVideoIngest:
         total = 0
         for partition in self.partitions:
             tp = TopicPartition(self.settings.kafka_video_topic, partition)
-            high = consumer.highwater(tp)
+            try:  # a scrape during a rebalance finds the partition unassigned
+                high = consumer.highwater(tp)
+            except (AssertionError, AttributeError):
+                continue
             taken = self._next.get(partition)
             if high is not None and taken is not None:
                 total += max(0, high - taken)
