@@ -1,4 +1,5 @@
-"""The offline commands of the model side: ``synth``, ``preprocess``, ``train``, ``evaluate``.
+"""The offline commands of the model side: ``synth``, ``preprocess``, ``train``,
+``calibrate``, ``evaluate``.
 
 ``streamer/cli.py`` (the ``deepfake-monitor`` command) adds them beside its own
 (``scan``, ``serve``, ``explain``, ``bench``, ``schema``). Nothing here imports ``streamer``.
@@ -137,20 +138,35 @@ def add_commands(sub: Any) -> None:
         default=0.0,
         help="share of training clips, REAL and FAKE alike, blurred as a whole (0-1)",
     )
+    tr.add_argument(
+        "--calibration-window", type=positive_int, default=150,
+        help="frames per window the temperature is fitted at on the validation clips when "
+        "training ends (the service's window; shorter clips: their length)",
+    )  # fmt: skip
     tr.add_argument("--model-version", default="trained", help="version written in verdicts")
     tr.add_argument("--training-data", default=None, help="what the data was, for the metadata")
     tr.add_argument("--device", default=os.environ.get("DFM_DEVICE", "auto"))
     tr.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
 
+    ca = sub.add_parser("calibrate", help="fit a checkpoint's temperature on labelled clips")
+    ca.add_argument("manifest", type=Path, metavar="MANIFEST", help="manifest.csv of preprocess")
+    ca.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
+    _add_split_options(ca, default="val")
+    ca.add_argument(
+        "--window", type=positive_int, default=150,
+        help="frames per window, from the start of each clip (default 150, the service's)",
+    )  # fmt: skip
+    ca.add_argument(
+        "--out", type=Path, default=None,
+        help="write here (default: over CHECKPOINT; a reference state_dict: NAME.calibrated.pt)",
+    )  # fmt: skip
+    ca.add_argument("--device", default=os.environ.get("DFM_DEVICE", "auto"))
+
     ev = sub.add_parser("evaluate", help="test-split report of a checkpoint: metrics and plots")
     ev.add_argument("manifest", type=Path, metavar="MANIFEST", help="manifest.csv of preprocess")
     ev.add_argument("checkpoint", type=Path, metavar="CHECKPOINT")
     ev.add_argument("out_dir", type=Path, metavar="OUT_DIR", help="report folder")
-    ev.add_argument("--seed", type=int, default=0, help="the split seed used for training")
-    ev.add_argument("--split", choices=["train", "val", "test", "all"], default="test")
-    ev.add_argument(
-        "--fractions", type=fractions, default=(0.7, 0.2, 0.1), help="as train's --split"
-    )
+    _add_split_options(ev, default="test")
     ev.add_argument("--threshold", type=float, default=0.5)
     ev.add_argument(
         "--target-fpr", type=float, default=0.01,
@@ -158,9 +174,35 @@ def add_commands(sub: Any) -> None:
     )  # fmt: skip
     ev.add_argument(
         "--window", type=positive_int, default=None,
-        help="frames scored from the start of each clip (default: the checkpoint's window)",
+        help="frames scored from the start of each clip (default: the window the checkpoint "
+        "was calibrated at, else its training window)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--no-record", action="store_true",
+        help="leave the checkpoint as it is (default: its operating points are recorded in "
+        "it, and the service serves the target-FPR threshold)",
     )  # fmt: skip
     ev.add_argument("--device", default=os.environ.get("DFM_DEVICE", "auto"))
+
+
+def _add_split_options(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument("--seed", type=int, default=0, help="the split seed used for training")
+    parser.add_argument("--split", choices=["train", "val", "test", "all"], default=default)
+    parser.add_argument(
+        "--fractions", type=fractions, default=(0.7, 0.2, 0.1), help="as train's --split"
+    )
+
+
+def _split_items(args: argparse.Namespace) -> list[Any]:
+    """The clips of ``args.manifest`` in ``args.split``, as training split them."""
+    from analyzer.datasets import read_csv, split
+
+    items = read_csv(args.manifest)
+    if args.split != "all":
+        items = split(items, seed=args.seed, balance=False, fractions=args.fractions)[args.split]
+    if not items:
+        raise UsageError(f"the {args.split} split of {args.manifest} is empty; try --split all")
+    return items
 
 
 def _cmd_synth(args: argparse.Namespace) -> int:
@@ -238,6 +280,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         pairs=args.pairs,
         self_blend=args.self_blend,
         soften=args.soften,
+        calibration_window=args.calibration_window,
         version=args.model_version,
         training_data=(args.training_data + "; " if args.training_data else "")
         + f"{Path(args.manifest).name} (train {len(parts['train'])}, val {len(parts['val'])})",
@@ -269,18 +312,55 @@ def _cmd_train(args: argparse.Namespace) -> int:
             on_batch=on_batch,
         )
     print(f"{len(history)} epochs; checkpoints in {args.out_dir} (best.pt, last.pt)")
+    from analyzer.model import load_checkpoint
+
+    calibration = load_checkpoint(args.out_dir / "last.pt").meta.calibration
+    if calibration is not None:
+        print(_calibration_line(calibration))
+    return 0
+
+
+def _calibration_line(c: Any) -> str:
+    return (
+        f"calibrated on {c.videos} {c.data or 'clips'} at {c.window_frames}-frame windows: "
+        f"temperature {c.temperature:.3f}, ECE {c.ece_before:.4f} -> {c.ece_after:.4f}, "
+        f"log loss {c.log_loss_before:.4f} -> {c.log_loss_after:.4f}"
+    )
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from analyzer.calibrate import calibrate_checkpoint
+    from analyzer.train import read_clip
+
+    items = _split_items(args)
+    with progress(total=len(items), desc="read", unit="clip") as tick:
+        clips = []
+        for item in items:
+            clips.append(read_clip(item.path))
+            if tick is not None:
+                tick(1)
+    with progress(total=len(items), desc="calibrate", unit="clip") as tick:
+        out, calibration = calibrate_checkpoint(
+            args.checkpoint,
+            clips,
+            [i.label for i in items],
+            window=args.window,
+            data=f"{args.split} clips of {Path(args.manifest).name}",
+            out=args.out,
+            device=args.device,
+            progress=tick,
+        )
+    print(_calibration_line(calibration) + f"; written to {out}")
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from analyzer.datasets import read_csv, split
     from analyzer.evaluate import evaluate_checkpoint
 
-    items = read_csv(args.manifest)
-    if args.split != "all":
-        items = split(items, seed=args.seed, balance=False, fractions=args.fractions)[args.split]
-    if not items:
-        raise UsageError(f"the {args.split} split of {args.manifest} is empty; try --split all")
+    items = _split_items(args)
+    record = None
+    if not args.no_record and args.split != "train":  # thresholds fitted on training clips lie
+        record = f"{args.split} clips of {Path(args.manifest).name}"
     result = evaluate_checkpoint(
         args.checkpoint,
         items,
@@ -289,6 +369,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         threshold=args.threshold,
         window=args.window,
         target_fpr=args.target_fpr,
+        record=record,
     )
     print(
         f"{result['videos']} videos: accuracy {result['accuracy']:.4f}, "
@@ -297,6 +378,22 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         f"ECE {result['ece']:.4f} ({result['window_frames']}-frame windows); "
         f"report in {args.out_dir}"
     )
+    points = result.get("operating_points")
+    if points is not None:
+        target, eer = points["target_fpr"], points["eer"]
+        where = (
+            f"recorded in {args.checkpoint}, served when DFM_THRESHOLD is unset"
+            if result["recorded"]
+            else "not recorded in the checkpoint"
+            + (" (--no-record)" if args.no_record else "")
+            + (" (measured on training clips)" if args.split == "train" else "")
+            + ("" if record is None else " (a reference state_dict: run calibrate first)")
+        )
+        print(
+            f"threshold {target['threshold']:.4f} keeps the false-positive rate at "
+            f"{target['fpr']:.4f} (target {args.target_fpr:g}, TPR {target['tpr']:.4f}); "
+            f"EER threshold {eer['threshold']:.4f}; {where}"
+        )
     return 0
 
 
@@ -322,5 +419,6 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "synth": _cmd_synth,
     "preprocess": _cmd_preprocess,
     "train": _cmd_train,
+    "calibrate": _cmd_calibrate,
     "evaluate": _cmd_evaluate,
 }

@@ -3,7 +3,9 @@
 Crops come in as 112x112 RGB uint8 arrays (what :mod:`analyzer.faces` makes); the engine
 converts them to the checkpoint's colour order and normalisation, so preprocessing is the
 same for training, scanning and serving. On CUDA it runs channels_last under bf16
-autocast; on the CPU in fp32. Results go back as float32 numpy arrays.
+autocast; on the CPU in fp32. Scores are ``softmax(logits / T)[FAKE]`` with the
+checkpoint's calibrated temperature ``T`` (1 when it has none). Results go back as float32
+numpy arrays.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Engine:
         self.sha256 = loaded.sha256
         self.model = loaded.model.to(self.device).eval()
         self.fake_index = loaded.meta.fake_index
+        self.temperature = loaded.meta.temperature
         self.feature_dim = loaded.meta.feature_dim
         self.cuda = self.device.type == "cuda"
         if self.cuda:
@@ -119,9 +122,21 @@ class Engine:
             batch = torch.from_numpy(np.stack([windows[i] for i in idx])).to(self.device)
             with self._autocast():
                 logits = self.model.head(batch.float())
-            probs = torch.softmax(logits.float(), dim=1)[:, self.fake_index]
-            scores[idx] = probs.cpu().numpy()
+            scores[idx] = self._p_fake(logits).cpu().numpy()
         return scores
+
+    def _p_fake(self, logits: Tensor) -> Tensor:
+        return torch.softmax(logits.float() / self.temperature, dim=1)[:, self.fake_index]
+
+    @torch.inference_mode()
+    def clip_logits(self, clips: np.ndarray) -> Tensor:
+        """(B, T, H, W, 3) uint8 RGB clips through the whole model -> (B, classes) float
+        logits, before the temperature (what calibration fits)."""
+        b, t = clips.shape[:2]
+        x = self.prepare(clips.reshape(b * t, *clips.shape[2:]))
+        x = x.view(b, t, *x.shape[1:])
+        with self._autocast():
+            return self.model(x).float()
 
     @torch.inference_mode()
     def score_clips(self, clips: np.ndarray) -> np.ndarray:
@@ -129,9 +144,4 @@ class Engine:
 
         The way the study scores a clip; the server uses backbone + head instead.
         """
-        b, t = clips.shape[:2]
-        x = self.prepare(clips.reshape(b * t, *clips.shape[2:]))
-        x = x.view(b, t, *x.shape[1:])
-        with self._autocast():
-            logits = self.model(x)
-        return torch.softmax(logits.float(), dim=1)[:, self.fake_index].cpu().numpy()
+        return self._p_fake(self.clip_logits(clips)).cpu().numpy()

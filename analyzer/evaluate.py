@@ -212,16 +212,23 @@ def evaluate_checkpoint(
     threshold: float = 0.5,
     window: int | None = None,
     target_fpr: float = 0.01,
+    record: str | None = None,
 ) -> dict[str, Any]:
-    """Score each clip's first window (``window`` frames, else the checkpoint's
-    ``window_frames``) with the whole model; write the report to ``out``."""
+    """Score each clip's first window with the whole model; write the report to ``out``.
+
+    The window is ``window`` frames, else the one the checkpoint was calibrated at, else
+    its ``window_frames``. With ``record`` (a description of the clips, e.g. "test split
+    of manifest.csv"), the two operating points are written into the checkpoint, where
+    the service takes its threshold from; ``result["recorded"]`` says whether they were.
+    """
     from analyzer.engine import Engine
-    from analyzer.model import load_checkpoint
+    from analyzer.model import OperatingPoints, load_checkpoint, save_checkpoint
     from analyzer.train import read_clip
 
     loaded = load_checkpoint(checkpoint)
     engine = Engine(loaded, device)
-    frames = window or loaded.meta.window_frames
+    calibration = loaded.meta.calibration
+    frames = window or (calibration.window_frames if calibration else loaded.meta.window_frames)
     scores = []
     for item in items:
         clip = read_clip(item.path)[:frames]
@@ -234,9 +241,29 @@ def evaluate_checkpoint(
         methods=[i.method for i in items],
         threshold=threshold,
         target_fpr=target_fpr,
-        extra={"window_frames": frames},
+        extra={
+            "window_frames": frames,
+            "temperature": loaded.meta.temperature,
+            "calibration": calibration.model_dump() if calibration else None,
+        },
     )
     rows = ["clip,label,method,p_fake"]
     rows += [f"{i.path},{i.label},{i.method},{s:.6f}" for i, s in zip(items, scores, strict=True)]
     (out / "predictions.csv").write_text("\n".join(rows) + "\n")
+    result["recorded"] = False
+    if record is not None and loaded.native and "operating_points" in result:
+        found = result["operating_points"]
+        points = OperatingPoints.model_validate(
+            {
+                "eer": {k: found["eer"][k] for k in ("threshold", "fpr", "tpr")},
+                "target_fpr": {k: found["target_fpr"][k] for k in ("threshold", "fpr", "tpr")},
+                "target": target_fpr,
+                "window_frames": frames,
+                "videos": result["videos"],
+                "data": record,
+            }
+        )
+        meta = loaded.meta.model_copy(update={"operating_points": points})
+        save_checkpoint(checkpoint, loaded.model.cpu(), meta)
+        result["recorded"] = True
     return result

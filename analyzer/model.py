@@ -47,6 +47,50 @@ RANDOM_VERSION = "random-init"
 BUNDLED_CHECKPOINT = Path(__file__).parent / "assets" / "demo.pt"
 
 
+DEFAULT_THRESHOLD = 0.5  # P(FAKE) for a FAKE label when neither setting nor checkpoint says
+
+
+class Calibration(BaseModel):
+    """Temperature scaling fitted on labelled clips at one window length: served scores
+    are ``softmax(logits / temperature)``, so a score of 0.8 means about 8 in 10 such
+    windows are FAKE (:mod:`analyzer.calibrate`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    temperature: float = Field(gt=0)
+    window_frames: int = Field(ge=1)
+    videos: int = Field(ge=1)
+    data: str = ""
+    # On the clips it was fitted on, before and after: negative log-likelihood, ECE.
+    log_loss_before: float
+    log_loss_after: float
+    ece_before: float
+    ece_after: float
+
+
+class OperatingPoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: float = Field(ge=0, le=1)
+    fpr: float
+    tpr: float
+
+
+class OperatingPoints(BaseModel):
+    """Two thresholds measured by ``evaluate`` on labelled clips, in calibrated scores:
+    where misses and false alarms are equal (``eer``), and the most FAKEs found with a
+    false-positive rate of at most ``target`` (``target_fpr``; what the service uses)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    eer: OperatingPoint
+    target_fpr: OperatingPoint
+    target: float = Field(gt=0, lt=1)
+    window_frames: int = Field(ge=1)
+    videos: int = Field(ge=1)
+    data: str = ""
+
+
 class ModelMeta(BaseModel):
     """Everything a server needs to feed a checkpoint the way it was trained."""
 
@@ -70,6 +114,22 @@ class ModelMeta(BaseModel):
     training_data: str = ""
     metrics: dict[str, float] = Field(default_factory=dict)
     history: list[dict[str, float]] = Field(default_factory=list)
+    calibration: Calibration | None = None
+    operating_points: OperatingPoints | None = None
+
+    @property
+    def temperature(self) -> float:
+        return self.calibration.temperature if self.calibration else 1.0
+
+    def served_threshold(self, setting: float | None) -> tuple[float, str]:
+        """The threshold to serve and where it comes from: ``setting`` (DFM_THRESHOLD,
+        ``--threshold``) when given, else the checkpoint's target-FPR operating point,
+        else :data:`DEFAULT_THRESHOLD`."""
+        if setting is not None:
+            return setting, "setting"
+        if self.operating_points is not None:
+            return self.operating_points.target_fpr.threshold, "checkpoint"
+        return DEFAULT_THRESHOLD, "default"
 
     @property
     def fake_index(self) -> int:
@@ -180,6 +240,7 @@ class LoadedModel:
     meta: ModelMeta
     sha256: str | None = None
     path: Path | None = None
+    native: bool = True  # False: a reference-project state_dict, served in legacy mode
 
 
 def random_model(seed: int = 0) -> LoadedModel:
@@ -250,7 +311,8 @@ def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> Loa
     _check_fits(path, model, state, meta)
     model.load_state_dict(state)
     model.to(map_location)
-    return LoadedModel(model.eval(), meta, file_sha256(path), path)
+    native = raw.get("format") == CHECKPOINT_FORMAT
+    return LoadedModel(model.eval(), meta, file_sha256(path), path, native)
 
 
 def load_imagenet_backbone(model: VideoClassifier, path: Path) -> None:

@@ -8,7 +8,8 @@ a clip; optionally with self-blended twins and whole-clip blur, ``blend.py``), t
 validation clips (first window, no augmentation). Every epoch writes a checkpoint with its
 metadata and history (``epoch-NNN.pt``, ``last.pt``) plus ``train_state.pt`` (optimizer,
 epoch) for ``--resume``; training stops early when the validation loss has not improved
-for ``patience`` epochs. Mixed precision (bf16) on CUDA.
+for ``patience`` epochs. Mixed precision (bf16) on CUDA. When it ends, ``best.pt`` and
+``last.pt`` are calibrated on the validation clips at the served window (``calibrate.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from analyzer.blend import self_blend, soften
+from analyzer.calibrate import SERVED_WINDOW, calibrate_checkpoint
 from analyzer.datasets import Item
 from analyzer.engine import pick_device
 from analyzer.errors import DataError
@@ -67,6 +69,8 @@ class TrainConfig:
     soften: float = 0.0
     training_data: str = ""
     version: str = "trained"
+    # Window the temperature is fitted at (the service's; shorter validation clips: theirs).
+    calibration_window: int = SERVED_WINDOW
     history: list[dict[str, float]] = field(default_factory=list)
 
 
@@ -277,7 +281,26 @@ def train(
             if stale >= config.patience:
                 log.info("early stop: validation loss has not improved for %d epochs", stale)
                 break
+    _calibrate(out, val_set, config)
     return history
+
+
+def _calibrate(out: Path, val_set: ClipSet, config: TrainConfig) -> None:
+    labels = [item.label for item in val_set.items]
+    if len(set(labels)) < 2:
+        log.warning("not calibrated: the validation clips are all %s", labels[0])
+        return
+    window = min(config.calibration_window, min(len(c) for c in val_set.clips))
+    for name in ("best.pt", "last.pt"):
+        if (out / name).is_file():
+            calibrate_checkpoint(
+                out / name,
+                val_set.clips,
+                labels,
+                window=window,
+                data=f"validation clips ({len(labels)})",
+                device=config.device,
+            )
 
 
 def epoch_lr(config: TrainConfig, epoch: int) -> float:

@@ -94,6 +94,9 @@ class ApiBackend(Protocol):
     @property
     def uploads(self) -> UploadScanner: ...
 
+    @property
+    def threshold(self) -> float: ...
+
     def readiness(self) -> dict[str, bool]: ...
 
     def health(self) -> list[str]: ...
@@ -260,7 +263,7 @@ def create_app(service: ApiBackend) -> FastAPI:
         yield ServerSentEvent(retry=3000)
         last = ""
         while not service.closing.is_set() and not await request.is_disconnected():
-            cards = service.control.cards(service.settings.threshold)
+            cards = service.control.cards(service.threshold)
             snapshot = json.dumps({"streams": cards}, separators=(",", ":"))
             if snapshot != last:
                 yield ServerSentEvent(event="streams", raw_data=snapshot)

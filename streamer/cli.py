@@ -62,7 +62,9 @@ def _build_parser() -> argparse.ArgumentParser:
     for field, flag in SCHEDULE_OPTIONS.items():  # bounds and defaults: WindowSchedule
         info = WindowSchedule.model_fields[field]
         kind = int if info.annotation is int else float
-        help_text = f"{info.description} (default {info.default})"
+        help_text = info.description or ""
+        if info.default is not None:  # else the description says what unset means
+            help_text += f" (default {info.default})"
         metavar = flag[2:].upper().replace("-", "_")
         scan.add_argument(
             flag, dest=field, metavar=metavar, type=kind, default=info.default, help=help_text

@@ -86,7 +86,13 @@ class WindowSchedule(BaseModel):
     window_frames: int = Field(150, ge=2, le=600, description="frames per window")
     hop_frames: int = Field(30, ge=1, le=600, description="frames between window starts")
     fps: float = Field(30.0, gt=0, le=120, description="frame rate streams are resampled to")
-    threshold: float = Field(0.5, ge=0, le=1, description="P(FAKE) for a FAKE label")
+    threshold: float | None = Field(
+        None,
+        ge=0,
+        le=1,
+        description="P(FAKE) for a FAKE label; unset: the checkpoint's target-FPR operating "
+        "point (recorded by evaluate), else 0.5",
+    )
     max_faces: int = Field(4, ge=1, le=16, description="faces tracked per stream")
     detect_every: int = Field(3, ge=1, le=30, description="frames between face detections")
 

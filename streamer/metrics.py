@@ -256,8 +256,9 @@ class Metrics:
         )
         self.build_info = Gauge(
             "deepfake_build_info",
-            "Version, model version and sha256, device, PyTorch and CUDA versions",
-            ["version", "model", "sha256", "device", "torch", "cuda"],
+            "Version, model version and sha256, device, PyTorch and CUDA versions, and where "
+            "the served threshold comes from (setting, checkpoint or default)",
+            ["version", "model", "sha256", "device", "torch", "cuda", "threshold_source"],
             registry=r,
         )
 

@@ -80,7 +80,7 @@ class StreamRunner:
             window=settings.window_frames,
             hop=settings.hop_frames,
             fps=settings.fps,
-            threshold=settings.threshold,
+            threshold=batcher.engine.meta.served_threshold(settings.threshold)[0],
             feature_dim=batcher.engine.feature_dim,
         )
         self._broken: str | None = None  # why the stream's own task ended in an error

@@ -40,7 +40,7 @@ class ScanOptions:
     window: int = _SCHEDULE.window_frames
     hop: int = _SCHEDULE.hop_frames
     fps: float = _SCHEDULE.fps
-    threshold: float = _SCHEDULE.threshold
+    threshold: float | None = _SCHEDULE.threshold  # None: the checkpoint's, else the default
     max_faces: int = _SCHEDULE.max_faces
     detect_every: int = _SCHEDULE.detect_every
     batch_size: int = 32
@@ -137,7 +137,7 @@ def scan(
         window=options.window,
         hop=options.hop,
         fps=options.fps,
-        threshold=options.threshold,
+        threshold=engine.meta.served_threshold(options.threshold)[0],
         feature_dim=engine.feature_dim,
     )
     tracker = FaceTracker(detector, max_tracks=options.max_faces, detect_every=options.detect_every)

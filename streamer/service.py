@@ -95,7 +95,9 @@ def shutdown_worst_case_s(settings: Settings) -> float:
     )
 
 
-def build_labels(version: str, loaded: LoadedModel, engine: Engine) -> tuple[str, ...]:
+def build_labels(
+    version: str, loaded: LoadedModel, engine: Engine, threshold_source: str
+) -> tuple[str, ...]:
     """``deepfake_build_info``'s labels: what an on-call engineer compares across replicas."""
     cuda = torch.version.cuda or "none"
     return (
@@ -105,6 +107,7 @@ def build_labels(version: str, loaded: LoadedModel, engine: Engine) -> tuple[str
         str(engine.device),
         str(torch.__version__),
         cuda,
+        threshold_source,
     )
 
 
@@ -168,13 +171,43 @@ class Service:
                 "sha256": self.engine.sha256,
                 "training_data": without_directories(meta.training_data),
             },
-            "threshold": s.threshold,
+            "threshold": self.threshold,
+            "threshold_source": self.threshold_source,
             "window_frames": s.window_frames,
             "hop_frames": s.hop_frames,
             "fps": s.fps,
             "scan_max_bytes": s.scan_max_bytes,
             "warnings": self.warnings(),
         }
+
+    def _check_calibration(self, loaded: LoadedModel) -> None:
+        """Says where the threshold comes from, and warns when the checkpoint's calibration
+        or operating points were measured at another window than the one served."""
+        s = self.settings
+        log.info("threshold %.4f (%s)", self.threshold, self.threshold_source)
+        measured = {
+            "calibrated": loaded.meta.calibration,
+            "operating points measured": loaded.meta.operating_points,
+        }
+        for what, found in measured.items():
+            if found is not None and found.window_frames != s.window_frames:
+                log.warning(
+                    "the checkpoint was %s on %d-frame windows and DFM_WINDOW_FRAMES is %d: "
+                    "its scores mean less than they say; recalibrate at %d (deepfake-monitor "
+                    "calibrate --window %d) or serve at %d",
+                    what, found.window_frames, s.window_frames, s.window_frames,
+                    s.window_frames, found.window_frames,
+                )  # fmt: skip
+
+    @property
+    def threshold(self) -> float:
+        """The served P(FAKE) threshold (DFM_THRESHOLD, the checkpoint's, or the default)."""
+        return self.engine.meta.served_threshold(self.settings.threshold)[0]
+
+    @property
+    def threshold_source(self) -> str:
+        """``setting`` (DFM_THRESHOLD), ``checkpoint`` (its operating point) or ``default``."""
+        return self.engine.meta.served_threshold(self.settings.threshold)[1]
 
     @property
     def engine(self) -> Engine:
@@ -253,8 +286,10 @@ class Service:
                 loaded = await asyncio.to_thread(load_checkpoint, checkpoint)
             self._engine = engine = await asyncio.to_thread(Engine, loaded, device)
             await asyncio.to_thread(engine.warmup, s.window_frames)
-            self.metrics.build_info.labels(*build_labels(self.version, loaded, engine)).set(1)
-            self.metrics.threshold.set(s.threshold)
+            self._check_calibration(loaded)
+            labels = build_labels(self.version, loaded, engine, self.threshold_source)
+            self.metrics.build_info.labels(*labels).set(1)
+            self.metrics.threshold.set(self.threshold)
             model = ModelRef(
                 name=loaded.meta.name, version=loaded.meta.version, sha256=loaded.sha256
             )

@@ -252,6 +252,7 @@ class UploadScanner:
     ) -> None:
         loop = asyncio.get_running_loop()
         engine = BatcherEngine(self.batcher, loop, stop)
+        threshold = engine.meta.served_threshold(options.threshold)[0]
         verdicts: list[Verdict] = []
 
         def emit(verdict: Verdict) -> None:
@@ -282,7 +283,7 @@ class UploadScanner:
                 "fps": options.fps,
                 "window": options.window,
                 "hop": options.hop,
-                "threshold": options.threshold,
+                "threshold": threshold,
                 "model": model_ref(engine).model_dump(),
             }
             lines.put_nowait(_line(started))
@@ -296,7 +297,7 @@ class UploadScanner:
                 log.warning("upload %s: scan failed: %s", name, exc)
                 lines.put_nowait(_line({"event": "error", "error": f"the scan stopped: {exc}"}))
                 return
-            lines.put_nowait(_line(await self._done(verdicts, summary, options)))
+            lines.put_nowait(_line(await self._done(verdicts, summary, threshold)))
             result = "done"
         finally:
             self._stops.discard(stop)
@@ -307,13 +308,13 @@ class UploadScanner:
             self._remove(path)
 
     async def _done(
-        self, verdicts: list[Verdict], summary: ScanSummary, options: ScanOptions
+        self, verdicts: list[Verdict], summary: ScanSummary, threshold: float
     ) -> dict[str, Any]:
         scored = [v.score for v in verdicts if v.score is not None]
         if not scored:
             label = "NO_FACE"
         else:
-            label = "FAKE" if max(scored) >= options.threshold else "REAL"
+            label = "FAKE" if max(scored) >= threshold else "REAL"
         top = None
         if summary.top is not None and len(summary.top.crops):
             top = await self._top(summary.top)

@@ -280,8 +280,58 @@ async def test_operator_metrics_and_readiness_say_what_the_replica_can_take(tmp_
         ((build, one),) = [(k, v) for k, v in samples.items() if k[0] == "deepfake_build_info"]
         labels = dict(build[1])
         assert one == 1 and labels["device"] == "cpu"
+        assert labels["threshold_source"] == "setting"  # DFM_THRESHOLD=0.7
         assert len(labels["sha256"]) == 64 and labels["sha256"] == svc.engine.sha256
         # A scan of random paths adds no series.
         assert (await c.get("/no/such/path")).status_code == 404
         text = (await c.get("/metrics")).text
         assert "/no/such/path" not in text and 'route="unmatched"' in text
+
+
+async def test_the_checkpoints_threshold_is_served_when_none_is_set(tmp_path, synth_clips):
+    """evaluate records an operating point in the checkpoint; without DFM_THRESHOLD the
+    service serves it and says so (/v1/info, deepfake_threshold, build_info), and so does
+    scan without --threshold; a setting still wins."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from analyzer.model import (
+        BUNDLED_CHECKPOINT,
+        OperatingPoint,
+        OperatingPoints,
+        load_checkpoint,
+        save_checkpoint,
+    )
+
+    demo = load_checkpoint(BUNDLED_CHECKPOINT)
+    point = OperatingPoint(threshold=0.8125, fpr=0.0, tpr=0.9)
+    points = OperatingPoints(eer=point, target_fpr=point, target=0.01, window_frames=150,
+                             videos=40, data="test clips")  # fmt: skip
+    checkpoint = tmp_path / "recorded.pt"
+    save_checkpoint(
+        checkpoint, demo.model, demo.meta.model_copy(update={"operating_points": points})
+    )
+
+    def build_source(text: str) -> str:
+        (sample,) = [
+            s for f in text_string_to_metric_families(text) for s in f.samples
+            if s.name == "deepfake_build_info"
+        ]  # fmt: skip
+        return sample.labels["threshold_source"]
+
+    env = {"DFM_RANDOM_WEIGHTS": "false", "DFM_CHECKPOINT": str(checkpoint)}
+    async with in_process(env) as (_, c):
+        info = (await c.get("/v1/info")).json()
+        assert (info["threshold"], info["threshold_source"]) == (0.8125, "checkpoint")
+        text = (await c.get("/metrics")).text
+        assert metric_in(text, "deepfake_threshold") == 0.8125
+        assert build_source(text) == "checkpoint"
+    async with in_process({**env, "DFM_THRESHOLD": "0.6"}) as (_, c):
+        info = (await c.get("/v1/info")).json()
+        assert (info["threshold"], info["threshold_source"]) == (0.6, "setting")
+        assert build_source((await c.get("/metrics")).text) == "setting"
+
+    clip = sorted(synth_clips.glob("*.mp4"))[0]
+    scanned = run_cli("scan", str(clip), "--checkpoint", str(checkpoint), "--window", "150")
+    assert scanned.returncode == 0, scanned.stderr
+    verdicts = [json.loads(line) for line in scanned.stdout.splitlines()]
+    assert verdicts and {v["threshold"] for v in verdicts} == {0.8125}

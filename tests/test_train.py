@@ -74,22 +74,45 @@ def test_cosine_schedule_falls_from_lr_towards_zero_and_constant_stays():
 
 
 def test_evaluate_writes_a_report_for_a_trained_checkpoint(manifest, tmp_path):
+    from analyzer.model import file_sha256
+
     run = tmp_path / "run"
+    # Validated on all four clips (two REAL, two FAKE), so training ends by calibrating.
     trained = run_cli("train", str(manifest), str(run), "--epochs", "1", "--frames", "6",
-                      "--batch", "2", "--no-augment", "--device", "cpu", timeout=600)  # fmt: skip
+                      "--batch", "2", "--no-augment", "--device", "cpu", "--val-manifest",
+                      str(manifest), timeout=600)  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]
+    # Fitted at the served window, cut to the clips' 12 frames, not the 6 trained on.
+    calibration = load_checkpoint(run / "last.pt").meta.calibration
+    assert calibration is not None and calibration.window_frames == 12
+    assert calibration.videos == 4 and calibration.log_loss_after <= calibration.log_loss_before
+    assert "calibrated on 4 validation clips (4) at 12-frame windows" in trained.stdout
     report = tmp_path / "report"
     result = run_cli("evaluate", str(manifest), str(run / "last.pt"), str(report), "--split", "all",
                      "--device", "cpu", timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert "4 videos: accuracy" in result.stdout
-    for name in ("metrics.json", "confusion_matrix.png", "roc.png", "loss.png", "predictions.csv"):
+    for name in ("metrics.json", "confusion_matrix.png", "roc.png", "loss.png", "predictions.csv",
+                 "reliability.png"):  # fmt: skip
         assert (report / name).stat().st_size > 0, name
-    assert "(6-frame windows)" in result.stdout  # the checkpoint's window by default
-    assert json.loads((report / "metrics.json").read_text())["window_frames"] == 6
+    assert "(12-frame windows)" in result.stdout  # the window it was calibrated at
+    written = json.loads((report / "metrics.json").read_text())
+    assert written["window_frames"] == 12
+    assert written["temperature"] == pytest.approx(calibration.temperature)
+    # The operating points went into the checkpoint, where the service reads them.
+    points = load_checkpoint(run / "last.pt").meta.operating_points
+    assert points is not None and (points.videos, points.window_frames) == (4, 12)
+    assert points.target_fpr.threshold == pytest.approx(
+        written["operating_points"]["target_fpr"]["threshold"]
+    )
+    assert f"recorded in {run / 'last.pt'}" in result.stdout
+    before = file_sha256(run / "last.pt")
     shorter = run_cli("evaluate", str(manifest), str(run / "last.pt"), str(tmp_path / "r3"),
-                      "--split", "all", "--window", "3", "--device", "cpu")  # fmt: skip
+                      "--split", "all", "--window", "3", "--device", "cpu",
+                      "--no-record")  # fmt: skip
     assert shorter.returncode == 0 and "(3-frame windows)" in shorter.stdout
+    assert "not recorded in the checkpoint (--no-record)" in shorter.stdout
+    assert file_sha256(run / "last.pt") == before  # --no-record: untouched
     assert json.loads((tmp_path / "r3" / "metrics.json").read_text())["window_frames"] == 3
 
     def p_fake(folder):
@@ -101,6 +124,37 @@ def test_evaluate_writes_a_report_for_a_trained_checkpoint(manifest, tmp_path):
     empty = run_cli("evaluate", str(manifest), str(run / "last.pt"), str(report), "--split",
                     "test", "--device", "cpu")  # fmt: skip
     assert empty.returncode == 2 and "split" in empty.stderr
+
+
+def test_calibrate_makes_a_reference_state_dict_a_calibrated_native_checkpoint(manifest, tmp_path):
+    import torch
+
+    from analyzer.engine import Engine
+    from analyzer.train import read_clip
+    from tests.test_model import ReferenceModel
+
+    torch.manual_seed(7)
+    path = tmp_path / "model_90_acc_12_frames_x.pt"
+    torch.save(ReferenceModel().eval().state_dict(), path)
+    result = run_cli("calibrate", str(manifest), str(path), "--split", "all", "--window", "12",
+                     "--device", "cpu", timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "model_90_acc_12_frames_x.calibrated.pt"
+    assert f"written to {out}" in result.stdout and "temperature" in result.stdout
+    plain, calibrated = load_checkpoint(path), load_checkpoint(out)
+    assert calibrated.native and not plain.native
+    assert calibrated.meta.legacy and calibrated.meta.colour_order == "BGR"  # still served so
+    c = calibrated.meta.calibration
+    assert c is not None and (c.videos, c.window_frames) == (4, 12)
+    assert c.log_loss_after <= c.log_loss_before
+    # The same weights; only the temperature differs.
+    clip = read_clip(next(manifest.parent.glob("**/*.mp4")))[None, :12]
+    z = Engine(plain, "cpu").clip_logits(clip)
+    got = Engine(calibrated, "cpu").score_clips(clip)[0]
+    assert got == pytest.approx(float(torch.softmax(z / c.temperature, 1)[0, 0]), abs=1e-5)
+    # Clips shorter than the window: one line naming the fix.
+    short = run_cli("calibrate", str(manifest), str(path), "--split", "all", "--device", "cpu")
+    assert short.returncode == 2 and "pass --window 12" in short.stderr
 
 
 def test_pairs_are_batched_together_on_the_same_frames(manifest):

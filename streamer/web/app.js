@@ -62,7 +62,7 @@ async function loadInfo() {
   const info = await res.json();
   const mib = Math.floor(info.scan_max_bytes / (1 << 20));
   $("upload-limit").textContent =
-    `Up to ${mib} MiB. Windows of ${info.window_frames} frames every ${info.hop_frames} frames at ${info.fps} fps; FAKE from P(FAKE) ≥ ${info.threshold}.`;
+    `Up to ${mib} MiB. Windows of ${info.window_frames} frames every ${info.hop_frames} frames at ${info.fps} fps; FAKE from P(FAKE) ≥ ${+info.threshold.toFixed(3)}.`;
   $("model-info").textContent =
     `Model ${info.model.name} ${info.model.version}. ${info.model.training_data || ""}`;
   $("upload-form").dataset.maxBytes = String(info.scan_max_bytes);
@@ -201,7 +201,7 @@ function drawTimeline(state, svg = $("timeline"), caption = $("timeline-text")) 
   };
   add("line", { x1: pad, x2: W - pad, y1: y(0), y2: y(0), class: "axis" });
   add("line", { x1: pad, x2: W - pad, y1: y(state.threshold), y2: y(state.threshold), class: "threshold" });
-  add("text", { x: W - pad, y: y(state.threshold) - 4, class: "label", "text-anchor": "end" }, `threshold ${state.threshold}`);
+  add("text", { x: W - pad, y: y(state.threshold) - 4, class: "label", "text-anchor": "end" }, `threshold ${+state.threshold.toFixed(3)}`);
   add("text", { x: 2, y: y(1) + 4, class: "label" }, "1");
   add("text", { x: 2, y: y(0) + 4, class: "label" }, "0");
   const step = [0.1, 0.2, 0.5, 1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600]
@@ -244,7 +244,7 @@ function showDone(ev, state) {
     overall.className = `overall ${ev.label === "FAKE" ? "fake" : "real"}`;
     $("overall-detail").textContent =
       `Highest P(FAKE) ${ev.max_score.toFixed(3)} over ${ev.windows} window${ev.windows === 1 ? "" : "s"} ` +
-      `(${ev.frames} frames); FAKE when any window reaches ${state.threshold}.`;
+      `(${ev.frames} frames); FAKE when any window reaches ${+state.threshold.toFixed(3)}.`;
   }
   if (ev.top) {
     $("top").hidden = false;
