@@ -1,4 +1,5 @@
-"""A handheld camera filming a still picture: pan, zoom, roll, shake, light and noise."""
+"""A handheld camera filming a still picture: pan, zoom, roll, shake, softness, light and
+noise. Softness (``Photo.blur``) is in camera pixels, applied before the sensor noise."""
 
 from __future__ import annotations
 
@@ -62,6 +63,8 @@ def camera_frames(
         frame = cv2.warpAffine(
             compose(t), m, (out_w, out_h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE
         )
+        if photo.blur:
+            frame = cv2.GaussianBlur(frame, (0, 0), sigmaX=photo.blur)
         light = (1.0 + 0.10 * gain(t)) * np.array([1.0 + 0.03 * tw(t) for tw in tint], np.float32)
         noise = rng.normal(0.0, 2.5, size=(out_h, out_w, 3)).astype(np.float32)
         noisy = np.asarray(frame, np.float32) * light + noise

@@ -32,6 +32,9 @@ class Photo:
     name: str
     rgb: np.ndarray
     faces: list[Face]
+    # Gaussian blur the camera adds, sigma in camera (output) pixels; 0: none. In camera
+    # pixels, so a scene's softness does not depend on the photo's resolution.
+    blur: float = 0.0
 
 
 def load_photos(folder: Path | None = None, names: Sequence[str] = PHOTO_NAMES) -> list[Photo]:
@@ -72,17 +75,24 @@ def load_photos(folder: Path | None = None, names: Sequence[str] = PHOTO_NAMES) 
     return [p for p in photos if p.faces]
 
 
-def grade(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A random colour grade (contrast, per-channel gain, offset) and, half the time, a blur."""
+def colour_grade(rgb: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
+    """A random colour grade (contrast, per-channel gain, offset), and half the time a
+    blur sigma drawn from 0.6-1.6 (else 0), which the caller applies in its own pixels."""
     mean = rgb.mean((0, 1))
     contrast = rng.uniform(0.8, 1.2)
     out = (rgb - mean) * contrast + mean * rng.uniform(0.85, 1.15, 3) + rng.uniform(-18, 18)
-    if rng.random() < 0.5:
-        out = cv2.GaussianBlur(out, (0, 0), sigmaX=rng.uniform(0.6, 1.6))
-    return out
+    sigma = float(rng.uniform(0.6, 1.6)) if rng.random() < 0.5 else 0.0
+    return out, sigma
+
+
+def grade(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """:func:`colour_grade` with its blur applied to ``rgb`` itself (a patch's own change)."""
+    out, sigma = colour_grade(rgb, rng)
+    return cv2.GaussianBlur(out, (0, 0), sigmaX=sigma) if sigma else out
 
 
 def graded_photo(photo: Photo, rng: np.random.Generator) -> Photo:
-    """The photo under a random grade of its own: REAL clips vary as much as FAKE faces."""
-    rgb = np.clip(grade(photo.rgb.astype(np.float32), rng), 0, 255).astype(np.uint8)
-    return Photo(photo.name, rgb, photo.faces)
+    """The photo under a random grade of its own: REAL clips vary as much as FAKE faces.
+    The grade's blur is left to the camera (``Photo.blur``, camera pixels)."""
+    out, sigma = colour_grade(photo.rgb.astype(np.float32), rng)
+    return Photo(photo.name, np.clip(out, 0, 255).astype(np.uint8), photo.faces, sigma)

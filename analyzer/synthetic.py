@@ -24,8 +24,8 @@ testing the pipeline end to end, and a model trained on them detects these marks
 subtler ones of current generators.
 
 Every clip, REAL or FAKE, first grades the whole photo at random (contrast, per-channel
-gain, offset, sometimes a blur), drawn like the self-blend's own change. A face's colour
-or sharpness then says nothing about its label; only a step between the face and its
+gain, offset, sometimes a blur in camera pixels), drawn like the self-blend's own change.
+A face's colour or sharpness then says nothing about its label; only a step between the face and its
 surroundings does. Without it, a model trained on a few photos learned how each REAL face
 looks and called every face it had not seen FAKE.
 
