@@ -1,5 +1,5 @@
-"""The offline commands of the model side: ``synth``, ``preprocess``, ``train``,
-``calibrate``, ``evaluate``.
+"""The offline commands of the model side: ``synth``, ``testfakes``, ``preprocess``,
+``train``, ``calibrate``, ``evaluate``.
 
 ``streamer/cli.py`` (the ``deepfake-monitor`` command) adds them beside its own
 (``scan``, ``serve``, ``explain``, ``bench``, ``schema``). Nothing here imports ``streamer``.
@@ -76,6 +76,17 @@ def add_commands(sub: Any) -> None:
         "--swap-all", action="store_true", help="FAKE clips swap every face, not one or two"
     )
     synth.add_argument("--photos", type=Path, default=None, help="folder of the face photos")
+
+    tf = sub.add_parser(
+        "testfakes",
+        help="write REAL/FAKE clips of held-out photos by other means than synth (testing only)",
+    )
+    tf.add_argument("out_dir", type=Path, metavar="OUT_DIR")
+    tf.add_argument("--videos", type=positive_int, default=24, help="clips to write")
+    tf.add_argument("--seed", type=int, default=0)
+    tf.add_argument("--frames", type=positive_int, default=180, help="frames per clip")
+    tf.add_argument("--workers", type=positive_int, default=1, help="parallel processes")
+    tf.add_argument("--photos", type=Path, default=None, help="folder of the face photos")
 
     pre = sub.add_parser("preprocess", help="labelled videos -> 112x112 face clips + manifest")
     pre.add_argument(
@@ -234,6 +245,27 @@ def _cmd_synth(args: argparse.Namespace) -> int:
     fakes = sum(s.label == "FAKE" for s in specs)
     real = len(specs) - fakes
     print(f"wrote {len(specs)} clips ({real} REAL, {fakes} FAKE) and labels.csv to {args.out_dir}")
+    return 0
+
+
+def _cmd_testfakes(args: argparse.Namespace) -> int:
+    from analyzer.testfakes import HELD_OUT, generate
+
+    with progress(total=args.videos, desc="testfakes", unit="video") as tick:
+        rows = generate(
+            args.out_dir,
+            videos=args.videos,
+            seed=args.seed,
+            frames=args.frames,
+            workers=args.workers,
+            photos_dir=args.photos,
+            progress=tick,
+        )
+    fakes = sum(r["label"] == "FAKE" for r in rows)
+    print(
+        f"wrote {len(rows)} clips ({len(rows) - fakes} REAL, {fakes} FAKE) of the held-out "
+        f"photos {', '.join(HELD_OUT)} and labels.csv to {args.out_dir}; for testing only"
+    )
     return 0
 
 
@@ -417,6 +449,7 @@ def progress(**kwargs: Any) -> Iterator[Callable[..., object] | None]:
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "synth": _cmd_synth,
+    "testfakes": _cmd_testfakes,
     "preprocess": _cmd_preprocess,
     "train": _cmd_train,
     "calibrate": _cmd_calibrate,
