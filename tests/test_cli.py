@@ -70,7 +70,13 @@ def test_scan_without_a_checkpoint_uses_the_labelled_demo(synth_clips):
     assert result.returncode == 0, result.stderr
     verdicts = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(verdicts) == 2
+    from analyzer.model import BUNDLED_CHECKPOINT, load_checkpoint
+
+    # No --threshold: the demo's recorded operating point (scripts/finish_demo.py).
+    points = load_checkpoint(BUNDLED_CHECKPOINT).meta.operating_points
+    assert points is not None and points.target_fpr.fpr <= points.target
     for v in verdicts:
+        assert v["threshold"] == pytest.approx(points.target_fpr.threshold)
         assert v["model"]["name"] == "synthetic-demo-mobilenetv3s-lstm256"
         assert v["model"]["version"] == "synthetic-demo-5" and len(v["model"]["sha256"]) == 64
         assert v["faces"], "the PyTorch detector found no face"
