@@ -56,10 +56,10 @@ schema: setup
 k8s-rules: setup
 	$(BIN)/python scripts/prometheusrule.py $(if $(RUNBOOK_BASE),--runbook-base $(RUNBOOK_BASE))
 
-## lock: re-pin requirements.lock from the current .venv.
+## lock: re-pin requirements.lock (runtime) and requirements-dev.lock (plus test and lint
+## tools) from pyproject.toml, with hashes (scripts/lock.sh).
 lock:
-	{ sed -n '1,2p' requirements.lock; $(BIN)/python -m pip freeze --all --exclude-editable \
-	  | grep -vE '^(pip|deepfake-monitor)=='; } > requirements.lock.new && mv requirements.lock.new requirements.lock
+	scripts/lock.sh
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache build *.egg-info

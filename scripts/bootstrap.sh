@@ -4,8 +4,10 @@
 # it starts and one with the seconds it took. `make run` sets DFM_SKIP_TEST_DEPS=1: only
 # what the service needs (the virtualenv, this checkout, OpenCV's libraries, the face
 # photos for the sample); `make test` and `make check` install everything.
-#  - a virtualenv built from requirements.lock, cached per lock hash outside the
-#    checkout and linked as .venv, so CI's fresh clones reuse it;
+#  - a virtualenv built from requirements.lock (the service and offline workflow, every
+#    file checked against its pinned SHA-256), cached per lock hash outside the checkout
+#    and linked as .venv, so CI's fresh clones reuse it; the test and lint tools of
+#    requirements-dev.lock on top, unless DFM_SKIP_TEST_DEPS=1;
 #  - this checkout installed into it (editable);
 #  - shared libraries OpenCV needs, and the GStreamer RTSP server for the tests, from
 #    Debian, if missing, and promtool (DFM_SKIP_TEST_DEPS=1 skips test-only ones);
@@ -45,9 +47,19 @@ if [ ! -f "$venv/.complete" ]; then
   rm -rf "$venv"
   "$PY" -m venv "$venv"
   "$venv/bin/python" -m pip install -q --upgrade pip
-  "$venv/bin/python" -m pip install -q -r requirements.lock
+  "$venv/bin/python" -m pip install -q --require-hashes -r requirements.lock
   touch "$venv/.complete"
   took
+fi
+if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ]; then
+  dev=$(sha256sum requirements-dev.lock | cut -c1-12)
+  if [ ! -f "$venv/.dev-$dev" ]; then
+    begin "installing the test and lint tools (requirements-dev.lock)"
+    "$venv/bin/python" -m pip install -q --require-hashes -r requirements-dev.lock
+    rm -f "$venv"/.dev-*
+    touch "$venv/.dev-$dev"
+    took
+  fi
 fi
 # Keep the two newest virtualenvs (this lock's and the one before); each is gigabytes.
 ls -dt "$CACHE"/venv-* 2>/dev/null | tail -n +3 | { grep -v -x "$venv" || true; } | xargs -r rm -rf
