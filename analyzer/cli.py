@@ -39,6 +39,17 @@ def share(text: str) -> float:
     return value
 
 
+def imagenet_choice(text: str) -> Path | str:
+    if text in ("auto", "none"):
+        return text
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither auto, none nor an existing file of torchvision weights"
+        )
+    return path
+
+
 def fractions(text: str) -> tuple[float, float, float]:
     try:
         parts = tuple(float(p) for p in text.split(","))
@@ -123,8 +134,10 @@ def add_commands(sub: Any) -> None:
     )
     tr.add_argument("--no-augment", action="store_true")
     tr.add_argument(
-        "--imagenet", type=Path, default=None, help="torchvision ImageNet weights of the backbone"
-    )
+        "--imagenet", type=imagenet_choice, default="auto", metavar="auto|none|FILE",
+        help="the backbone's first weights: auto (torchvision's ImageNet weights, from the "
+        "torch cache or downloaded into it), none (random, on purpose) or torchvision's .pth",
+    )  # fmt: skip
     tr.add_argument(
         "--backbone",
         choices=["resnext50_32x4d", "mobilenet_v3_small"],

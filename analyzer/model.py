@@ -112,6 +112,9 @@ class ModelMeta(BaseModel):
     # "legacy-last-frame": the reference project's serving behaviour.
     head: Literal["lstm-mean", "legacy-last-frame"] = "lstm-mean"
     training_data: str = ""
+    # Where the backbone's first weights came from: "imagenet:<torchvision weights>",
+    # "imagenet-file:<name>", "random", or "" (not recorded: older checkpoints).
+    initial_weights: str = ""
     metrics: dict[str, float] = Field(default_factory=dict)
     history: list[dict[str, float]] = Field(default_factory=list)
     calibration: Calibration | None = None
@@ -325,6 +328,38 @@ def load_imagenet_backbone(model: VideoClassifier, path: Path) -> None:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise CheckpointError(f"cannot read ImageNet weights {path}: {exc}") from None
+    _load_backbone_state(model, state, str(path))
+
+
+# torchvision's ImageNet weights of each backbone: the ones the study's code gets with
+# pretrained=True (V1), fetched by ``--imagenet auto`` into the torch cache.
+IMAGENET_WEIGHTS = {
+    "resnext50_32x4d": "ResNeXt50_32X4D_Weights.IMAGENET1K_V1",
+    "mobilenet_v3_small": "MobileNet_V3_Small_Weights.IMAGENET1K_V1",
+}
+
+
+def fetch_imagenet_backbone(model: VideoClassifier, backbone: str) -> str:
+    """Load torchvision's ImageNet weights through its weights API: from the torch cache,
+    else downloaded into it. Returns the weights' name; one clear error when offline."""
+    from torchvision.models import get_weight
+
+    name = IMAGENET_WEIGHTS[backbone]
+    weights = get_weight(name)
+    try:
+        state = weights.get_state_dict(progress=False, check_hash=True)
+    except (OSError, RuntimeError) as exc:  # URLError is an OSError; RuntimeError: bad hash
+        log.debug("fetching %s failed: %r", name, exc)
+        raise CheckpointError(
+            f"cannot fetch torchvision's ImageNet weights {name} ({weights.url}): "
+            f"{type(exc).__name__}; offline, pass --imagenet FILE (that .pth file) or "
+            "--imagenet none to start from random weights"
+        ) from None
+    _load_backbone_state(model, state, name)
+    return name
+
+
+def _load_backbone_state(model: VideoClassifier, state: dict[str, Tensor], source: str) -> None:
     names = ["conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4"]
     index = {name: str(i) for i, name in enumerate(names)}
     mapped = {}
@@ -336,7 +371,7 @@ def load_imagenet_backbone(model: VideoClassifier, path: Path) -> None:
             mapped[rest] = value
     missing, _ = model.backbone.load_state_dict(mapped, strict=False)
     if missing:
-        raise CheckpointError(f"{path} lacks backbone weights such as {missing[0]}")
+        raise CheckpointError(f"{source} lacks backbone weights such as {missing[0]}")
 
 
 def find_cached_imagenet_weights() -> Path | None:

@@ -37,6 +37,7 @@ from analyzer.model import (
     MODEL_NAME,
     ModelMeta,
     VideoClassifier,
+    fetch_imagenet_backbone,
     load_checkpoint,
     load_imagenet_backbone,
     save_checkpoint,
@@ -59,7 +60,9 @@ class TrainConfig:
     seed: int = 0
     augment: bool = True
     device: str = "auto"
-    imagenet: Path | None = None
+    # "auto": torchvision's ImageNet weights (the torch cache, else downloaded); "none":
+    # random weights on purpose; a path: torchvision's .pth file.
+    imagenet: Path | Literal["auto", "none"] = "auto"
     backbone: Literal["resnext50_32x4d", "mobilenet_v3_small"] = "resnext50_32x4d"
     lstm_hidden: int | None = None
     pairs: bool = False  # batch a REAL clip with the FAKEs of the same footage, same window
@@ -158,9 +161,6 @@ def train(
     device = pick_device(config.device)
     torch.manual_seed(config.seed)
     rng = random.Random(config.seed)
-    train_set = ClipSet(train_items, config.frames)
-    val_set = ClipSet(val_items, config.frames)
-
     compact = config.backbone == "mobilenet_v3_small"
     hidden = config.lstm_hidden or BACKBONE_FEATURES[config.backbone]
     meta = ModelMeta(
@@ -172,12 +172,15 @@ def train(
         lstm_hidden=config.lstm_hidden,
     )
     model = VideoClassifier.for_meta(meta)
-    if config.imagenet is not None:
-        load_imagenet_backbone(model, config.imagenet)
+    resuming = resume and (out / "last.pt").is_file()
+    if not resuming:  # else the weights come from last.pt, which says where it started
+        meta = meta.model_copy(update={"initial_weights": _initial_weights(model, config)})
+    train_set = ClipSet(train_items, config.frames)  # after the weights: offline fails at once
+    val_set = ClipSet(val_items, config.frames)
     history: list[dict[str, float]] = []
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start_epoch = 0
-    if resume and (out / "last.pt").is_file():
+    if resuming:
         loaded = load_checkpoint(out / "last.pt")
         if (loaded.meta.backbone, loaded.meta.hidden) != (meta.backbone, meta.hidden):
             raise DataError(
@@ -186,6 +189,7 @@ def train(
             )
         model.load_state_dict(loaded.model.state_dict())
         history = list(loaded.meta.history)
+        meta = meta.model_copy(update={"initial_weights": loaded.meta.initial_weights})
         state = torch.load(out / "train_state.pt", map_location="cpu", weights_only=True)
         optimizer.load_state_dict(state["optimizer"])
         start_epoch = int(state["epoch"])
@@ -301,6 +305,16 @@ def _calibrate(out: Path, val_set: ClipSet, config: TrainConfig) -> None:
                 data=f"validation clips ({len(labels)})",
                 device=config.device,
             )
+
+
+def _initial_weights(model: VideoClassifier, config: TrainConfig) -> str:
+    """Load the backbone's first weights as ``config.imagenet`` says; returns their name."""
+    if config.imagenet == "none":
+        return "random"
+    if config.imagenet == "auto":
+        return "imagenet:" + fetch_imagenet_backbone(model, config.backbone)
+    load_imagenet_backbone(model, Path(config.imagenet))
+    return f"imagenet-file:{Path(config.imagenet).name}"
 
 
 def epoch_lr(config: TrainConfig, epoch: int) -> float:

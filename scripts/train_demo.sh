@@ -66,7 +66,7 @@ manifest "$WORK/test.csv" clips-test clips-test-sb clips-test2-sb clips-test2-fs
 manifest "$WORK/indep.csv" clips-indep
 
 common=(--val-manifest "$WORK/val.csv" --backbone mobilenet_v3_small --lstm-hidden 256 --pairs
-        --self-blend 0.5 --no-augment --weight-decay 1e-4 --patience 200 --seed 0
+        --self-blend 0.5 --no-augment --weight-decay 1e-4 --patience 200 --seed 0 --imagenet none
         --model-version synthetic-demo-5 --training-data "$DATA")
 "$DFM" train "$WORK/train.csv" "$WORK/run" "${common[@]}" --frames 1 --batch 32 --epochs 100 --lr 1e-3
 "$DFM" train "$WORK/train.csv" "$WORK/run" "${common[@]}" --frames 8 --batch 16 --epochs 112 --lr 1e-4 \

@@ -18,10 +18,18 @@ SCHEMA_FILE = REPO / "deploy" / "schemas" / "verdict.v1.json"
 CLI = str(Path(sys.executable).parent / "deepfake-monitor")
 
 
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run the installed ``deepfake-monitor`` command as a user would."""
+def run_cli(
+    *args: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the installed ``deepfake-monitor`` command as a user would (``env``: its whole
+    environment, else this process's)."""
     return subprocess.run(
-        [CLI, *args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
+        [CLI, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env=env,
     )
 
 

@@ -24,7 +24,8 @@ def test_short_training_lowers_the_loss_and_resumes(manifest, tmp_path):
     # The compact model fits the few clips within a few epochs; ResNeXt50 from scratch
     # needs far more steps before its loss moves.
     common = ["--frames", "6", "--batch", "2", "--lr", "1e-3", "--no-augment", "--device", "cpu",
-              "--pairs", "--backbone", "mobilenet_v3_small", "--lstm-hidden", "32"]  # fmt: skip
+              "--pairs", "--backbone", "mobilenet_v3_small", "--lstm-hidden", "32",
+              "--imagenet", "none"]  # fmt: skip
     first = run_cli("train", str(manifest), str(out), "--epochs", "3", *common, timeout=600)
     assert first.returncode == 0, first.stderr[-3000:]
     assert "epoch 3/3" in first.stderr
@@ -33,6 +34,7 @@ def test_short_training_lowers_the_loss_and_resumes(manifest, tmp_path):
     assert [h["epoch"] for h in history] == [1, 2, 3]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert loaded.meta.window_frames == 6 and loaded.meta.version == "trained"
+    assert loaded.meta.initial_weights == "random"  # --imagenet none, recorded
     assert (out / "epoch-001.pt").is_file() and (out / "best.pt").is_file()
 
     again = run_cli("train", str(manifest), str(out), "--epochs", "4", "--resume", *common,
@@ -48,7 +50,7 @@ def test_augmented_training_of_the_compact_model(manifest, tmp_path):
                      "4", "--batch", "2", "--device", "cpu", "--backbone", "mobilenet_v3_small",
                      "--lstm-hidden", "32", "--model-version", "tiny-1", "--self-blend", "1",
                      "--val-manifest", str(manifest), "--lr-schedule", "cosine", "--lr", "1e-4",
-                     timeout=600)  # fmt: skip
+                     "--imagenet", "none", timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     meta = load_checkpoint(tmp_path / "aug" / "last.pt").meta
     assert meta.history[0]["train_loss"] > 0 and meta.version == "tiny-1"
@@ -63,6 +65,42 @@ def test_augmented_training_of_the_compact_model(manifest, tmp_path):
     assert "--backbone mobilenet_v3_small --lstm-hidden 32" in again.stderr
     bad = run_cli("train", str(manifest), str(tmp_path / "bad"), "--self-blend", "2")
     assert bad.returncode == 2 and "not a share between 0 and 1" in bad.stderr
+
+
+def test_imagenet_weights_come_from_a_file_or_stop_training_at_once_offline(manifest, tmp_path):
+    """--imagenet auto (the default) fetches torchvision's weights; offline it stops at
+    once with one line naming the two ways on. A file of torchvision's weights loads, and
+    the checkpoint says which start it had."""
+    import os
+
+    import torch
+    from torchvision.models import mobilenet_v3_small
+
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "torch"),  # nothing cached
+           "HTTPS_PROXY": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}  # fmt: skip
+    offline = run_cli("train", str(manifest), str(tmp_path / "off"), "--backbone",
+                      "mobilenet_v3_small", "--device", "cpu", env=env, timeout=120)  # fmt: skip
+    assert offline.returncode == 2, offline.stderr[-2000:]
+    line = offline.stderr.strip().splitlines()[-1]
+    assert "MobileNet_V3_Small_Weights.IMAGENET1K_V1" in line
+    assert "--imagenet FILE" in line and "--imagenet none" in line
+    assert "Traceback" not in offline.stderr and not (tmp_path / "off" / "last.pt").exists()
+
+    torch.manual_seed(3)
+    weights = tmp_path / "mobilenet_v3_small-imagenet.pth"
+    torch.save(mobilenet_v3_small(weights=None).state_dict(), weights)
+    run = tmp_path / "file"
+    result = run_cli("train", str(manifest), str(run), "--epochs", "1", "--frames", "4",
+                     "--batch", "2", "--no-augment", "--device", "cpu", "--backbone",
+                     "mobilenet_v3_small", "--lstm-hidden", "16", "--imagenet", str(weights),
+                     "--lr", "0", timeout=600)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    loaded = load_checkpoint(run / "last.pt")
+    assert loaded.meta.initial_weights == f"imagenet-file:{weights.name}"
+    first = torch.load(weights, weights_only=True)["features.0.0.weight"]
+    assert torch.equal(loaded.model.backbone[0][0].weight, first)  # lr 0: still the file's
+    missing = run_cli("train", str(manifest), str(run), "--imagenet", str(tmp_path / "nope.pth"))
+    assert missing.returncode == 2 and "neither auto, none nor an existing file" in missing.stderr
 
 
 def test_cosine_schedule_falls_from_lr_towards_zero_and_constant_stays():
@@ -80,7 +118,7 @@ def test_evaluate_writes_a_report_for_a_trained_checkpoint(manifest, tmp_path):
     # Validated on all four clips (two REAL, two FAKE), so training ends by calibrating.
     trained = run_cli("train", str(manifest), str(run), "--epochs", "1", "--frames", "6",
                       "--batch", "2", "--no-augment", "--device", "cpu", "--val-manifest",
-                      str(manifest), timeout=600)  # fmt: skip
+                      str(manifest), "--imagenet", "none", timeout=600)  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]
     # Fitted at the served window, cut to the clips' 12 frames, not the 6 trained on.
     calibration = load_checkpoint(run / "last.pt").meta.calibration
