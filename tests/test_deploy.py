@@ -208,6 +208,8 @@ def test_compose_stack_mounts_files_that_exist():
     assert app["read_only"] is True and app["environment"]["DFM_KAFKA_BOOTSTRAP"] == "kafka:9092"
     # It listens on 0.0.0.0 in the container: without a token it would refuse to start.
     assert app["environment"]["DFM_API_TOKEN"].startswith("${DFM_API_TOKEN:?")
+    # It serves the bundled demo checkpoint (in the image), not untrained weights.
+    assert "DFM_RANDOM_WEIGHTS" not in app["environment"]
 
 
 def test_the_runbook_base_can_be_set_for_every_alert(tmp_path, monkeypatch):
