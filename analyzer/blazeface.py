@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812 (the usual name)
 
 from analyzer.errors import FaceModelError
-from analyzer.faces import BLAZEFACE_SHORT_RANGE, Detection
+from analyzer.faces import BLAZEFACE_SHORT_RANGE, Detection, fit_within
 
 INPUT = 128
 SCORE_CLIP = 100.0
@@ -235,10 +235,7 @@ class TorchFaceDetector:
     def letterbox(self, rgb: np.ndarray) -> tuple[np.ndarray, float, float, float]:
         """128x128 RGB with the frame scaled to fit and centred; its scale and offsets."""
         h, w = rgb.shape[:2]
-        if max(h, w) > self.max_side:  # as BlazeFaceDetector hands MediaPipe its frame
-            first = self.max_side / max(h, w)
-            size = (max(1, round(w * first)), max(1, round(h * first)))
-            rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        rgb = fit_within(rgb, self.max_side)  # as BlazeFaceDetector hands MediaPipe its frame
         sh, sw = rgb.shape[:2]
         # An affine warp with sub-pixel offsets, as MediaPipe's ImageToTensor does; a
         # resize into whole-pixel borders shifted small faces' boxes (IoU 0.58 at worst
@@ -293,7 +290,8 @@ class TorchFaceDetector:
             x0, y0, x1, y1 = (float(v) for v in np.clip(box, 0.0, 1.0))
             if x1 > x0 and y1 > y0:
                 found.append(Detection((x0, y0, x1, y1), float(scores[top])))
-            remaining = [r for r in remaining if r not in set(cluster)]
+            taken = set(cluster)
+            remaining = [r for r in remaining if r not in taken]
         return found
 
     def close(self) -> None:

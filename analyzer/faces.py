@@ -75,6 +75,17 @@ def open_detector(kind: str = "mediapipe", device: str = "cpu") -> ClosingDetect
     raise FaceModelError(f"unknown face detector {kind!r}; use mediapipe or torch")
 
 
+def fit_within(rgb: np.ndarray, max_side: int) -> np.ndarray:
+    """``rgb`` scaled down (area-averaged) so its longer side is at most ``max_side``: what
+    both detectors hand their network, so their boxes agree."""
+    h, w = rgb.shape[:2]
+    scale = min(1.0, max_side / max(h, w))
+    if scale == 1.0:
+        return rgb
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    return cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+
+
 class BlazeFaceDetector:
     """MediaPipe Tasks FaceDetector with the vendored BlazeFace short-range model."""
 
@@ -102,12 +113,7 @@ class BlazeFaceDetector:
         self._closed = False
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
-        h, w = rgb.shape[:2]
-        scale = min(1.0, self.max_side / max(h, w))
-        small = rgb
-        if scale < 1.0:
-            size = (max(1, round(w * scale)), max(1, round(h * scale)))
-            small = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+        small = fit_within(rgb, self.max_side)
         sh, sw = small.shape[:2]
         image = self._mp.Image(image_format=self._mp.ImageFormat.SRGB, data=_aligned(small))
         found = []

@@ -15,7 +15,6 @@ against ``@grafana/schema`` (tsc).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -640,20 +639,12 @@ def render() -> dict[str, str]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only say whether they are current")
-    args = parser.parse_args()
-    stale = 0
-    for name, text in render().items():
-        path = OUT / name
-        if path.exists() and path.read_text() == text:
-            continue
-        if args.check:
-            print(f"{path} is out of date: run scripts/dashboards.py", file=sys.stderr)
-            stale += 1
-        else:
-            path.write_text(text)
-    return 1 if stale else 0
+    from generated import write_or_check  # scripts/, beside this one
+
+    def files() -> dict[Path, str]:
+        return {OUT / name: text for name, text in render().items()}
+
+    return write_or_check(__doc__.splitlines()[0], "dashboards.py", files)
 
 
 if __name__ == "__main__":

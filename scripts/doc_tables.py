@@ -10,7 +10,6 @@ description, or a changed default, shows up as a failing test.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,23 +31,18 @@ def render(page: str, begin: str, table: str) -> str:
     return f"{head}{begin}\n{table}{END}{tail}"
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="only say whether they are current")
-    args = parser.parse_args()
-    stale = 0
+def pages() -> dict[Path, str]:
+    out = {}
     for name, (begin, table) in TABLES.items():
         path = DOCS / name
-        page = path.read_text()
-        fresh = render(page, begin, table())
-        if fresh == page:
-            continue
-        if args.check:
-            print(f"{path} is out of date: run scripts/doc_tables.py", file=sys.stderr)
-            stale += 1
-        else:
-            path.write_text(fresh)
-    return 1 if stale else 0
+        out[path] = render(path.read_text(), begin, table())
+    return out
+
+
+def main() -> int:
+    from generated import write_or_check  # scripts/, beside this one
+
+    return write_or_check(__doc__.splitlines()[0], "doc_tables.py", pages)
 
 
 if __name__ == "__main__":
