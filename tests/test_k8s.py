@@ -32,7 +32,24 @@ def render(target: str) -> list[dict]:
 CUSTOM = {"ServiceMonitor", "PrometheusRule", "ScaledObject"}
 
 
-@pytest.mark.parametrize("target", ["k8s/base", "k8s/overlays/gpu"])
+def gpu_with(folder: Path, *components: str) -> str:
+    """An overlay in ``folder``: the gpu variant plus ``components`` of k8s/components."""
+    (folder / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(REPO / "k8s/overlays/gpu", folder)],
+                "components": [
+                    os.path.relpath(REPO / "k8s/components" / name, folder) for name in components
+                ],
+            }
+        )
+    )
+    return str(folder)
+
+
+@pytest.mark.parametrize("target", ["k8s/base", "k8s/overlays/gpu", "k8s/overlays/example"])
 def test_manifests_render_and_validate_strictly(target, tmp_path):
     docs = render(target)
     assert {d["kind"] for d in docs} >= {
@@ -116,20 +133,7 @@ def test_the_namespace_and_network_are_locked_down():
 
 
 def test_the_optional_components_render(tmp_path):
-    (tmp_path / "kustomization.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "kustomize.config.k8s.io/v1beta1",
-                "kind": "Kustomization",
-                "resources": [os.path.relpath(REPO / "k8s/overlays/gpu", tmp_path)],
-                "components": [
-                    os.path.relpath(REPO / "k8s/components" / name, tmp_path)
-                    for name in ("nvidia-runtime", "prometheus-release")
-                ],
-            }
-        )
-    )
-    docs = render(str(tmp_path))
+    docs = render(gpu_with(tmp_path, "nvidia-runtime", "prometheus-release"))
     pod = next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]
     assert pod["runtimeClassName"] == "nvidia"
     for kind in ("ServiceMonitor", "PrometheusRule"):
@@ -189,11 +193,14 @@ def test_prometheusrule_is_generated_from_the_rule_file():
     assert spec["groups"] == rules["groups"], "run 'make k8s-rules'"
 
 
-def test_policy_check_finds_nothing_unjustified(tmp_path):
+@pytest.mark.parametrize("target", ["k8s/overlays/gpu", "k8s/overlays/example"])
+def test_policy_check_finds_nothing_unjustified(target, tmp_path):
+    """checkov over the rendered manifests (on the example overlay it caught the
+    components' Ingress and claim landing in the default namespace)."""
     cache = Path(os.environ.get("DFM_CACHE", Path.home() / ".cache" / "deepfake-monitor"))
     checkov = cache / "checkov-3.3.30" / "bin" / "checkov"
     assert checkov.is_file(), f"{checkov} missing: run 'make setup'"
-    docs = render("k8s/overlays/gpu")
+    docs = render(target)
     (tmp_path / "gpu.yaml").write_text(yaml.safe_dump_all(docs))
     result = subprocess.run(
         [str(checkov), "-f", str(tmp_path / "gpu.yaml"), "--framework", "kubernetes",
@@ -210,3 +217,51 @@ def test_policy_check_finds_nothing_unjustified(tmp_path):
         "CKV_K8S_35",
         "CKV_K8S_15",
     }  # each justified in deployment.yaml
+
+
+def test_the_worked_example_overlay_says_what_a_cluster_install_changes():
+    """k8s/overlays/example (docs/deploy.md, "From zero"): the pushed image, a checkpoint
+    from a volume, the ingress with TLS, and the addresses a cluster sets; it validates
+    strictly, and its settings load."""
+    from streamer.config import Settings
+
+    docs = render("k8s/overlays/example")
+    kinds = {d["kind"] for d in docs}
+    assert {"Ingress", "PersistentVolumeClaim"} <= kinds
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {
+        "deepfake-monitor"
+    }
+    dep = next(d for d in docs if d["kind"] == "Deployment")
+    (container,) = dep["spec"]["template"]["spec"]["containers"]
+    assert container["image"] == "registry.example.com/deepfake-monitor:0.1.0"
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert mounts["/models"]["readOnly"] is True
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    settings = Settings(**{k.removeprefix("DFM_").lower(): v for k, v in config.items()},
+                        api_token="x")  # fmt: skip
+    assert str(settings.checkpoint) == "/models/model.pt"
+    ingress = next(d for d in docs if d["kind"] == "Ingress")
+    assert ingress["spec"]["tls"][0]["secretName"] == "deepfake-monitor-tls"
+    assert ingress["metadata"]["annotations"]["nginx.ingress.kubernetes.io/affinity"] == "cookie"
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")["spec"]
+    assert any(
+        s.get("namespaceSelector", {}).get("matchLabels", {}).get("kubernetes.io/metadata.name")
+        == "ingress-nginx"
+        for rule in policy["ingress"] for s in rule["from"]
+    )  # fmt: skip
+    assert policy["egress"][2]["to"][0]["ipBlock"]["cidr"] == "10.20.0.0/16"
+    scaled = next(d for d in docs if d["kind"] == "ScaledObject")["spec"]
+    assert {t["metadata"]["serverAddress"] for t in scaled["triggers"]} == {
+        "http://prometheus-operated.monitoring.svc:9090"
+    }
+
+
+def test_without_kafka_the_stdout_sink_component_gives_settings_that_load(tmp_path):
+    from streamer.config import Settings
+
+    docs = render(gpu_with(tmp_path, "stdout-sink"))
+    config = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    assert not any(k.startswith("DFM_KAFKA") for k in config)
+    settings = Settings(**{k.removeprefix("DFM_").lower(): v for k, v in config.items()},
+                        api_token="x")  # fmt: skip
+    assert settings.sink == "stdout" and settings.kafka_bootstrap is None
