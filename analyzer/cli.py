@@ -426,14 +426,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     points = result.get("operating_points")
     if points is not None:
         target, eer = points["target_fpr"], points["eer"]
-        where = (
-            f"recorded in {args.checkpoint}, served when DFM_THRESHOLD is unset"
-            if result["recorded"]
-            else "not recorded in the checkpoint"
-            + (" (--no-record)" if args.no_record else "")
-            + (" (measured on training clips)" if args.split == "train" else "")
-            + ("" if record is None else " (a reference state_dict: run calibrate first)")
-        )
+        if result["recorded"]:
+            where = f"recorded in {args.checkpoint}, served when DFM_THRESHOLD is unset"
+        else:
+            why = (
+                "--no-record" if args.no_record
+                else "measured on training clips" if args.split == "train"
+                else "a reference state_dict: run calibrate first"
+            )  # fmt: skip
+            where = f"not recorded in the checkpoint ({why})"
         print(
             f"threshold {target['threshold']:.4f} keeps the false-positive rate at "
             f"{target['fpr']:.4f} (target {args.target_fpr:g}, TPR {target['tpr']:.4f}); "

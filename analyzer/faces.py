@@ -33,6 +33,9 @@ Box = tuple[float, float, float, float]  # x0, y0, x1, y1, normalised to [0, 1]
 class Detection:
     box: Box
     score: float
+    # Normalised (x, y) of the eyes, nose tip, mouth centre and ears (right before left),
+    # where the detector gives them (MediaPipe's does); empty otherwise.
+    keypoints: tuple[tuple[float, float], ...] = ()
 
 
 class Detector(Protocol):
@@ -123,7 +126,8 @@ class BlazeFaceDetector:
             x1 = min(1.0, (bb.origin_x + bb.width) / sw)
             y1 = min(1.0, (bb.origin_y + bb.height) / sh)
             if x1 > x0 and y1 > y0:
-                found.append(Detection((x0, y0, x1, y1), float(det.categories[0].score)))
+                points = tuple((k.x, k.y) for k in det.keypoints or ())
+                found.append(Detection((x0, y0, x1, y1), float(det.categories[0].score), points))
         return found
 
     def close(self) -> None:

@@ -45,7 +45,7 @@ import cv2
 import numpy as np
 
 from analyzer.errors import AssetsMissingError
-from analyzer.faces import BLAZEFACE_SHORT_RANGE
+from analyzer.faces import BlazeFaceDetector, fit_within
 from analyzer.h264 import write_h264
 
 HELD_OUT = ("sample3", "astronaut", "mpl1")
@@ -95,31 +95,18 @@ def load_portraits(
     photos_dir: Path | None = None, names: Sequence[str] = HELD_OUT
 ) -> list[Portrait]:
     """The held-out photos at most 1024 pixels a side, with their faces and keypoints."""
-    import mediapipe as mp
-    from mediapipe.tasks.python import BaseOptions, vision
-
-    options = vision.FaceDetectorOptions(
-        base_options=BaseOptions(model_asset_path=str(BLAZEFACE_SHORT_RANGE)),
-        min_detection_confidence=0.5,
-    )
     portraits = []
-    with vision.FaceDetector.create_from_options(options) as detector:
+    with BlazeFaceDetector(max_side=1024) as detector:
         for name in names:
-            rgb = _read(name, photos_dir)
-            scale = min(1.0, 1024 / max(rgb.shape[:2]))
-            if scale < 1:
-                rgb = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            rgb = fit_within(_read(name, photos_dir), 1024)
             h, w = rgb.shape[:2]
-            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(rgb))
             faces: list[Face] = []
-            for det in sorted(
-                detector.detect(image).detections, key=lambda d: d.bounding_box.origin_x
-            ):
-                bb = det.bounding_box
-                if min(bb.width, bb.height) < 48:
+            for det in sorted(detector.detect(rgb), key=lambda d: d.box[0]):
+                x0, y0, x1, y1 = det.box
+                box = (round(x0 * w), round(y0 * h), round(x1 * w), round(y1 * h))
+                if min(box[2] - box[0], box[3] - box[1]) < 48:
                     continue
-                points = np.array([[k.x * w, k.y * h] for k in det.keypoints], np.float32)
-                box = (bb.origin_x, bb.origin_y, bb.origin_x + bb.width, bb.origin_y + bb.height)
+                points = np.array([[x * w, y * h] for x, y in det.keypoints], np.float32)
                 faces.append(Face(f"{name}/{len(faces)}", box, points))
             if faces:
                 portraits.append(Portrait(name, rgb, faces))
@@ -211,8 +198,7 @@ def make_swap(
 ) -> Swap:
     h, w = photo.rgb.shape[:2]
     warped = _aligned_donor(face, donor, donor_face, (h, w))
-    mask = _mask((h, w), face, method, rng).astype(np.uint8)
-    mask = np.where(mask > 0, 255, 0).astype(np.uint8)
+    mask = _mask((h, w), face, method, rng)
     ys, xs = np.nonzero(mask)
     pad = 12
     x0, y0 = max(0, xs.min() - pad), max(0, ys.min() - pad)
@@ -244,29 +230,30 @@ def composer(
     photo: Portrait, swaps: list[Swap], drift: bool, rng: np.random.Generator
 ) -> Callable[[float], np.ndarray]:
     """The photo at time ``t`` with the swaps pasted: still, or drifting smoothly."""
-    still = photo.rgb.astype(np.float32)
-    for s in swaps:
-        x0, y0, x1, y1 = s.box
-        a = s.alpha[..., None]
-        still[y0:y1, x0:x1] = a * s.edited + (1 - a) * still[y0:y1, x0:x1]
-    fixed = np.clip(still, 0, 255).astype(np.uint8)
+
+    def pasted(shift: np.ndarray | None) -> np.ndarray:
+        out = photo.rgb.astype(np.float32)
+        for s in swaps:
+            x0, y0, x1, y1 = s.box
+            edited, alpha = s.edited, s.alpha
+            if shift is not None:
+                size = (x1 - x0, y1 - y0)
+                edited = cv2.warpAffine(edited, shift, size, borderMode=cv2.BORDER_REPLICATE)
+                alpha = cv2.warpAffine(alpha, shift, size)
+            a = alpha[..., None]
+            out[y0:y1, x0:x1] = a * edited + (1 - a) * out[y0:y1, x0:x1]
+        return np.clip(out, 0, 255).astype(np.uint8)
+
     if not drift:
+        fixed = pasted(None)
         return lambda _t: fixed
     amp = rng.uniform(0.7, 2.0, 2)
     freq = rng.uniform(0.15, 0.6, 2)
     phase = rng.uniform(0, 2 * math.pi, 2)
 
     def at(t: float) -> np.ndarray:
-        out = photo.rgb.astype(np.float32)
         dx, dy = amp * np.sin(2 * math.pi * freq * t + phase)
-        shift = np.array([[1, 0, dx], [0, 1, dy]], np.float32)
-        for s in swaps:
-            x0, y0, x1, y1 = s.box
-            size = (x1 - x0, y1 - y0)
-            edited = cv2.warpAffine(s.edited, shift, size, borderMode=cv2.BORDER_REPLICATE)
-            a = cv2.warpAffine(s.alpha, shift, size)[..., None]
-            out[y0:y1, x0:x1] = a * edited + (1 - a) * out[y0:y1, x0:x1]
-        return np.clip(out, 0, 255).astype(np.uint8)
+        return pasted(np.array([[1, 0, dx], [0, 1, dy]], np.float32))
 
     return at
 
