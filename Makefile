@@ -6,7 +6,7 @@ export DFM_PHOTOS_DIR ?= $(CACHE)/photos
 BIN := .venv/bin
 SAMPLE := $(CACHE)/sample
 
-.PHONY: check setup setup-run run test lint format schema k8s-rules lock clean
+.PHONY: check setup setup-run run test lint format schema k8s-rules lock image clean
 
 setup:
 	@scripts/bootstrap.sh
@@ -60,6 +60,12 @@ k8s-rules: setup
 ## tools) from pyproject.toml, with hashes (scripts/lock.sh).
 lock:
 	scripts/lock.sh
+
+## image: build deploy/Dockerfile (Docker when a daemon answers, else buildah) and print
+## its size; STANDIN=1 builds on a base made from Debian's packages, for a machine that
+## reaches no image registry (as `make test` does).
+image:
+	scripts/image.sh $(if $(STANDIN),--standin)
 
 clean:
 	rm -rf .venv .mypy_cache .ruff_cache .pytest_cache build *.egg-info

