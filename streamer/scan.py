@@ -139,6 +139,7 @@ def scan(
         fps=options.fps,
         threshold=engine.meta.served_threshold(options.threshold)[0],
         feature_dim=engine.feature_dim,
+        keep_crops=options.keep_top,
     )
     tracker = FaceTracker(detector, max_tracks=options.max_faces, detect_every=options.detect_every)
     ref = model_ref(engine)

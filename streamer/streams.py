@@ -1,11 +1,13 @@
 """Per-stream state: face tracks with their ring buffers, the window schedule, verdicts.
 
 A :class:`StreamState` is fed one resampled frame at a time with that frame's face
-crops. Each crop goes into its track's ring and waits for its backbone features; every
+crops. Each crop waits for its backbone features, which go into its track's ring; every
 ``hop`` frames, once ``window`` frames have been seen, a window is due and the head runs
-over the cached features of each track that has enough frames in it. Memory per track
-is fixed: ``window`` crops (112x112x3 bytes each) and ``window`` feature rows (2048
-float32 each for the study's model).
+over the cached features of each track that has enough frames in it. A crop lives only
+until its features exist (in its :class:`PendingCrop`); the ring keeps ``window`` feature
+rows in float16 (2048 each for the study's model: 0.62 MB per face, see
+:meth:`TrackBuffer.nbytes`), and ``window`` crops only where they are asked for (the
+uploads' Grad-CAM of their top window).
 """
 
 from __future__ import annotations
@@ -33,13 +35,26 @@ class PendingCrop:
 
 
 class TrackBuffer:
-    """Ring of the last ``capacity`` crops of one face and their backbone features."""
+    """Ring of the backbone features of one face's last ``capacity`` frames (``keep_crops``:
+    and their crops). Features are stored as ``feature_dtype`` (float16 by default: half
+    the memory; scores move by under 1e-4, tests/test_engine.py) and read back as
+    float32."""
 
-    def __init__(self, track_id: int, capacity: int, crop_size: int, feature_dim: int) -> None:
+    def __init__(
+        self,
+        track_id: int,
+        capacity: int,
+        crop_size: int,
+        feature_dim: int,
+        *,
+        keep_crops: bool = False,
+        feature_dtype: type[np.floating] = np.float16,
+    ) -> None:
         self.track_id = track_id
         self.capacity = capacity
-        self.crops = np.zeros((capacity, crop_size, crop_size, 3), np.uint8)
-        self.feats = np.zeros((capacity, feature_dim), np.float32)
+        shape = (capacity, crop_size, crop_size, 3) if keep_crops else (0, 0, 0, 3)
+        self.crops = np.zeros(shape, np.uint8)
+        self.feats = np.zeros((capacity, feature_dim), feature_dtype)
         self.frames = np.full(capacity, -1, np.int64)
         self.boxes = np.zeros((capacity, 4), np.float32)
         self.has_feat = np.zeros(capacity, bool)
@@ -50,10 +65,17 @@ class TrackBuffer:
     def last_frame(self) -> int:
         return int(self.frames.max())
 
+    @property
+    def nbytes(self) -> int:
+        """Host memory this face holds in its ring."""
+        arrays = (self.crops, self.feats, self.frames, self.boxes, self.has_feat)
+        return sum(a.nbytes for a in arrays)
+
     def push(self, frame: int, box: tuple[float, float, float, float], crop: np.ndarray) -> int:
         slot = self.pushed % self.capacity
         self.pushed += 1
-        self.crops[slot] = crop
+        if len(self.crops):
+            self.crops[slot] = crop
         self.frames[slot] = frame
         x0, y0, x1, y1 = box
         self.boxes[slot] = (x0, y0, x1 - x0, y1 - y0)
@@ -105,6 +127,8 @@ class StreamState:
         hysteresis: float = 0.05,
         crop_size: int = 112,
         feature_dim: int = 2048,
+        keep_crops: bool = False,
+        feature_dtype: type[np.floating] = np.float16,
     ) -> None:
         if window < 1 or hop < 1:
             raise ValueError("window and hop must be at least 1 frame")
@@ -120,6 +144,8 @@ class StreamState:
         self.hysteresis = hysteresis
         self.crop_size = crop_size
         self.feature_dim = feature_dim
+        self.keep_crops = keep_crops
+        self.feature_dtype = feature_dtype
         self.tracks: dict[int, TrackBuffer] = {}
         self.frames_seen = 0
         self.segment_start = 0  # frame that began the current run of continuous time
@@ -153,7 +179,14 @@ class StreamState:
         for face in faces.crops:
             track = self.tracks.get(face.track_id)
             if track is None:
-                track = TrackBuffer(face.track_id, self.window, self.crop_size, self.feature_dim)
+                track = TrackBuffer(
+                    face.track_id,
+                    self.window,
+                    self.crop_size,
+                    self.feature_dim,
+                    keep_crops=self.keep_crops,
+                    feature_dtype=self.feature_dtype,
+                )
                 self.tracks[face.track_id] = track
             slot = track.push(frame, face.box, face.crop)
             pending.append(PendingCrop(self.stream_id, face.track_id, slot, frame, face.crop))
@@ -204,7 +237,7 @@ class StreamState:
             slots = slots[track.has_feat[slots]]
             if len(slots) >= need:
                 track_ids.append(track.track_id)
-                sequences.append(track.feats[slots].copy())
+                sequences.append(track.feats[slots].astype(np.float32))
                 boxes.append([round(float(v), 4) for v in track.boxes[slots[-1]]])
         return WindowJob(
             stream_id=self.stream_id,
@@ -219,7 +252,9 @@ class StreamState:
         )
 
     def window_crops(self, job: WindowJob, track_id: int) -> np.ndarray:
-        """(T, H, W, 3) crops of one track over ``job``'s frames; valid until the next frame."""
+        """(T, H, W, 3) crops of one track over ``job``'s frames (needs ``keep_crops``)."""
+        if not self.keep_crops:
+            raise ValueError("this stream keeps no crops (StreamState(keep_crops=True))")
         track = self.tracks[track_id]
         slots = track.slots_in(job.first_frame, job.last_frame)
         return track.crops[slots[track.has_feat[slots]]].copy()

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from analyzer.faces import FaceCrop, FrameFaces
-from streamer.streams import StreamState
+from streamer.streams import StreamState, TrackBuffer
 from streamer.verdict import ModelRef
+from tests.conftest import REPO
 
 MODEL = ModelRef(name="resnext50-lstm", version="test", sha256=None)
 CROP = np.zeros((112, 112, 3), np.uint8)
@@ -53,7 +54,18 @@ def test_ring_memory_is_bounded_per_track():
     state = StreamState("s", window=20, hop=5)
     feed(state, 500, 1)
     track = state.tracks[1]
-    assert track.crops.shape[0] == 20 and track.feats.shape == (20, 2048)
+    assert len(track.crops) == 0 and track.feats.shape == (20, 2048)
+    # The live service's ring at the served window, the study's model: at most 1 MB a face
+    # (features in float16, no crops); docs/service.md gives this figure.
+    live = TrackBuffer(1, 150, 112, 2048)
+    assert live.feats.dtype == np.float16 and live.nbytes <= 1_000_000
+    assert f"{live.nbytes / 1e6:.2f} MB" in (REPO / "docs" / "service.md").read_text()
+    # Uploads keep the crops of their top window for Grad-CAM, and only they.
+    kept = StreamState("s", window=20, hop=5, keep_crops=True)
+    feed(kept, 500, 1)
+    assert kept.tracks[1].crops.shape == (20, 112, 112, 3)
+    with pytest.raises(ValueError, match="keeps no crops"):
+        state.window_crops(state.build_window(), 1)
 
 
 def test_features_for_an_overwritten_slot_are_dropped_as_late():
