@@ -355,6 +355,45 @@ def sink_bench(bootstrap: str, *, verdicts: int, streams: int = 100) -> dict[str
     }
 
 
+def ring_memory(feature_dim: int, window: int = 150) -> list[dict[str, Any]]:
+    """Host memory of one stream's face rings after ``window`` frames, at 1 and 4 faces,
+    traced by ``tracemalloc`` (numpy reports its buffers to it): the old layout (every
+    crop kept, float32 features) against the service's (float16 features only)."""
+    import tracemalloc
+
+    from analyzer.faces import FaceCrop, FrameFaces
+    from streamer.streams import StreamState
+
+    layouts: list[tuple[str, bool, type[np.floating]]] = [
+        ("crops + float32 features", True, np.float32),
+        ("float16 features only", False, np.float16),
+    ]
+    crop = np.zeros((112, 112, 3), np.uint8)
+    feats = np.zeros((4, feature_dim), np.float32)
+    rows = []
+    for layout, keep_crops, dtype in layouts:
+        for faces in (1, 4):
+            tracemalloc.start()
+            state = StreamState(
+                "memory",
+                window=window,
+                feature_dim=feature_dim,
+                keep_crops=keep_crops,
+                feature_dtype=dtype,
+            )
+            for i in range(window):
+                boxes = [
+                    FaceCrop(t, (0.1 * t, 0.1, 0.1 * t + 0.1, 0.3), crop) for t in range(faces)
+                ]
+                pending = state.add_frame(i / 30, FrameFaces(boxes), 0.0)
+                state.set_features(pending, feats[: len(pending)])
+            held, _ = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            rows.append({"layout": layout, "faces": faces, "mb_per_stream": held / 1e6})
+            del state
+    return rows
+
+
 def stage_bench(work: Path, *, device: str, quick: bool) -> dict[str, Any]:
     """Milliseconds per frame (decode, detection, tracking + crops), per crop (backbone)
     and per window (head) on a 480p two-face clip; random weights (speed only)."""
@@ -414,6 +453,7 @@ def stage_bench(work: Path, *, device: str, quick: bool) -> dict[str, Any]:
             "backbone_per_crop": backbone_s * 1000 / len(batch),
             "head_per_window": head_s * 1000 / len(windows),
         },
+        "ring_memory": ring_memory(engine.feature_dim),
     }
 
 
@@ -531,7 +571,12 @@ def format_report(result: dict[str, Any]) -> str:
             f"  tracker (detect every 3) + crops {ms['track_and_crop_per_frame']:8.2f} ms/frame",
             f"  backbone, batch 32               {ms['backbone_per_crop']:8.2f} ms/crop",
             f"  head, 8 windows of 150           {ms['head_per_window']:8.2f} ms/window",
+            "  face rings of one stream after 150 frames (tracemalloc):",
         ]
+        for r in stages["ring_memory"]:
+            lines.append(
+                f"    {r['layout']:<26} {r['faces']} face(s) {r['mb_per_stream']:7.2f} MB/stream"
+            )
     sink = result.get("sink")
     if sink:
         lines.append(f"sink to Kafka at {sink['bootstrap']}: verdicts of {sink['streams']} streams")

@@ -40,3 +40,9 @@ def test_bench_quick_measures_every_part(tmp_path, photos_dir):
     stages = data["stages"]
     assert stages["clip"]["faces_per_frame"] > 1.5  # the two-face clip: both found
     assert all(ms > 0 for ms in stages["ms"].values())
+    ring = {(r["layout"], r["faces"]): r["mb_per_stream"] for r in stages["ring_memory"]}
+    # The service's rings (float16 features, no crops): under 1 MB a face, and far below
+    # the layout that kept every crop.
+    assert ring[("float16 features only", 4)] <= 4 * 1.0
+    assert ring[("crops + float32 features", 4)] > 5 * ring[("float16 features only", 4)]
+    assert "face rings of one stream" in result.stdout
