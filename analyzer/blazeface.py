@@ -213,6 +213,17 @@ def anchors() -> np.ndarray:
     return np.array(out, np.float32)
 
 
+@dataclass(frozen=True)
+class Letterboxed:
+    """A frame letterboxed for the network, and what maps its boxes back to the frame."""
+
+    square: np.ndarray  # (128, 128, 3) uint8 RGB
+    frame_shape: tuple[int, int]  # the frame's (height, width)
+    scale: float  # letterbox pixels per frame pixel
+    ox: float  # the letterbox's left and top borders, as fractions of INPUT
+    oy: float
+
+
 class TorchFaceDetector:
     """BlazeFace short range in PyTorch: the same boxes as :class:`BlazeFaceDetector`."""
 
@@ -232,8 +243,8 @@ class TorchFaceDetector:
         self.suppression_iou = suppression_iou
         self.max_side = max_side
 
-    def letterbox(self, rgb: np.ndarray) -> tuple[np.ndarray, float, float, float]:
-        """128x128 RGB with the frame scaled to fit and centred; its scale and offsets."""
+    def letterbox(self, rgb: np.ndarray) -> Letterboxed:
+        """128x128 RGB with the frame scaled to fit and centred, and how to map back."""
         h, w = rgb.shape[:2]
         rgb = fit_within(rgb, self.max_side)  # as BlazeFaceDetector hands MediaPipe its frame
         sh, sw = rgb.shape[:2]
@@ -245,32 +256,39 @@ class TorchFaceDetector:
         warp = np.array([[s, 0, ox], [0, s, oy]], np.float32)
         square = cv2.warpAffine(rgb, warp, (INPUT, INPUT), flags=cv2.INTER_LINEAR,
                                 borderMode=cv2.BORDER_CONSTANT)  # fmt: skip
-        return square, INPUT / max(h, w), ox / INPUT, oy / INPUT
+        return Letterboxed(square, (h, w), INPUT / max(h, w), ox / INPUT, oy / INPUT)
 
     @torch.inference_mode()
+    def network(self, squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The network over (N, 128, 128, 3) uint8 letterboxes: box regressors (N, 896, 16)
+        and face scores (N, 896), on the host. The one step worth batching across streams:
+        :class:`~streamer.detection.BatchedDetector` runs it in the engine's thread."""
+        batch = torch.from_numpy(np.ascontiguousarray(squares)).to(self.device)
+        x = batch.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+        regressors, logits = self.net(x)
+        scores = torch.sigmoid(logits[..., 0].clamp(-SCORE_CLIP, SCORE_CLIP))
+        return regressors.cpu().numpy(), scores.cpu().numpy()
+
+    def decode(self, boxed: Letterboxed, reg: np.ndarray, score: np.ndarray) -> list[Detection]:
+        """One frame's detections from its network output: anchors, then weighted NMS."""
+        h, w = boxed.frame_shape
+        keep = score >= self.min_confidence
+        centre = reg[keep, :2] / INPUT + self.anchors[keep]
+        size = reg[keep, 2:4] / INPUT
+        boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+        # Back from the letterbox to the frame, normalised to [0, 1].
+        span = (np.array([w, h]) * boxed.scale / INPUT).astype(np.float32)
+        boxes[:, [0, 2]] = (boxes[:, [0, 2]] - boxed.ox) / span[0]
+        boxes[:, [1, 3]] = (boxes[:, [1, 3]] - boxed.oy) / span[1]
+        return self._suppress(boxes, score[keep])
+
     def detect_batch(self, frames: list[np.ndarray]) -> list[list[Detection]]:
         """Detections for several frames in one network call."""
         if not frames:
             return []
         boxed = [self.letterbox(f) for f in frames]
-        batch = torch.from_numpy(np.stack([b[0] for b in boxed])).to(self.device)
-        x = batch.permute(0, 3, 1, 2).float() / 127.5 - 1.0
-        regressors, logits = self.net(x)
-        scores = torch.sigmoid(logits[..., 0].clamp(-SCORE_CLIP, SCORE_CLIP)).cpu().numpy()
-        raw = regressors.cpu().numpy()
-        out = []
-        for frame, (_, scale, ox, oy), reg, score in zip(frames, boxed, raw, scores, strict=True):
-            h, w = frame.shape[:2]
-            keep = score >= self.min_confidence
-            centre = reg[keep, :2] / INPUT + self.anchors[keep]
-            size = reg[keep, 2:4] / INPUT
-            boxes = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
-            # Back from the letterbox to the frame, normalised to [0, 1].
-            span = (np.array([w, h]) * scale / INPUT).astype(np.float32)
-            boxes[:, [0, 2]] = (boxes[:, [0, 2]] - ox) / span[0]
-            boxes[:, [1, 3]] = (boxes[:, [1, 3]] - oy) / span[1]
-            out.append(self._suppress(boxes, score[keep]))
-        return out
+        regs, scores = self.network(np.stack([b.square for b in boxed]))
+        return [self.decode(*args) for args in zip(boxed, regs, scores, strict=True)]
 
     def detect(self, rgb: np.ndarray) -> list[Detection]:
         return self.detect_batch([rgb])[0]

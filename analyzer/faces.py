@@ -66,9 +66,19 @@ def _aligned(rgb: np.ndarray, alignment: int = 64) -> np.ndarray:
     return out
 
 
-def open_detector(kind: str = "mediapipe", device: str = "cpu") -> ClosingDetector:
+def detector_kind(kind: str | None, device: str) -> str:
+    """The detector a setting names; unset: ``torch`` on CUDA (a batched network on the
+    GPU), ``mediapipe`` on the CPU (faster there one frame at a time)."""
+    if kind is not None:
+        return kind
+    return "torch" if str(device).startswith("cuda") else "mediapipe"
+
+
+def open_detector(kind: str | None = "mediapipe", device: str = "cpu") -> ClosingDetector:
     """A face detector by name: ``mediapipe`` (MediaPipe's runtime) or ``torch`` (the same
-    BlazeFace model in PyTorch, :mod:`analyzer.blazeface`, on ``device``)."""
+    BlazeFace model in PyTorch, :mod:`analyzer.blazeface`, on ``device``); ``None`` chooses
+    by device (:func:`detector_kind`)."""
+    kind = detector_kind(kind, device)
     if kind == "torch":
         from analyzer.blazeface import TorchFaceDetector
 

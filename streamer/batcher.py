@@ -1,9 +1,12 @@
 """Cross-stream batching into the engine, which runs in a thread of its own.
 
-Streams submit face crops (backbone work) and due windows (head work). One loop task
-gathers them into batches, up to ``max_batch`` crops or ``max_wait_ms`` after the first
-one, head work first, and runs each batch in the engine thread. Results go back through
-futures on the event loop.
+Streams submit face crops (backbone work), due windows (head work) and, with the PyTorch
+face detector, letterboxed frames due for detection (detection work: see
+``streamer/detection.py``). One loop task gathers them into batches, up to ``max_batch``
+crops or ``max_wait_ms`` after the first one (``detect_batch`` frames or
+``detect_wait_ms`` for detection), head work first, then detection (a stream's thread
+waits for it), then the backbone, and runs each batch in the engine thread. Results go
+back through futures on the event loop.
 
 Health: every failed call is counted (``deepfake_engine_errors_total{stage}``) and every
 finished one beats ``deepfake_engine_last_batch_timestamp_seconds``; :meth:`stalled_for`
@@ -29,7 +32,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -44,6 +47,13 @@ T = TypeVar("T")
 QUEUE_S = 1.0  # crops admitted to the engine queue: about this many seconds of its work
 RATE_WEIGHT = 0.3  # weight of the newest backbone call in the measured rate (crops/s)
 MAX_HEAD_BATCH = 256  # windows per head call: a burst of due windows goes in slices
+
+
+class FaceNetwork(Protocol):
+    """The batched part of a face detector (:class:`analyzer.blazeface.TorchFaceDetector`):
+    its network over letterboxed frames, on the engine's device."""
+
+    def network(self, squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass
@@ -64,8 +74,14 @@ class Batcher:
         max_inflight: int = 256,
         faults: Faults | None = None,
         supervisor: Supervisor | None = None,
+        face_network: FaceNetwork | None = None,
+        detect_batch: int = 32,
+        detect_wait_ms: float = 5.0,
     ) -> None:
         self.engine = engine
+        self.face_network = face_network
+        self.detect_batch = detect_batch
+        self.detect_wait = detect_wait_ms / 1000.0
         self.supervisor = supervisor or Supervisor(metrics.task_restarts)
         self.metrics = metrics
         self.max_batch = max_batch
@@ -77,6 +93,7 @@ class Batcher:
         self._call_started: float | None = None  # monotonic start of the call in flight
         self._crops: asyncio.Queue[_Request] = asyncio.Queue()
         self._heads: asyncio.Queue[_Request] = asyncio.Queue()
+        self._detects: asyncio.Queue[_Request] = asyncio.Queue()
         self._wake = asyncio.Event()
         self._room = asyncio.Condition()
         self._inflight = 0
@@ -87,6 +104,8 @@ class Batcher:
     async def start(self) -> None:
         self.metrics.engine_max_batch.labels("backbone").set(self.max_batch)
         self.metrics.engine_max_batch.labels("head").set(MAX_HEAD_BATCH)
+        if self.face_network is not None:
+            self.metrics.engine_max_batch.labels("detect").set(self.detect_batch)
         self.metrics.queue_capacity.labels("engine_crops").set(self.max_inflight)
         self.metrics.queue_depth.labels("engine_crops").set(0)
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="engine")
@@ -95,7 +114,7 @@ class Batcher:
     async def stop(self) -> None:
         """Finish nothing new; fail what waits. Safe to call twice."""
         await self.supervisor.cancel("batcher")
-        for queue in (self._crops, self._heads):
+        for queue in (self._crops, self._heads, self._detects):
             while not queue.empty():
                 req = queue.get_nowait()
                 if not req.future.done():
@@ -144,6 +163,16 @@ class Batcher:
         self._wake.set()
         return await fut
 
+    async def detect(self, square: np.ndarray) -> np.ndarray:
+        """The face network's output for one letterboxed frame, batched with the other
+        streams' frames: (896, 17), box regressors then the face score of each anchor."""
+        if self.face_network is None:
+            raise RuntimeError("this batcher has no face network (DFM_DETECTOR=torch)")
+        fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
+        self._detects.put_nowait(_Request([square], fut))
+        self._wake.set()
+        return (await fut)[0]
+
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn(*args)`` in the engine thread, between batches (e.g. a Grad-CAM pass)."""
         loop = asyncio.get_running_loop()
@@ -153,11 +182,13 @@ class Batcher:
         while True:
             await self._wake.wait()
             self._wake.clear()
-            while not self._heads.empty() or not self._crops.empty():
+            while not (self._heads.empty() and self._detects.empty() and self._crops.empty()):
                 if not self._heads.empty():
                     await self._run_heads()
-                    continue
-                await self._run_backbone()
+                elif not self._detects.empty():
+                    await self._run_detects()
+                else:
+                    await self._run_backbone()
 
     async def _run_heads(self) -> None:
         """One head call for the queued windows, up to ``MAX_HEAD_BATCH`` of them (a
@@ -172,6 +203,23 @@ class Batcher:
             count += size
         await self._dispatch("head", reqs)
 
+    async def _run_detects(self) -> None:
+        """One network call for the frames due for detection, up to ``detect_batch`` of
+        them or ``detect_wait_ms`` after the first (each is one stream's waiting thread)."""
+        reqs = [self._detects.get_nowait()]
+        deadline = time.monotonic() + self.detect_wait
+        while len(reqs) < self.detect_batch:
+            if self._detects.empty():
+                left = deadline - time.monotonic()
+                if left <= 0 or not self._heads.empty():
+                    break
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), left)
+                continue
+            reqs.append(self._detects.get_nowait())
+        await self._dispatch("detect", reqs)
+
     async def _run_backbone(self) -> None:
         reqs = [self._crops.get_nowait()]
         count = len(reqs[0].items)
@@ -179,7 +227,7 @@ class Batcher:
         while count < self.max_batch:
             if self._crops.empty():
                 left = deadline - time.monotonic()
-                if left <= 0 or not self._heads.empty():
+                if left <= 0 or not (self._heads.empty() and self._detects.empty()):
                     break
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -216,7 +264,7 @@ class Batcher:
         """Run one engine call for ``reqs`` and hand each its slice of the result."""
         items = [x for r in reqs for x in r.items]
         loop = asyncio.get_running_loop()
-        fn = self._backbone if stage == "backbone" else self._head
+        fn = {"backbone": self._backbone, "head": self._head, "detect": self._detect}[stage]
         started = time.perf_counter()
         self._call_started = now = time.monotonic()
         self.metrics.engine_queue_wait.labels(stage).observe(now - min(r.queued for r in reqs))
@@ -259,3 +307,9 @@ class Batcher:
     def _head(self, windows: list[np.ndarray]) -> np.ndarray:
         self._inject()
         return self.engine.head(windows)
+
+    def _detect(self, squares: list[np.ndarray]) -> np.ndarray:
+        self._inject()
+        assert self.face_network is not None  # detect() refuses without one
+        regressors, scores = self.face_network.network(np.stack(squares))
+        return np.concatenate([regressors, scores[..., None]], axis=-1)

@@ -24,6 +24,7 @@ import asyncio
 import logging
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -398,8 +399,7 @@ def stage_bench(work: Path, *, device: str, quick: bool) -> dict[str, Any]:
     """Milliseconds per frame (decode, detection, tracking + crops), per crop (backbone)
     and per window (head) on a 480p two-face clip; random weights (speed only)."""
     from analyzer.bench import timed
-    from analyzer.blazeface import TorchFaceDetector
-    from analyzer.engine import Engine, pick_device
+    from analyzer.engine import Engine
     from analyzer.faces import BlazeFaceDetector, FaceTracker
     from analyzer.model import random_model
     from streamer.sources.decode import decode
@@ -412,6 +412,7 @@ def stage_bench(work: Path, *, device: str, quick: bool) -> dict[str, Any]:
     crops: list[np.ndarray] = []
     cpu = torch.device("cpu")  # detection and tracking run on the host
     with BlazeFaceDetector() as det:
+        theirs = [det.detect(rgb) for rgb in frames]  # also the warm-up
         detect_s = timed(lambda: [det.detect(rgb) for rgb in frames], cpu, repeats=1)
         tracker = FaceTracker(det, detect_every=3)
         track_s = timed(  # one pass, whose crops feed the backbone below
@@ -420,14 +421,8 @@ def stage_bench(work: Path, *, device: str, quick: bool) -> dict[str, Any]:
             repeats=1,
             warmup=0,
         )
-    # The same BlazeFace in PyTorch (analyzer/blazeface.py), on the engine's device: one
-    # frame per call as a stream's thread calls it, and 16 frames per call as a batched
-    # detection stage would.
-    torch_det = TorchFaceDetector(device=pick_device(device))
-    dev = torch_det.device
-    torch_one_s = timed(lambda: [torch_det.detect(rgb) for rgb in frames], dev, repeats=1)
-    chunks = [frames[i : i + 16] for i in range(0, len(frames), 16)]
-    torch_batch_s = timed(lambda: [torch_det.detect_batch(c) for c in chunks], dev, repeats=1)
+    engine = Engine(random_model(), device)
+    detectors = torch_detect_bench(frames, theirs, engine)
     engine = Engine(random_model(), device)
     batch = np.stack((crops * 32)[:32])
     reps = 1 if quick else 3
@@ -447,14 +442,87 @@ def stage_bench(work: Path, *, device: str, quick: bool) -> dict[str, Any]:
         "ms": {
             "decode_per_frame": decode_ms,
             "detect_per_frame": detect_s * 1000 / len(frames),
-            "detect_torch_per_frame": torch_one_s * 1000 / len(frames),
-            "detect_torch_batch16_per_frame": torch_batch_s * 1000 / len(frames),
             "track_and_crop_per_frame": track_s * 1000 / len(frames),
             "backbone_per_crop": backbone_s * 1000 / len(batch),
             "head_per_window": head_s * 1000 / len(windows),
         },
+        "detectors": detectors,
         "ring_memory": ring_memory(engine.feature_dim),
     }
+
+
+def torch_detect_bench(
+    frames: list[np.ndarray], theirs: list[list[Any]], engine: Any, streams: int = 8
+) -> list[dict[str, Any]]:
+    """The PyTorch BlazeFace on the engine's device against MediaPipe's detections of the
+    same frames: its network at 1, 8 and 32 frames per call (letterbox and decode
+    included), and through the batcher's detection stage with ``streams`` threads
+    detecting at once, as streams do. Agreement: the share of frames with MediaPipe's face
+    count, and the worst IoU of a MediaPipe face with its best match."""
+    from analyzer.bench import timed
+    from analyzer.blazeface import TorchFaceDetector
+    from analyzer.faces import iou
+
+    net = TorchFaceDetector(device=engine.device)
+
+    def agreement(ours: list[list[Any]]) -> dict[str, float]:
+        same = 0.0
+        worst = 1.0
+        for mine, ref in zip(ours, theirs, strict=True):
+            same += len(mine) == len(ref)
+            for face in ref:
+                worst = min(worst, max((iou(m.box, face.box) for m in mine), default=0.0))
+        return {"same_count_share": same / len(ours), "worst_iou": worst}
+
+    rows = []
+    for size in (1, 8, 32):
+        chunks = [frames[i : i + size] for i in range(0, len(frames), size)]
+
+        def run(c: list[list[np.ndarray]] = chunks) -> list[list[Any]]:
+            return [faces for x in c for faces in net.detect_batch(x)]
+
+        seconds = timed(run, net.device, repeats=1)
+        found = run()
+        rows.append({"way": f"network, {size} per call", "batch": float(size),
+                     "frames_per_s": len(frames) / seconds, **agreement(found)})  # fmt: skip
+    seconds, found, mean_batch = asyncio.run(_through_batcher(net, engine, frames, streams))
+    rows.append({"way": f"detection stage, {streams} streams", "batch": mean_batch,
+                 "frames_per_s": len(frames) / seconds, **agreement(found)})  # fmt: skip
+    return rows
+
+
+async def _through_batcher(
+    net: Any, engine: Any, frames: list[np.ndarray], streams: int
+) -> tuple[float, list[list[Any]], float]:
+    """``streams`` threads detect their share of ``frames`` through one batcher."""
+    from streamer.batcher import Batcher
+    from streamer.detection import BatchedDetector
+    from streamer.metrics import Metrics
+
+    metrics = Metrics()
+    loop = asyncio.get_running_loop()
+    found: list[list[Any]] = [[] for _ in frames]
+
+    def stream(k: int) -> None:
+        for i in range(k, len(frames), streams):
+            found[i] = det.detect(frames[i])
+
+    pool = ThreadPoolExecutor(streams, thread_name_prefix="bench-stream")
+    async with Batcher(engine, metrics, face_network=net, detect_batch=32) as batcher:
+        det = BatchedDetector(net, batcher, loop, timeout_s=60)
+        await loop.run_in_executor(pool, det.detect, frames[0])  # warm-up
+        start = time.perf_counter()
+        await asyncio.gather(*(loop.run_in_executor(pool, stream, k) for k in range(streams)))
+        seconds = time.perf_counter() - start
+    pool.shutdown()
+    total = count = 0.0
+    for family in metrics.inference_batch.collect():
+        for sample in family.samples:
+            if sample.labels.get("stage") == "detect" and sample.name.endswith("_sum"):
+                total = sample.value
+            if sample.labels.get("stage") == "detect" and sample.name.endswith("_count"):
+                count = sample.value
+    return seconds, found, (total - 1) / max(count - 1, 1)  # less the warm-up's call
 
 
 def format_report(result: dict[str, Any]) -> str:
@@ -565,14 +633,19 @@ def format_report(result: dict[str, Any]) -> str:
             f"{clip['faces_per_frame']:.2f} faces/frame, random weights",
             f"  decode (PyAV, to RGB)            {ms['decode_per_frame']:8.2f} ms/frame",
             f"  BlazeFace (MediaPipe), 1 frame   {ms['detect_per_frame']:8.2f} ms/frame",
-            f"  the same in PyTorch, 1 frame     {ms['detect_torch_per_frame']:8.2f} ms/frame",
-            f"  the same in PyTorch, 16 frames   "
-            f"{ms['detect_torch_batch16_per_frame']:8.2f} ms/frame",
             f"  tracker (detect every 3) + crops {ms['track_and_crop_per_frame']:8.2f} ms/frame",
             f"  backbone, batch 32               {ms['backbone_per_crop']:8.2f} ms/crop",
             f"  head, 8 windows of 150           {ms['head_per_window']:8.2f} ms/window",
-            "  face rings of one stream after 150 frames (tracemalloc):",
+            "  the same BlazeFace in PyTorch, against MediaPipe on the same frames:",
         ]
+        for d in stages["detectors"]:
+            lines.append(
+                f"    {d['way']:<28} {d['frames_per_s']:8.1f} frames/s "
+                f"({d['frames_per_s'] * ms['detect_per_frame'] / 1000:.2f}x MediaPipe; "
+                f"mean batch {d['batch']:.1f}), same face count on "
+                f"{d['same_count_share'] * 100:.0f}% of frames, worst IoU {d['worst_iou']:.3f}"
+            )
+        lines.append("  face rings of one stream after 150 frames (tracemalloc):")
         for r in stages["ring_memory"]:
             lines.append(
                 f"    {r['layout']:<26} {r['faces']} face(s) {r['mb_per_stream']:7.2f} MB/stream"

@@ -76,8 +76,9 @@ def _build_parser() -> argparse.ArgumentParser:
     scan.add_argument(
         "--detector",
         choices=("mediapipe", "torch"),
-        default=os.environ.get("DFM_DETECTOR", "mediapipe"),
-        help="face detector: MediaPipe's runtime or the same BlazeFace in PyTorch",
+        default=os.environ.get("DFM_DETECTOR") or None,
+        help="face detector: MediaPipe's runtime or the same BlazeFace in PyTorch "
+        "(default: torch on CUDA, mediapipe on the CPU)",
     )
     scan.add_argument("--timeout", type=float, default=10.0, help="network timeout, seconds")
     scan.add_argument("--stream-id", default=None, help="stream id in the verdicts")

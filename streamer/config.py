@@ -142,10 +142,17 @@ class Settings(WindowSchedule, BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto (CUDA when present), cpu or cuda"
     )
-    detector: Literal["mediapipe", "torch"] = Field(
-        "mediapipe",
-        description="face detector: MediaPipe's runtime, or the same BlazeFace in PyTorch "
-        "(analyzer/blazeface.py; on the CPU one frame at a time is slower)",
+    detector: Literal["mediapipe", "torch"] | None = Field(
+        None,
+        description="face detector: MediaPipe's runtime in each stream's thread, or the same "
+        "BlazeFace in PyTorch, batched across streams on the engine's device "
+        "(streamer/detection.py); unset: torch on CUDA, mediapipe on the CPU",
+    )
+    detect_batch: int = Field(
+        32, ge=1, le=1024, description="frames per batched detection call (torch detector)"
+    )
+    detect_wait_ms: float = Field(
+        5.0, ge=0, le=1000, description="wait to fill a detection batch (torch detector)"
     )
     checkpoint: Path | None = Field(None, description="model checkpoint; default: bundled demo")
     random_weights: bool = Field(False, description="untrained weights (smoke tests, benchmarks)")

@@ -177,7 +177,8 @@ class Metrics:
         )
         self.engine_max_batch = Gauge(
             "deepfake_engine_max_batch",
-            "Most items one engine call takes (DFM_MAX_BATCH): batch size over this is the fill",
+            "Most items one engine call takes (DFM_MAX_BATCH, DFM_DETECT_BATCH): batch size over "
+            "this is the fill",
             ["stage"],
             registry=r,
         )

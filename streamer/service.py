@@ -29,7 +29,7 @@ import torch
 import uvicorn
 
 from analyzer.engine import Engine, pick_device
-from analyzer.faces import Detector, open_detector
+from analyzer.faces import Detector, detector_kind, open_detector
 from analyzer.model import LoadedModel, load_checkpoint, random_model
 from streamer import __version__
 from streamer.api import Server, guarded_app
@@ -296,6 +296,11 @@ class Service:
 
             if s.faults.any:
                 log.warning("DFM_FAULTS is set (%s): faults are injected; tests only", s.faults)
+            face_network = None
+            if detector_kind(s.detector, str(engine.device)) == "torch":
+                from analyzer.blazeface import TorchFaceDetector
+
+                face_network = await asyncio.to_thread(TorchFaceDetector, device=engine.device)
             batcher = Batcher(
                 engine,
                 self.metrics,
@@ -304,6 +309,9 @@ class Service:
                 max_inflight=s.max_inflight_crops,
                 faults=s.faults,
                 supervisor=self.supervisor,
+                face_network=face_network,
+                detect_batch=s.detect_batch,
+                detect_wait_ms=s.detect_wait_ms,
             )
             await stack.enter_async_context(batcher)
             self._batcher = batcher
@@ -325,7 +333,7 @@ class Service:
                 self.recent,
                 self.metrics,
                 model,
-                detector_factory(s, engine.device),
+                detector_factory(s, engine.device, batcher),
                 self.supervisor,
             )
             await stack.enter_async_context(self._manager)
@@ -454,10 +462,21 @@ class Service:
         await self.stop()
 
 
-def detector_factory(settings: Settings, device: torch.device) -> Callable[[], Detector]:
+def detector_factory(
+    settings: Settings, device: torch.device, batcher: Batcher
+) -> Callable[[], Detector]:
     """One face detector per stream (each runs in its stream's thread), of the kind
-    ``DFM_DETECTOR`` names; the PyTorch one on the engine's device."""
-    return partial(open_detector, settings.detector, str(device))
+    ``DFM_DETECTOR`` names: MediaPipe's runtime in that thread, or PyTorch's BlazeFace
+    whose network runs in the batcher's detection stage, batched across streams."""
+    if batcher.face_network is None:
+        return partial(open_detector, settings.detector, str(device))
+    from analyzer.blazeface import TorchFaceDetector
+    from streamer.detection import BatchedDetector
+
+    net = batcher.face_network
+    assert isinstance(net, TorchFaceDetector)
+    loop = asyncio.get_running_loop()
+    return partial(BatchedDetector, net, batcher, loop, timeout_s=settings.engine_stall_s)
 
 
 async def serve(settings: Settings) -> int:

@@ -46,3 +46,12 @@ def test_bench_quick_measures_every_part(tmp_path, photos_dir):
     assert ring[("float16 features only", 4)] <= 4 * 1.0
     assert ring[("crops + float32 features", 4)] > 5 * ring[("float16 features only", 4)]
     assert "face rings of one stream" in result.stdout
+    # The PyTorch BlazeFace: its network at 1, 8 and 32 frames per call and through the
+    # batcher's detection stage, each finding MediaPipe's faces on the same frames.
+    ways = {d["way"]: d for d in stages["detectors"]}
+    assert set(ways) == {"network, 1 per call", "network, 8 per call", "network, 32 per call",
+                         "detection stage, 8 streams"}  # fmt: skip
+    for d in ways.values():
+        assert d["frames_per_s"] > 0
+        assert d["same_count_share"] >= 0.9 and d["worst_iou"] >= 0.8, d
+    assert ways["detection stage, 8 streams"]["batch"] > 1  # frames of several streams a call

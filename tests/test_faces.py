@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 import pytest
 from skimage import data
@@ -140,17 +142,30 @@ def test_crop_at_the_frame_edge_is_padded_not_shifted():
     assert crop[0, 0].tolist() == [0, 0, 0] and crop[-1, -1].tolist() == [200, 200, 200]
 
 
-def test_the_service_makes_each_stream_the_detector_its_settings_name():
+async def test_the_service_makes_each_stream_the_detector_its_settings_name():
+    """torch: each stream's detector hands its frames to the batcher's detection stage;
+    mediapipe: MediaPipe's runtime in the stream's thread; unset: by the engine's device."""
     import torch
 
     from analyzer.blazeface import TorchFaceDetector
+    from analyzer.faces import detector_kind
+    from streamer.batcher import Batcher
     from streamer.config import Settings
+    from streamer.detection import BatchedDetector
+    from streamer.metrics import Metrics
     from streamer.service import detector_factory
 
-    make = detector_factory(Settings(api_token="x", detector="torch"), torch.device("cpu"))
-    with make() as det:  # type: ignore[attr-defined]
-        assert isinstance(det, TorchFaceDetector)
-        assert len(det.detect(data.astronaut())) == 1
-    mediapipe = detector_factory(Settings(api_token="x"), torch.device("cpu"))()
-    assert isinstance(mediapipe, BlazeFaceDetector)
-    mediapipe.close()  # type: ignore[attr-defined]
+    cpu = torch.device("cpu")
+    async with Batcher(object(), Metrics(), face_network=TorchFaceDetector()) as batcher:  # type: ignore[arg-type]
+        make = detector_factory(Settings(api_token="x", detector="torch"), cpu, batcher)
+        with make() as det:  # type: ignore[attr-defined]
+            assert isinstance(det, BatchedDetector)
+            found = await asyncio.to_thread(det.detect, data.astronaut())
+            assert len(found) == 1
+    async with Batcher(object(), Metrics()) as plain:  # type: ignore[arg-type]
+        mediapipe = detector_factory(Settings(api_token="x"), cpu, plain)()
+        assert isinstance(mediapipe, BlazeFaceDetector)
+        mediapipe.close()  # type: ignore[attr-defined]
+    assert detector_kind(None, "cpu") == "mediapipe"
+    assert detector_kind(None, "cuda:0") == "torch"
+    assert detector_kind("mediapipe", "cuda") == "mediapipe"

@@ -1,0 +1,117 @@
+"""Face detection batched across streams (issue 21, item 2): the PyTorch BlazeFace's
+network runs in the batcher's detection stage, one call for the frames of many streams."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+from skimage import data
+
+from analyzer.blazeface import TorchFaceDetector
+from analyzer.faces import iou
+from streamer.batcher import Batcher
+from streamer.detection import BatchedDetector
+from streamer.metrics import Metrics
+from tests.conftest import synthetic_clip
+from tests.servers import in_process, metric_in
+
+
+class _Counting(TorchFaceDetector):
+    """The real network, recording how many frames each call took (or failing)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        super().__init__()
+        self.calls: list[int] = []
+        self.fail = fail
+
+    def network(self, squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self.calls.append(len(squares))
+        if self.fail:
+            raise RuntimeError("the device fell over")
+        return super().network(squares)
+
+
+def _pictures(photos_dir) -> list[np.ndarray]:
+    import cv2
+
+    paths = sorted(photos_dir.glob("*.jpg"))[:7]
+    rgb = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in paths]
+    return [data.astronaut(), *rgb]
+
+
+async def _detect_in_threads(net: _Counting, frames: list[np.ndarray], metrics: Metrics):
+    """Each frame detected from a thread of its own (as each stream's thread does)."""
+    batcher = Batcher(object(), metrics, face_network=net, detect_wait_ms=200)  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    async with batcher:
+        det = BatchedDetector(net, batcher, loop, timeout_s=30)
+        found = await asyncio.gather(*(loop.run_in_executor(None, det.detect, f) for f in frames))
+    return found, det
+
+
+async def test_frames_from_many_streams_go_through_one_network_call(photos_dir):
+    """Eight streams' threads, each with a frame due: fewer network calls than frames,
+    every frame in one of them, and each frame's faces what the detector finds alone."""
+    frames = _pictures(photos_dir)
+    net, metrics = _Counting(), Metrics()
+    found, det = await _detect_in_threads(net, frames, metrics)
+    assert sum(net.calls) == len(frames) == 8
+    assert len(net.calls) < len(frames), net.calls
+    alone = TorchFaceDetector()
+    for frame, faces in zip(frames, found, strict=True):
+        expected = alone.detect(frame)
+        assert len(faces) == len(expected) >= 1
+        assert all(iou(a.box, b.box) > 0.999 for a, b in zip(faces, expected, strict=True))
+    assert det.failed == 0
+    text = metrics_text(metrics)
+    assert metric_in(text, "deepfake_engine_max_batch", stage="detect") == 32
+    calls = metric_in(text, "deepfake_inference_batch_size_count", stage="detect")
+    assert calls == len(net.calls)
+    assert metric_in(text, "deepfake_inference_batch_size_sum", stage="detect") == 8
+
+
+async def test_a_failing_detection_finds_no_face_and_is_counted(photos_dir):
+    net, metrics = _Counting(fail=True), Metrics()
+    found, det = await _detect_in_threads(net, [data.astronaut()], metrics)
+    assert found == [[]] and det.failed == 1
+    text = metrics_text(metrics)
+    assert metric_in(text, "deepfake_engine_errors_total", stage="detect") == 1
+
+
+async def test_a_batcher_without_a_face_network_refuses_detection():
+    async with Batcher(object(), Metrics()) as batcher:  # type: ignore[arg-type]
+        with pytest.raises(RuntimeError, match="DFM_DETECTOR=torch"):
+            await batcher.detect(np.zeros((128, 128, 3), np.uint8))
+
+
+async def test_the_service_detects_faces_in_its_detection_stage(photos_dir):
+    """DFM_DETECTOR=torch: a stream's verdicts name its face, found by network calls in
+    the engine's detection stage (its metrics say so), with no engine error."""
+    clip = synthetic_clip(1, "FAKE", videos=2, frames=150, seed=9, size=(320, 240),
+                          identities=["astronaut", "sample3"])  # fmt: skip
+    env = {
+        "DFM_FPS": "10", "DFM_WINDOW_FRAMES": "20", "DFM_HOP_FRAMES": "10",
+        "DFM_ALLOW_FILE_SOURCES": "true", "DFM_DETECTOR": "torch",
+    }  # fmt: skip
+    async with in_process(env) as (svc, c):
+        spec = {"id": "cam", "url": f"file://{clip}", "options": {"loop": True}}
+        assert (await c.post("/v1/streams", json=spec)).status_code == 201
+        verdicts: list[dict] = []
+        for _ in range(300):
+            verdicts = (await c.get("/v1/streams/cam/verdicts")).json()["verdicts"]
+            if sum(bool(v["faces"]) for v in verdicts) >= 2:
+                break
+            await asyncio.sleep(0.1)
+        assert sum(bool(v["faces"]) for v in verdicts) >= 2, verdicts
+        text = (await c.get("/metrics")).text
+    assert metric_in(text, "deepfake_engine_max_batch", stage="detect") == 32
+    assert (metric_in(text, "deepfake_inference_batch_size_count", stage="detect") or 0) > 0
+    assert not metric_in(text, "deepfake_engine_errors_total", stage="detect")
+
+
+def metrics_text(metrics: Metrics) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(metrics.registry).decode()
