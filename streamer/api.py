@@ -41,6 +41,7 @@ from streamer.errors import (
     Unsupported,
     UrlRejected,
 )
+from streamer.evidence import EvidenceWriter
 from streamer.httpguard import JSON_MAX_BYTES, HttpGuard
 from streamer.metrics import Metrics
 from streamer.sources.webrtc import WhipGateway
@@ -84,6 +85,7 @@ class ApiBackend(Protocol):
     version: str
     metrics: Metrics
     closing: asyncio.Event
+    evidence: EvidenceWriter | None
 
     @property
     def control(self) -> StreamControl: ...
@@ -293,6 +295,34 @@ def create_app(service: ApiBackend) -> FastAPI:
     async def delete_stream(stream_id: str) -> Response:
         done = await service.control.remove(stream_id)
         return Response(status_code=202 if done.accepted else 204)
+
+    async def evidence_file(record_id: str, name: str) -> bytes:
+        writer = service.evidence
+        if writer is None:
+            raise NotFound("evidence is off on this replica (DFM_EVIDENCE=off)")
+        if record_id in writer.pending:
+            raise NotFound(f"evidence {record_id} is still being made; ask again in a second",
+                           retry_after_s=1)  # fmt: skip
+        data = await asyncio.to_thread(writer.store.read, record_id, name)
+        if data is None:
+            raise NotFound(
+                f"no evidence {record_id}/{name}: never made on this replica, or removed "
+                "to keep DFM_EVIDENCE_MAX_MB"
+            )
+        return data
+
+    @app.get("/v1/evidence/{record_id}")
+    async def evidence_manifest(record_id: str) -> Response:
+        """An evidence record's manifest: the verdict, the model, every picture's URL."""
+        data = await evidence_file(record_id, "manifest.json")
+        return Response(data, media_type="application/json")
+
+    @app.get("/v1/evidence/{record_id}/{name}")
+    async def evidence_picture(record_id: str, name: str) -> Response:
+        """A picture of an evidence record: sheet.jpg, context.jpg, face-N-crop-K.jpg..."""
+        data = await evidence_file(record_id, name)
+        return Response(data, media_type="image/jpeg",
+                        headers={"Cache-Control": "private, max-age=86400"})  # fmt: skip
 
     @app.get("/v1/streams/{stream_id}/verdicts")
     async def verdicts(stream_id: str, limit: int = Query(50, ge=1, le=10000)) -> dict[str, Any]:

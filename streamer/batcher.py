@@ -163,6 +163,12 @@ class Batcher:
         self._wake.set()
         return await fut
 
+    @property
+    def idle(self) -> bool:
+        """Nothing queued and no call running: low-priority work may go now."""
+        queues = (self._crops, self._heads, self._detects)
+        return self._call_started is None and all(q.empty() for q in queues)
+
     async def detect(self, square: np.ndarray) -> np.ndarray:
         """The face network's output for one letterboxed frame, batched with the other
         streams' frames: (896, 17), box regressors then the face score of each anchor."""

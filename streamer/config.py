@@ -154,6 +154,21 @@ class Settings(WindowSchedule, BaseSettings):
     detect_wait_ms: float = Field(
         5.0, ge=0, le=1000, description="wait to fill a detection batch (torch detector)"
     )
+    evidence: Literal["full", "crops", "off"] = Field(
+        "full",
+        description="evidence records of windows whose label turns FAKE: full (face crops, "
+        "heat maps and the frame around the faces), crops (no frame), or off",
+    )
+    evidence_dir: Path | None = Field(
+        None,
+        description="where evidence records are kept; default: ~/.cache/deepfake-monitor/evidence",
+    )
+    evidence_max_mb: float = Field(
+        256.0, gt=0, le=1_000_000, description="evidence kept at most; the oldest records go first"
+    )
+    evidence_per_min: int = Field(
+        6, ge=0, le=600, description="evidence heat maps (Grad-CAM on the engine) a minute, at most"
+    )
     checkpoint: Path | None = Field(None, description="model checkpoint; default: bundled demo")
     random_weights: bool = Field(False, description="untrained weights (smoke tests, benchmarks)")
     max_streams: int = Field(16, ge=1, le=1024, description="streams one replica runs")
@@ -313,6 +328,14 @@ class Settings(WindowSchedule, BaseSettings):
             allow=parse_nets(self.source_allow_nets, "DFM_SOURCE_ALLOW_NETS"),
             deny=parse_nets(self.source_deny_nets, "DFM_SOURCE_DENY_NETS"),
         )
+
+
+def evidence_folder(explicit: Path | None) -> Path:
+    """``DFM_EVIDENCE_DIR``, or the cache's ``evidence`` folder."""
+    if explicit is not None:
+        return explicit
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "deepfake-monitor" / "evidence"
 
 
 def checkpoint_path(explicit: Path | None, *, random_weights: bool) -> Path | None:

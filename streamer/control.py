@@ -69,7 +69,7 @@ class LocalControl:
 
     def verdicts(self, stream_id: str, limit: int) -> list[dict[str, Any]]:
         self._runner(stream_id)
-        return [v.model_dump(by_alias=True) for v in self.recent.recent(stream_id, limit)]
+        return [v.to_dict() for v in self.recent.recent(stream_id, limit)]
 
     def cards(self, threshold: float) -> list[dict[str, Any]]:
         """What the web page shows of each stream, with recent scores for a sparkline."""

@@ -19,6 +19,7 @@ from analyzer.faces import Detector
 from streamer.batcher import Batcher
 from streamer.config import Settings, StreamOptions, StreamSpec, first_error
 from streamer.errors import Conflict, Invalid, LimitReached, Rejected
+from streamer.evidence import EvidenceWriter
 from streamer.metrics import Metrics
 from streamer.pipeline import StreamRunner
 from streamer.shedding import LoadShedder, Sample
@@ -46,8 +47,10 @@ class StreamManager:
         model: ModelRef,
         detector_factory: Callable[[], Detector],
         supervisor: Supervisor | None = None,
+        evidence: EvidenceWriter | None = None,
     ) -> None:
         self.settings = settings
+        self.evidence = evidence
         self.supervisor = supervisor or Supervisor(metrics.task_restarts)
         self.shedder = LoadShedder(settings.shed_max_stride)
         self.batcher = batcher
@@ -153,6 +156,7 @@ class StreamManager:
                 self.detector_factory,
                 source,
                 self.shedder,
+                self.evidence,
             )
             self.streams[spec.id] = runner
             self.metrics.streams_active.set(len(self.streams))

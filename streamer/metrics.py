@@ -200,6 +200,22 @@ class Metrics:
             "Unix time the engine last finished a batch (its heartbeat)",
             registry=r,
         )
+        self.evidence_records = Counter(
+            "deepfake_evidence_records_total",
+            "Evidence records written (a window whose label turned FAKE)",
+            registry=r,
+        )
+        self.evidence_skipped = Counter(
+            "deepfake_evidence_skipped_total",
+            "Evidence not made: what (record, heatmap) and why (queue_full, rate, busy, error)",
+            ["what", "reason"],
+            registry=r,
+        )
+        self.evidence_bytes = Gauge(
+            "deepfake_evidence_store_bytes",
+            "Bytes of evidence records kept under DFM_EVIDENCE_DIR (capped by DFM_EVIDENCE_MAX_MB)",
+            registry=r,
+        )
         self.analysis_stride = Gauge(
             "deepfake_analysis_stride",
             "Streams analyse 1 frame in this many (above 1: the node sheds load)",

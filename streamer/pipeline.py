@@ -23,6 +23,7 @@ from streamer.batcher import Batcher
 from streamer.buffers import BoundedBuffer, Ended, Policy
 from streamer.config import Settings, StreamOptions, StreamSpec
 from streamer.delivery import Acknowledgements
+from streamer.evidence import CropRing, EvidenceJob, EvidenceWriter, context_jpeg
 from streamer.metrics import Metrics
 from streamer.shedding import LoadShedder
 from streamer.sinks.base import Sink
@@ -30,7 +31,7 @@ from streamer.sources.base import FrameItem, Opener, SourceState, SourceWorker
 from streamer.streams import PendingCrop, StreamState, WindowJob
 from streamer.tasks import Backoff
 from streamer.urls import SourceUrl
-from streamer.verdict import Label, ModelRef, Verdict
+from streamer.verdict import EvidenceLink, Label, ModelRef, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class StreamRunner:
         detector_factory: Callable[[], Detector],
         source: SourceUrl | None = None,
         shedder: LoadShedder | None = None,
+        evidence: EvidenceWriter | None = None,
     ) -> None:
         self.spec = spec
         self.id = spec.id
@@ -83,6 +85,9 @@ class StreamRunner:
             threshold=batcher.engine.meta.served_threshold(settings.threshold)[0],
             feature_dim=batcher.engine.feature_dim,
         )
+        # Evidence of windows turning FAKE: a small ring of JPEG crops per face.
+        self.evidence = evidence
+        self.crop_ring = CropRing(settings.window_frames) if evidence is not None else None
         self._broken: str | None = None  # why the stream's own task ended in an error
         self.last_verdict: Verdict | None = None
         self.started_at = time.time()
@@ -102,6 +107,8 @@ class StreamRunner:
             scrub=self._scrub,
             stride=(lambda: shedder.stride) if shedder is not None else (lambda: 1.0),
             on_shed=self._on_shed,
+            context=context_jpeg if evidence is not None and evidence.context else None,
+            context_every=max(1, settings.window_frames // 2),
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         # Live frames go by: a full inbox drops its oldest. Frames a topic keeps for us
@@ -203,6 +210,8 @@ class StreamRunner:
                 log.warning("stream %s: timestamps jump; tracks and windows restart", self.id)
                 self.metrics.discontinuities.labels(self.id).inc()
                 self.windows.restart()
+                if self.crop_ring is not None:
+                    self.crop_ring.restart()
             if item.stride != self._stride:
                 # The analysis stride changed: the verdicts say the frame rate analysed.
                 self._stride = item.stride
@@ -215,6 +224,8 @@ class StreamRunner:
                 self.counters.faces += len(item.faces.crops)
                 self.metrics.faces_detected.labels(self.id).inc(len(item.faces.crops))
             pending = self.windows.add_frame(item.pts_s, item.faces, item.arrival)
+            if self.crop_ring is not None:
+                self.crop_ring.add(self.windows.frames_seen - 1, item.faces, item.context)
             if pending:
                 await self.batcher.reserve(len(pending))
                 fut = self.batcher.backbone([p.crop for p in pending])
@@ -249,7 +260,10 @@ class StreamRunner:
                 # Its features may be what the engine chokes on: start the tracks afresh.
                 self.windows.restart()
                 return
+        before = self.windows.label
         verdict = self.windows.make_verdict(job, scores, self.model, time.monotonic())
+        if verdict.label == "FAKE" and before != "FAKE":
+            self._keep_evidence(job, verdict)
         self.last_verdict = verdict
         self.counters.verdicts += 1
         self.metrics.verdicts.labels(self.id, verdict.label).inc()
@@ -260,6 +274,31 @@ class StreamRunner:
         acked = partial(self._acked, self.delivery.window(job.first_frame))
         for sink in self.sinks:
             await sink.publish(verdict, acked)
+
+    def _keep_evidence(self, job: WindowJob, verdict: Verdict) -> None:
+        """Link the verdict to an evidence record and queue the record's making: the
+        crops of its faces at or above the threshold (the top face at least)."""
+        if self.evidence is None or self.crop_ring is None or not verdict.faces:
+            return
+        top = max(verdict.faces, key=lambda f: f.score)
+        suspects = [f for f in verdict.faces if f.score >= verdict.threshold] or [top]
+        faces = {
+            f.track_id: self.crop_ring.window(f.track_id, job.first_frame, job.last_frame)
+            for f in suspects
+        }
+        faces = {t: crops for t, crops in faces.items() if crops}
+        if not faces:
+            return
+        record = f"{self.id}-{verdict.session[:8]}-{verdict.seq}"
+        link = EvidenceLink(id=record, url=f"/v1/evidence/{record}")
+        context = self.crop_ring.context
+        in_window = (
+            context is not None and context[0] >= job.first_frame - self.settings.window_frames
+        )
+        job_ = EvidenceJob(link, verdict, job.first_frame, job.last_frame, faces,
+                           context[1] if context is not None and in_window else None)  # fmt: skip
+        if self.evidence.submit(job_):
+            verdict.evidence = link
 
     def _acked(self, window: int) -> None:
         """A sink acknowledged a window's verdict (on the loop)."""
@@ -300,7 +339,5 @@ class StreamRunner:
             "stride": self._stride,
             "skipped_windows": self.counters.skipped,
             "tracks": sorted(self.windows.tracks),
-            "last_verdict": self.last_verdict.model_dump(by_alias=True)
-            if self.last_verdict
-            else None,
+            "last_verdict": self.last_verdict.to_dict() if self.last_verdict else None,
         }

@@ -34,10 +34,11 @@ from analyzer.model import LoadedModel, load_checkpoint, random_model
 from streamer import __version__
 from streamer.api import Server, guarded_app
 from streamer.batcher import Batcher
-from streamer.config import Settings, checkpoint_path, is_loopback
+from streamer.config import Settings, checkpoint_path, evidence_folder, is_loopback
 from streamer.control import ClusterControl, LocalControl, StreamControl
 from streamer.cpus import cpu_budget
 from streamer.errors import ConfigError
+from streamer.evidence import EvidenceStore, EvidenceWriter
 from streamer.manager import StreamManager
 from streamer.memory import trim_forever
 from streamer.metrics import Metrics
@@ -126,6 +127,7 @@ class Service:
         self._manager: StreamManager | None = None
         self._whip: WhipGateway | None = None
         self._uploads: UploadScanner | None = None
+        self.evidence: EvidenceWriter | None = None  # None with DFM_EVIDENCE=off
         self._batcher: Batcher | None = None
         self._http: tuple[Server, asyncio.Task[None]] | None = None
         self._sock: socket.socket | None = None
@@ -317,6 +319,16 @@ class Service:
             self._batcher = batcher
             self._uploads = UploadScanner(s, batcher, self.metrics)
             stack.push_async_callback(self._uploads.stop)  # before the batcher stops
+            if s.evidence != "off":
+                store = await asyncio.to_thread(
+                    EvidenceStore, evidence_folder(s.evidence_dir), int(s.evidence_max_mb * 1e6)
+                )
+                self.evidence = EvidenceWriter(
+                    store, batcher, self.metrics, per_min=s.evidence_per_min,
+                    context=s.evidence == "full",
+                )  # fmt: skip
+                self.supervisor.spawn("evidence", self.evidence.run)
+                stack.push_async_callback(self.supervisor.cancel, "evidence")
 
             # Registered before the sinks, so it runs after they flush: video offsets are
             # committed only for input whose verdicts were acknowledged.
@@ -335,6 +347,7 @@ class Service:
                 model,
                 detector_factory(s, engine.device, batcher),
                 self.supervisor,
+                self.evidence,
             )
             await stack.enter_async_context(self._manager)
             if s.kafka_bootstrap:

@@ -257,7 +257,7 @@ class UploadScanner:
 
         def emit(verdict: Verdict) -> None:
             verdicts.append(verdict)
-            line = _line({"event": "verdict", "verdict": verdict.model_dump(by_alias=True)})
+            line = _line({"event": "verdict", "verdict": verdict.to_dict()})
             loop.call_soon_threadsafe(lines.put_nowait, line)
 
         def check() -> None:

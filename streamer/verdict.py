@@ -48,6 +48,11 @@ class ModelRef(_Strict):
     sha256: str | None = Field(description="sha256 of the checkpoint file; null when none")
 
 
+class EvidenceLink(_Strict):
+    id: str = Field(pattern=r"^[A-Za-z0-9._-]{1,128}$", description="evidence record id")
+    url: str = Field(description="the record's manifest: /v1/evidence/{id} (behind the token)")
+
+
 class Verdict(_Strict):
     model_config = ConfigDict(
         extra="forbid", populate_by_name=True, title="deepfake-monitor verdict v1"
@@ -66,9 +71,23 @@ class Verdict(_Strict):
     model: ModelRef
     latency_ms: float = Field(ge=0, description="last frame of the window in -> verdict out")
     emitted_at: str = Field(description="UTC time of emission, ISO 8601 with milliseconds")
+    evidence: EvidenceLink | None = Field(
+        None,
+        description="what the model saw (crops, heat maps, the frame), on a window whose "
+        "label turned FAKE; absent otherwise",
+    )
+
+    def to_dict(self) -> dict[str, Any]:
+        """As :meth:`to_json`, as a dict."""
+        return self.model_dump(
+            by_alias=True, exclude={"evidence"} if self.evidence is None else None
+        )
 
     def to_json(self) -> str:
-        return self.model_dump_json(by_alias=True)
+        """The JSON line; without ``evidence`` when there is none (as before it existed)."""
+        return self.model_dump_json(
+            by_alias=True, exclude={"evidence"} if self.evidence is None else None
+        )
 
 
 def utc_now_iso() -> str:

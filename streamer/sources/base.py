@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
 from analyzer.faces import FaceTracker, FrameFaces
 from streamer.errors import SourceError, UrlRejected
 from streamer.shedding import Pacer
@@ -61,6 +63,8 @@ class FrameItem:
     # Delivery marks of input wholly before this frame (Opener.release): done once a
     # window starting at or after this frame is acknowledged by every sink.
     marks: tuple[object, ...] = ()
+    # Evidence: a JPEG of this frame (it has faces), made now and then (SourceWorker.context)
+    context: bytes | None = None
 
 
 class Opener:
@@ -97,6 +101,8 @@ class SourceWorker:
         scrub: Callable[[str], str] = lambda text: text,
         stride: Callable[[], float] = lambda: 1.0,
         on_shed: Callable[[], None] = lambda: None,
+        context: Callable[[np.ndarray], bytes] | None = None,
+        context_every: int = 30,
     ) -> None:
         self.stream_id = stream_id
         self.opener = opener
@@ -109,6 +115,9 @@ class SourceWorker:
         self.scrub = scrub  # takes credentials out of every reason shown or logged
         self.stride = stride  # overload: analyse 1 frame in stride() (read per frame)
         self.on_shed = on_shed  # a frame skipped for that, before its faces were sought
+        # Evidence: every context_every frames with faces, context(rgb) rides on the item.
+        self.context = context
+        self.context_every = context_every
         # (state, reason), set in one assignment: other threads read it (StreamRunner)
         self.now: tuple[SourceState, str | None] = (SourceState.STARTING, None)
         # CPU seconds of this thread per stage, for benchmarks: decode, faces, crop.
@@ -169,6 +178,7 @@ class SourceWorker:
         pacer = Pacer()  # the analysis stride, applied frame by frame
         restart = False  # a discontinuity not yet passed on (its frame may be shed)
         marks: list[object] = []  # delivery marks not yet passed on (their frame may be shed)
+        since_context = 1 << 30  # the first frame with faces gives a context at once
         tracker = self.tracker = self.tracker_factory()
         try:
             while not self._stop.is_set():
@@ -196,9 +206,16 @@ class SourceWorker:
                             self.on_shed()  # overload: skipped before faces and RGB
                             continue
                         faces = tracker.update(frame.rgb)
+                        context = None
+                        if self.context is not None and faces.crops:
+                            since_context += 1
+                            if since_context >= self.context_every:
+                                since_context = 0
+                                context = self.context(frame.rgb)
                         item = FrameItem(
-                            frame.pts_s, faces, time.monotonic(), restart, stride, tuple(marks)
-                        )
+                            frame.pts_s, faces, time.monotonic(), restart, stride,
+                            tuple(marks), context,
+                        )  # fmt: skip
                         restart = False
                         marks.clear()
                         self.on_item(item)

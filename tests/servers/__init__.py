@@ -8,10 +8,12 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -195,6 +197,7 @@ class Service:
             "DFM_HTTP_PORT": str(self.port),
             "DFM_RANDOM_WEIGHTS": "true",
             "DFM_LOG_LEVEL": "INFO",
+            "DFM_EVIDENCE_DIR": str(tmp / "evidence"),  # never the user's cache
             **env,
         }
         self.stderr_path = tmp / f"service-{self.port}.log"
@@ -385,10 +388,14 @@ async def in_process(env: dict[str, str]) -> AsyncIterator[tuple[Any, httpx.Asyn
     from streamer.config import load_settings
     from streamer.service import Service as InProcessService
 
-    env = {"DFM_RANDOM_WEIGHTS": "true", "DFM_HTTP_PORT": "0", **env}
+    evidence = tempfile.mkdtemp(prefix="dfm-evidence-")  # never the user's cache
+    env = {"DFM_RANDOM_WEIGHTS": "true", "DFM_HTTP_PORT": "0", "DFM_EVIDENCE_DIR": evidence, **env}
     settings = load_settings(**{k.removeprefix("DFM_").lower(): v for k, v in env.items()})
-    async with InProcessService(settings) as svc:
-        transport = httpx.ASGITransport(app=guarded_app(svc))
-        base = f"http://127.0.0.1:{svc.http_port}"
-        async with httpx.AsyncClient(transport=transport, base_url=base) as client:
-            yield svc, client
+    try:
+        async with InProcessService(settings) as svc:
+            transport = httpx.ASGITransport(app=guarded_app(svc))
+            base = f"http://127.0.0.1:{svc.http_port}"
+            async with httpx.AsyncClient(transport=transport, base_url=base) as client:
+                yield svc, client
+    finally:
+        shutil.rmtree(evidence, ignore_errors=True)

@@ -1,0 +1,156 @@
+"""Evidence records (issue 23): what the model saw when a stream turned FAKE, one link
+from the verdict; the store's cap; the crop ring's bound."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import cv2
+import jsonschema
+import numpy as np
+from skimage import data
+
+from analyzer.faces import FaceCrop, FrameFaces
+from streamer.evidence import RING_CROPS, CropRing, EvidenceStore, decode_jpeg
+from tests.conftest import SCHEMA_FILE, synthetic_clip
+from tests.servers import in_process, metric_in
+
+
+def test_the_store_keeps_under_its_cap_through_a_flood_and_oldest_go_first(tmp_path):
+    rng = np.random.default_rng(0)
+    store = EvidenceStore(tmp_path, max_bytes=1_000_000)
+    for n in range(60):  # 60 records of ~100 kB into a 1 MB store
+        store.put(f"cam-{n}", {"manifest.json": b"{}", "sheet.jpg": rng.bytes(100_000)})
+        assert store.nbytes <= 1_000_000
+    on_disk = sum(f.stat().st_size for f in tmp_path.rglob("*") if f.is_file())
+    assert on_disk <= 1_000_000 and len(store) == 9
+    assert store.read("cam-0", "sheet.jpg") is None  # the oldest went
+    assert store.read("cam-59", "sheet.jpg") is not None
+    assert store.read("cam-59", "../../etc/passwd") is None  # names are checked
+    assert store.read("cam-59", "manifest.json") == b"{}"
+    (tmp_path / "cam-60.part").mkdir()  # a write cut short by a crash
+    again = EvidenceStore(tmp_path, max_bytes=500_000)  # a restart with a smaller cap
+    assert len(again) == 4 and again.read("cam-59", "sheet.jpg") is not None
+    assert not (tmp_path / "cam-60.part").exists()
+
+
+def test_the_crop_ring_keeps_a_bounded_few_jpegs_a_face():
+    """Over 600 frames of two faces the ring holds at most RING_CROPS crops a face, the
+    ended face's are dropped; the bytes a face adds are printed for the docs."""
+    crop = cv2.resize(data.astronaut()[30:230, 150:350], (112, 112))
+    ring = CropRing(window=150)
+    for frame in range(600):
+        crops = [FaceCrop(t, (0.1, 0.1, 0.4, 0.4), crop) for t in (1, 2)]
+        ring.add(frame, FrameFaces(crops=crops, ended=[]))
+    assert {t: len(r) for t, r in ring.faces.items()} == {1: RING_CROPS, 2: RING_CROPS}
+    frames = [f for f, _ in ring.window(1, 450, 599)]
+    assert frames == list(range(450, 600, ring.every))[-RING_CROPS:]
+    assert decode_jpeg(ring.faces[1][0][1]).shape == (112, 112, 3)
+    per_face = ring.nbytes / 2
+    print(f"evidence crop ring: {per_face / 1000:.1f} kB per face")
+    assert per_face < 150_000
+    ring.add(600, FrameFaces(crops=[], ended=[2]))
+    assert set(ring.faces) == {1}
+
+
+async def test_a_fake_stream_gets_evidence_linked_from_its_verdict(photos_dir):
+    """A FAKE synthetic clip through the service: the verdict whose label turned FAKE
+    links a record; its manifest names the model and every picture; the sheet, crops,
+    heat maps (not flat) and the context frame are real JPEGs of the right size."""
+    clip = synthetic_clip(1, "FAKE", videos=2, frames=150, seed=9, size=(320, 240),
+                          identities=["astronaut", "sample3"])  # fmt: skip
+    env = {
+        "DFM_FPS": "10", "DFM_WINDOW_FRAMES": "20", "DFM_HOP_FRAMES": "10",
+        "DFM_ALLOW_FILE_SOURCES": "true", "DFM_THRESHOLD": "0.0",  # every window FAKE
+        "DFM_API_TOKEN": "secret",
+    }  # fmt: skip
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
+    async with in_process(env) as (svc, c):
+        c.headers["authorization"] = "Bearer secret"
+        spec = {"id": "cam", "url": f"file://{clip}", "options": {"loop": True}}
+        assert (await c.post("/v1/streams", json=spec)).status_code == 201
+        linked: list[dict] = []
+        for _ in range(600):
+            verdicts = (await c.get("/v1/streams/cam/verdicts")).json()["verdicts"]
+            linked = [v for v in verdicts if v.get("evidence")]
+            if linked and (await c.get(linked[0]["evidence"]["url"])).status_code == 200:
+                break
+            await asyncio.sleep(0.1)
+        assert linked, verdicts
+        first = linked[0]
+        validator.validate(first)
+        assert first["label"] == "FAKE" and first["seq"] == 0  # the first FAKE window
+        assert all("evidence" not in v for v in verdicts if v not in linked)
+        manifest = (await c.get(first["evidence"]["url"])).json()
+        assert manifest["id"] == first["evidence"]["id"]
+        assert manifest["verdict"]["seq"] == 0
+        assert manifest["model"]["sha256"] == first["model"]["sha256"]
+        (face,) = manifest["faces"]
+        assert 2 <= len(face["crops"]) <= 8 and len(face["heatmaps"]) == len(face["crops"])
+        pictures = {}
+        for url in [manifest["sheet"], manifest["context"], *face["crops"], *face["heatmaps"]]:
+            r = await c.get(url)
+            assert r.status_code == 200 and r.headers["content-type"] == "image/jpeg", url
+            pictures[url] = decode_jpeg(r.content)
+        crop, heat = pictures[face["crops"][0]], pictures[face["heatmaps"][0]]
+        assert crop.shape == heat.shape == (112, 112, 3)
+        assert np.abs(heat.astype(int) - crop.astype(int)).mean() > 5  # a heat map on it
+        spread = [pictures[u].std(axis=(0, 1)).mean() for u in face["heatmaps"]]
+        assert max(spread) > 10  # not flat
+        assert pictures[manifest["context"]].shape == (240, 320, 3)
+        sheet = pictures[manifest["sheet"]]
+        assert sheet.shape[1] == 8 * 112 and sheet.shape[0] >= 30 + 22 + 2 * 112
+        # The token guards evidence as it guards streams; unknown ids are a 404 with why.
+        assert (
+            await c.get(first["evidence"]["url"], headers={"authorization": ""})
+        ).status_code == 401
+        missing = await c.get("/v1/evidence/nope")
+        assert missing.status_code == 404 and "never made" in missing.json()["error"]
+        text = (await c.get("/metrics")).text
+    assert (metric_in(text, "deepfake_evidence_records_total") or 0) >= 1
+    assert (metric_in(text, "deepfake_evidence_store_bytes") or 0) > 10_000
+
+
+async def test_evidence_off_links_nothing(photos_dir):
+    clip = synthetic_clip(1, "FAKE", videos=2, frames=150, seed=9, size=(320, 240),
+                          identities=["astronaut", "sample3"])  # fmt: skip
+    env = {
+        "DFM_FPS": "10", "DFM_WINDOW_FRAMES": "20", "DFM_HOP_FRAMES": "10",
+        "DFM_ALLOW_FILE_SOURCES": "true", "DFM_THRESHOLD": "0.0", "DFM_EVIDENCE": "off",
+    }  # fmt: skip
+    async with in_process(env) as (_, c):
+        spec = {"id": "cam", "url": f"file://{clip}", "options": {"loop": True}}
+        assert (await c.post("/v1/streams", json=spec)).status_code == 201
+        verdicts: list[dict] = []
+        for _ in range(300):
+            verdicts = (await c.get("/v1/streams/cam/verdicts")).json()["verdicts"]
+            if any(v["label"] == "FAKE" for v in verdicts):
+                break
+            await asyncio.sleep(0.1)
+        assert any(v["label"] == "FAKE" for v in verdicts)
+        assert all("evidence" not in v or v["evidence"] is None for v in verdicts)
+        off = await c.get("/v1/evidence/cam-x-0")
+        assert off.status_code == 404 and "DFM_EVIDENCE=off" in off.json()["error"]
+
+
+async def test_heat_maps_past_the_rate_are_skipped_and_counted(tmp_path):
+    from streamer.batcher import Batcher
+    from streamer.evidence import EvidenceWriter
+    from streamer.metrics import Metrics
+
+    metrics = Metrics()
+    async with Batcher(object(), metrics) as batcher:  # type: ignore[arg-type]
+        writer = EvidenceWriter(EvidenceStore(tmp_path, 10**6), batcher, metrics,
+                                per_min=0, context=True)  # fmt: skip
+        crops = np.zeros((4, 112, 112, 3), np.uint8)
+        assert await writer._heatmaps(crops) == (None, "rate")
+    text = metrics_text(metrics)
+    assert metric_in(text, "deepfake_evidence_skipped_total", what="heatmap", reason="rate") == 1
+    assert metric_in(text, "deepfake_evidence_skipped_total", what="record", reason="rate") == 0
+
+
+def metrics_text(metrics) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(metrics.registry).decode()
