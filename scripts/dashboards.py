@@ -58,6 +58,16 @@ def variables(stream: bool) -> dict[str, Any]:
     ]
     if stream:
         out.append(query("stream", "Stream", f"label_values(deepfake_source_up{{{SEL}}}, stream)"))
+        out.append(
+            {  # where a browser reaches the service's API: the evidence links point there
+                "name": "service",
+                "label": "Service URL",
+                "type": "textbox",
+                "query": "http://localhost:8080",
+                "current": {"text": "http://localhost:8080", "value": "http://localhost:8080"},
+                "hide": 0,
+            }
+        )
     return {"list": out}
 
 
@@ -592,6 +602,29 @@ def stream_view() -> dict[str, Any]:
             (f"max by (namespace, pod, stream) (deepfake_source_up{{{sel}}})", ""),
             instant=True,
             defaults={"links": [{"title": "This pod in the fleet overview", "url": fleet_link}]},
+        ),
+        12,
+        8,
+    )
+    evidence_link = "${service}/v1/streams/${__data.fields.stream}/evidence/sheet.jpg"
+    lay.add(
+        panel(
+            "table",
+            "Evidence: FAKE windows in the range (a link opens what the model saw)",
+            (
+                "sum by (namespace, pod, stream) "
+                f'(increase(deepfake_verdicts_total{{{sel}, label="FAKE"}}[$__range])) > 0',
+                "",
+            ),
+            instant=True,
+            description="GET /v1/streams/{id}/evidence/sheet.jpg on the owning pod: the "
+            "stream's newest evidence record (crops, heat maps). Set 'Service URL' to where "
+            "your browser reaches the API (behind its token).",
+            defaults={
+                "links": [
+                    {"title": "Newest evidence sheet", "url": evidence_link, "targetBlank": True}
+                ]
+            },  # fmt: skip
         ),
         12,
         8,

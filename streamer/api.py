@@ -324,6 +324,23 @@ def create_app(service: ApiBackend) -> FastAPI:
         return Response(data, media_type="image/jpeg",
                         headers={"Cache-Control": "private, max-age=86400"})  # fmt: skip
 
+    def latest_evidence(stream_id: str) -> str:
+        writer = service.evidence
+        record = writer.latest.get(stream_id) if writer is not None else None
+        if record is None:
+            raise NotFound(f"no evidence of stream {stream_id} on this replica (it has not "
+                           "turned FAKE here, or DFM_EVIDENCE=off)")  # fmt: skip
+        return record
+
+    @app.get("/v1/streams/{stream_id}/evidence")
+    async def stream_evidence(stream_id: str) -> Response:
+        """The newest evidence record of a stream (what an alert links to)."""
+        return await evidence_manifest(latest_evidence(stream_id))
+
+    @app.get("/v1/streams/{stream_id}/evidence/sheet.jpg")
+    async def stream_evidence_sheet(stream_id: str) -> Response:
+        return await evidence_picture(latest_evidence(stream_id), "sheet.jpg")
+
     @app.get("/v1/streams/{stream_id}/verdicts")
     async def verdicts(stream_id: str, limit: int = Query(50, ge=1, le=10000)) -> dict[str, Any]:
         return {"stream_id": stream_id, "verdicts": service.control.verdicts(stream_id, limit)}

@@ -147,6 +147,9 @@ class EvidenceStore:
     def __len__(self) -> int:
         return len(self._sizes)
 
+    def __contains__(self, record_id: object) -> bool:
+        return record_id in self._sizes
+
     def put(self, record_id: str, files: dict[str, bytes]) -> None:
         if not RECORD_ID.match(record_id):
             raise ValueError(f"bad evidence id {record_id!r}")
@@ -219,6 +222,7 @@ class EvidenceWriter:
         self.idle_wait_s = idle_wait_s
         self._queue: asyncio.Queue[EvidenceJob] = asyncio.Queue(queue)
         self.pending: set[str] = set()
+        self.latest: dict[str, str] = {}  # stream id -> its newest record still kept
         metrics.evidence_bytes.set(store.nbytes)
         for what in ("record", "heatmap"):
             for reason in ("queue_full", "rate", "busy", "error"):
@@ -243,6 +247,8 @@ class EvidenceWriter:
                 files = await self._build(job)
                 await asyncio.to_thread(self.store.put, job.link.id, files)
                 self.metrics.evidence_records.inc()
+                self.latest[job.verdict.stream_id] = job.link.id
+                self.latest = {s: r for s, r in self.latest.items() if r in self.store}
             except Exception:
                 self.metrics.evidence_skipped.labels("record", "error").inc()
                 log.exception("evidence %s could not be written", job.link.id)

@@ -78,7 +78,10 @@ def test_dashboards_have_the_panels_users_look_for():
     assert "alertlist" in kinds
     stream = json.loads((REPO / "deploy/grafana/dashboards/stream.json").read_text())
     names = [v["name"] for v in stream["templating"]["list"]]
-    assert names == ["datasource", "namespace", "pod", "stream"]
+    assert names == ["datasource", "namespace", "pod", "stream", "service"]
+    evidence = [p for p in stream["panels"] if p["title"].startswith("Evidence")]
+    (link,) = evidence[0]["fieldConfig"]["defaults"]["links"]
+    assert link["url"].startswith("${service}/v1/streams/${__data.fields.stream}/evidence")
     fleet = json.loads((REPO / "deploy/grafana/dashboards/fleet.json").read_text())
     for needle in ("Engine busy", "batch fill", "Queue depth over capacity", "GPU"):
         assert any(needle.lower() in p["title"].lower() for p in fleet["panels"]), needle

@@ -105,6 +105,11 @@ async def test_a_fake_stream_gets_evidence_linked_from_its_verdict(photos_dir):
         assert (
             await c.get(first["evidence"]["url"], headers={"authorization": ""})
         ).status_code == 401
+        latest = await c.get("/v1/streams/cam/evidence")  # what the alert links to
+        assert latest.status_code == 200 and latest.json()["stream_id"] == "cam"
+        sheet_now = await c.get("/v1/streams/cam/evidence/sheet.jpg")
+        assert sheet_now.headers["content-type"] == "image/jpeg"
+        assert (await c.get("/v1/streams/other/evidence")).status_code == 404
         missing = await c.get("/v1/evidence/nope")
         assert missing.status_code == 404 and "never made" in missing.json()["error"]
         text = (await c.get("/metrics")).text
