@@ -178,6 +178,11 @@ class Settings(WindowSchedule, BaseSettings):
     kafka_sources_topic: str = Field(
         "deepfake.sources", description="stream specs, spread over replicas (compacted)"
     )
+    kafka_evidence_topic: str = Field(
+        "deepfake.evidence",
+        description="evidence records: per record its manifest (JSON), then its sheet and "
+        "context JPEGs, key = stream id",
+    )
     kafka_dlq_topic: str = Field(
         "deepfake.video.dlq", description="unusable video messages, with a 'reason' header"
     )

@@ -200,6 +200,61 @@ class RateLimit:
         return False
 
 
+class EvidenceTopic:
+    """Records on Kafka (``DFM_KAFKA_EVIDENCE_TOPIC``), key = stream id: per record one
+    message per file, the manifest (``application/json``) first, then ``sheet.jpg`` and
+    ``context.jpg`` (``image/jpeg``), each with headers ``evidence-id``, ``name`` and
+    ``content-type``. Each is a few tens of kB, far under the broker's 1 MB default. A
+    record Kafka does not take within ``timeout_s`` is counted
+    (``deepfake_evidence_skipped_total{what="kafka"}``) and stays in the local store."""
+
+    SENT = ("manifest.json", "sheet.jpg", "context.jpg")
+
+    def __init__(self, settings: Any, metrics: Metrics, timeout_s: float = 10.0) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.timeout_s = timeout_s
+        self._producer: Any = None
+        metrics.evidence_skipped.labels("kafka", "error")
+
+    async def send(self, stream_id: str, record_id: str, files: dict[str, bytes]) -> bool:
+        try:
+            await asyncio.wait_for(self._send(stream_id, record_id, files), self.timeout_s)
+        except Exception as exc:
+            self.metrics.evidence_skipped.labels("kafka", "error").inc()
+            log.warning("evidence %s not sent to Kafka: %r", record_id, exc)
+            return False
+        return True
+
+    async def _send(self, stream_id: str, record_id: str, files: dict[str, bytes]) -> None:
+        from aiokafka import AIOKafkaProducer
+
+        from streamer.kafka_common import client_options, ensure_topic
+
+        s = self.settings
+        if self._producer is None:
+            await ensure_topic(s, s.kafka_evidence_topic, partitions=s.kafka_sources_partitions)
+            producer = AIOKafkaProducer(**client_options(s), acks="all", enable_idempotence=True)
+            await producer.start()
+            self._producer = producer
+        for name in self.SENT:
+            if name not in files:
+                continue
+            kind = "application/json" if name.endswith(".json") else "image/jpeg"
+            headers = [("evidence-id", record_id.encode()), ("name", name.encode()),
+                       ("content-type", kind.encode())]  # fmt: skip
+            await self._producer.send_and_wait(
+                s.kafka_evidence_topic, files[name], key=stream_id.encode(), headers=headers
+            )
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            from streamer.kafka_common import stop_client
+
+            await stop_client(self._producer)
+            self._producer = None
+
+
 class EvidenceWriter:
     """Builds and stores evidence records, one at a time, in a loop task of its own."""
 
@@ -213,7 +268,9 @@ class EvidenceWriter:
         context: bool,
         queue: int = 16,
         idle_wait_s: float = 2.0,
+        topic: EvidenceTopic | None = None,
     ) -> None:
+        self.topic = topic
         self.store = store
         self.batcher = batcher
         self.metrics = metrics
@@ -249,6 +306,8 @@ class EvidenceWriter:
                 self.metrics.evidence_records.inc()
                 self.latest[job.verdict.stream_id] = job.link.id
                 self.latest = {s: r for s, r in self.latest.items() if r in self.store}
+                if self.topic is not None:
+                    await self.topic.send(job.verdict.stream_id, job.link.id, files)
             except Exception:
                 self.metrics.evidence_skipped.labels("record", "error").inc()
                 log.exception("evidence %s could not be written", job.link.id)

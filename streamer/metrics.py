@@ -207,7 +207,7 @@ class Metrics:
         )
         self.evidence_skipped = Counter(
             "deepfake_evidence_skipped_total",
-            "Evidence not made: what (record, heatmap) and why (queue_full, rate, busy, error)",
+            "Evidence not made: what (record, heatmap, kafka), why (queue_full, rate, busy, error)",
             ["what", "reason"],
             registry=r,
         )

@@ -38,7 +38,7 @@ from streamer.config import Settings, checkpoint_path, evidence_folder, is_loopb
 from streamer.control import ClusterControl, LocalControl, StreamControl
 from streamer.cpus import cpu_budget
 from streamer.errors import ConfigError
-from streamer.evidence import EvidenceStore, EvidenceWriter
+from streamer.evidence import EvidenceStore, EvidenceTopic, EvidenceWriter
 from streamer.manager import StreamManager
 from streamer.memory import trim_forever
 from streamer.metrics import Metrics
@@ -323,9 +323,12 @@ class Service:
                 store = await asyncio.to_thread(
                     EvidenceStore, evidence_folder(s.evidence_dir), int(s.evidence_max_mb * 1e6)
                 )
+                topic = EvidenceTopic(s, self.metrics) if s.kafka_bootstrap else None
+                if topic is not None:
+                    stack.push_async_callback(topic.stop)
                 self.evidence = EvidenceWriter(
                     store, batcher, self.metrics, per_min=s.evidence_per_min,
-                    context=s.evidence == "full",
+                    context=s.evidence == "full", topic=topic,
                 )  # fmt: skip
                 self.supervisor.spawn("evidence", self.evidence.run)
                 stack.push_async_callback(self.supervisor.cancel, "evidence")

@@ -10,6 +10,7 @@ import time
 import uuid
 from pathlib import Path
 
+import cv2
 import jsonschema
 import numpy as np
 import pytest
@@ -59,6 +60,7 @@ def topics() -> dict[str, str]:
         "DFM_KAFKA_VIDEO_TOPIC": f"video.{tag}",
         "DFM_KAFKA_SOURCES_TOPIC": f"sources.{tag}",
         "DFM_KAFKA_DLQ_TOPIC": f"video-dlq.{tag}",
+        "DFM_KAFKA_EVIDENCE_TOPIC": f"evidence.{tag}",
         "DFM_KAFKA_GROUP": f"dfm.{tag}",
     }
 
@@ -105,7 +107,8 @@ def test_verdicts_arrive_in_kafka_keyed_valid_and_whole_through_failing_writes(
     # A third of the sink's writes fail before they reach the broker (DFM_FAULTS): each is
     # retried in order, counted, and none is lost or written twice.
     faults = json.dumps({"sink_error_rate": 0.35, "seed": 3})
-    env = kafka_env(broker, topics, DFM_FAULTS=faults, DFM_MAX_STREAMS="1")
+    # Threshold 0: the first window is FAKE, and its evidence goes to deepfake.evidence.
+    env = kafka_env(broker, topics, DFM_FAULTS=faults, DFM_MAX_STREAMS="1", DFM_THRESHOLD="0")
     with Service(env, tmp_path) as svc:
         spec = {"id": "cam-k", "url": f"file://{clip}", "options": {"loop": True}}
         assert svc.client.post("/v1/streams", json=spec).status_code == 202
@@ -121,6 +124,20 @@ def test_verdicts_arrive_in_kafka_keyed_valid_and_whole_through_failing_writes(
         assert [v["seq"] for v in values] == list(range(len(values)))
         assert svc.metric("deepfake_sink_errors_total", sink="kafka") >= 1
         assert svc.metric("deepfake_kafka_publish_errors_total") == 0
+        # The first FAKE window's evidence record, rebuilt by a consumer from its messages:
+        # the manifest the verdict links, then the sheet and the context frame as JPEGs.
+        linked = values[0]["evidence"]
+        parts = read_verdicts(broker.bootstrap, topics["DFM_KAFKA_EVIDENCE_TOPIC"], until=3)
+        assert [dict(r.headers)["name"] for r in parts] == [
+            b"manifest.json", b"sheet.jpg", b"context.jpg"]  # fmt: skip
+        assert {r.key for r in parts} == {b"cam-k"}
+        assert {dict(r.headers)["evidence-id"] for r in parts} == {linked["id"].encode()}
+        manifest = json.loads(parts[0].value)
+        assert manifest["id"] == linked["id"] and manifest["verdict"]["seq"] == 0
+        sheet = cv2.imdecode(np.frombuffer(parts[1].value, np.uint8), cv2.IMREAD_COLOR)
+        assert sheet is not None and sheet.shape[1] == 8 * 112
+        assert max(len(r.value) for r in parts) < 500_000
+        assert svc.client.get(linked["url"]).content == parts[0].value  # the same record
         wait_until(lambda: svc.client.get("/readyz").status_code == 200, 10, "ready")
 
         # A second stream finds the replica full (DFM_MAX_STREAMS=1): it is refused and
