@@ -89,6 +89,7 @@ class LocalControl:
                     "seq": last.seq if last else None,
                     "threshold": threshold,
                     "scores": [v.smoothed_score for v in recent],
+                    "evidence": _evidence_url(runner) if last and last.label == "FAKE" else None,
                 }
             )
         return cards
@@ -120,3 +121,10 @@ class ClusterControl(LocalControl):
     async def remove(self, stream_id: str) -> Outcome:
         await self.directory.delete(stream_id)
         return Outcome({"id": stream_id, "state": "submitted", "cluster": True}, accepted=True)
+
+
+def _evidence_url(runner: StreamRunner) -> str | None:
+    """The stream's newest evidence record, while the stream is FAKE."""
+    writer = runner.evidence
+    record = writer.latest.get(runner.id) if writer is not None else None
+    return f"/v1/evidence/{record}" if record else None

@@ -77,7 +77,8 @@ def screenshot(page: Page, tmp_path: Path, name: str) -> Path:
 
 def only_local(requests: list[str], svc: Service) -> None:
     origin = f"http://127.0.0.1:{svc.port}/"
-    foreign = [u for u in requests if not u.startswith((origin, "data:"))]
+    # data: and the page's own blob: URLs (pictures fetched with the token) stay local.
+    foreign = [u for u in requests if not u.startswith((origin, "data:", f"blob:{origin}"))]
     assert not foreign, f"the page reached outside the service: {foreign}"
 
 
@@ -166,6 +167,14 @@ def test_live_view_adds_an_rtsp_stream_and_its_sparkline_grows(browser, live_cli
         assert card.locator(".state").inner_text() == "running"
         assert card.locator(".stream-label").inner_text().split()[0] in {"REAL", "FAKE"}
         assert card.locator("svg.sparkline polyline").count() == 1
+        # Threshold 0: the stream is FAKE, and its card shows the evidence sheet (crops
+        # over heat maps), fetched from the service with the page's token handling.
+        sheet = card.locator("figure.evidence img")
+        sheet.wait_for(state="visible", timeout=30_000)
+        wait_until(lambda: sheet.evaluate("i => i.complete && i.naturalWidth") == 8 * 112,
+                   20, "the evidence sheet to load")  # fmt: skip
+        record = svc.client.get("/v1/streams/cam-1/evidence").json()["id"]
+        assert record in card.locator("figure.evidence figcaption").inner_text()
         screenshot(page, tmp_path, "live")
         # The same id again: the service's reason is shown.
         page.fill("#stream-id", "cam-1")

@@ -332,7 +332,11 @@ function renderStreams(streams) {
         </div>
         <p class="stream-url hint"></p>
         <svg class="sparkline" viewBox="0 0 240 48" preserveAspectRatio="none" role="img"></svg>
-        <p class="stream-reason error" hidden></p>`;
+        <p class="stream-reason error" hidden></p>
+        <figure class="evidence" hidden>
+          <img alt="">
+          <figcaption></figcaption>
+        </figure>`;
       item.querySelector(".stream-id").textContent = s.id;
       item.querySelector(".remove").setAttribute("aria-label", `Remove stream ${s.id}`);
       item.querySelector(".remove").addEventListener("click", () => removeStream(s.id));
@@ -349,9 +353,28 @@ function renderStreams(streams) {
     reason.hidden = !s.reason;
     reason.textContent = s.reason || "";
     drawSparkline(item.querySelector(".sparkline"), s);
+    showEvidence(item.querySelector(".evidence"), s);
   }
   for (const item of [...list.children]) if (!seen.has(item.dataset.id)) item.remove();
   $("live-status").textContent = streams.length ? `Live: ${streams.length} stream${streams.length === 1 ? "" : "s"}.` : "Live: no streams yet; add one with the form above.";
+}
+
+// The newest evidence record of a FAKE stream: its contact sheet (crops over heat maps),
+// fetched with the token (an <img src> could not carry it) when the record changes.
+async function showEvidence(figure, s) {
+  const url = s.evidence || "";
+  if (figure.dataset.url === url) return;
+  figure.dataset.url = url;
+  const img = figure.querySelector("img");
+  if (img.src.startsWith("blob:")) URL.revokeObjectURL(img.src);
+  if (!url) { figure.hidden = true; img.removeAttribute("src"); return; }
+  const res = await api(`${url}/sheet.jpg`);
+  if (!res.ok || figure.dataset.url !== url) return;
+  img.src = URL.createObjectURL(await res.blob());
+  img.alt = `What the model saw when ${s.id} turned FAKE: face crops and their heat maps`;
+  const id = url.split("/").pop();
+  figure.querySelector("figcaption").textContent = `Evidence ${id}: face crops across the window that turned FAKE, their Grad-CAM heat maps below (GET ${url}).`;
+  figure.hidden = false;
 }
 
 function drawSparkline(svg, s) {
