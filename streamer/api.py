@@ -337,6 +337,11 @@ def create_app(service: ApiBackend) -> FastAPI:
         """The newest evidence record of a stream (what an alert links to)."""
         return await evidence_manifest(latest_evidence(stream_id))
 
+    @app.post("/v1/streams/{stream_id}/evidence", status_code=202)
+    async def request_evidence(stream_id: str) -> dict[str, Any]:
+        """Keep evidence of the stream's next window, whatever its label."""
+        return service.control.request_evidence(stream_id)
+
     @app.get("/v1/streams/{stream_id}/evidence/sheet.jpg")
     async def stream_evidence_sheet(stream_id: str) -> Response:
         return await evidence_picture(latest_evidence(stream_id), "sheet.jpg")

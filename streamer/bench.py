@@ -96,8 +96,13 @@ async def run_pipeline(
     hop: int = 30,
     random_weights: bool = True,
     max_stride: int = 1,
+    overrides: dict[str, Any] | None = None,
+    request_evidence: bool = False,
 ) -> dict[str, Any]:
+    """``request_evidence``: every stream asks for evidence of every window (the
+    heaviest evidence load there can be; normally only a window turning FAKE has one)."""
     settings = load_settings(
+        **(overrides or {}),
         random_weights=random_weights,
         shed_max_stride=max_stride,
         window_frames=window,
@@ -117,11 +122,23 @@ async def run_pipeline(
         for i in range(config.streams):
             spec = StreamSpec(id=f"s{i}", url=f"file://{clip}", options={"loop": True})
             await service.manager.add(spec)
+        asker = None
+        if request_evidence:
+
+            async def ask() -> None:
+                while True:
+                    for runner in service.manager.streams.values():
+                        runner.request_evidence()
+                    await asyncio.sleep(hop / settings.fps / 2)
+
+            asker = asyncio.create_task(ask())
         await asyncio.sleep(warmup)
         snap0 = _snapshot(service)
         start = time.monotonic()
         await asyncio.sleep(seconds)
         snap1 = _snapshot(service)
+        if asker is not None:
+            asker.cancel()
         elapsed = time.monotonic() - start
         rss = _rss_bytes()
         stride = service.manager.shedder.stride
@@ -152,6 +169,8 @@ async def run_pipeline(
         "cpu_s_per_s": {k: v / elapsed for k, v in stages.items()},
         "process_cpu_s_per_s": process / elapsed,
         "rss_mb_per_stream": (rss - rss0) / n / 1e6,
+        "evidence_records_per_s": d["evidence_records"] / elapsed,
+        "evidence_skipped_per_s": d["evidence_skipped"] / elapsed,
         "gpu_mb_per_stream": gpu_mem / n / 1e6,
     }
 
@@ -165,6 +184,8 @@ def _snapshot(service: Service) -> dict[str, float]:
         "process_cpu": time.process_time(),
         "backbone_wall": _hist_sum(service, "backbone"),
         "head_wall": _hist_sum(service, "head"),
+        "evidence_records": _counter(service.metrics.evidence_records),
+        "evidence_skipped": _counter(service.metrics.evidence_skipped),
     }
     for stage in ("decode", "faces", "crop"):
         snap[f"cpu_{stage}"] = sum(r.worker.stage_cpu_s()[stage] for r in streams)
@@ -179,11 +200,72 @@ def _hist_sum(service: Service, stage: str) -> float:
     return 0.0
 
 
+def _counter(counter: Any) -> float:
+    """The sum of a counter's ``_total`` samples (over all its labels)."""
+    return float(
+        sum(
+            sample.value
+            for family in counter.collect()
+            for sample in family.samples
+            if sample.name.endswith("_total")
+        )
+    )
+
+
 def _percentiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {"p50": float("nan"), "p95": float("nan"), "p99": float("nan")}
     arr = np.asarray(values)
     return {f"p{q}": float(np.percentile(arr, q)) for q in (50, 95, 99)}
+
+
+def evidence_bench(folder: Path, *, device: str, quick: bool) -> dict[str, Any]:
+    """Verdict latency with evidence off and with a record asked for every window of every
+    stream (the heaviest load), in one run; and how many heat maps (Grad-CAM of 8 crops)
+    the engine makes a minute when it does nothing else."""
+    import tempfile
+
+    from analyzer.bench import timed
+    from analyzer.engine import Engine
+    from analyzer.explain import grad_cam
+    from analyzer.model import random_model
+
+    folder.mkdir(parents=True, exist_ok=True)
+    clip = make_clip(folder, "480p", 1)
+    streams = 8 if device != "cpu" and torch.cuda.is_available() else 1  # what keeps up
+    seconds, warmup = (3.0, 3.0) if quick else (30.0, 10.0)
+    window, hop = (30, 15) if quick else (150, 30)
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="dfm-bench-evidence-") as spool:
+        # Off; on as served (a record when a stream turns FAKE); a record asked of every
+        # window at the default heat-map rate (6 a minute); and at 600 a minute, where
+        # heat maps take the engine whenever it is idle.
+        for n, (mode, per_min, ask) in enumerate(
+            (("off", 6, False), ("full", 6, False), ("full", 6, True), ("full", 600, True))
+        ):
+            overrides = {"evidence": mode, "evidence_dir": Path(spool) / str(n),
+                         "evidence_per_min": per_min}  # fmt: skip
+            r = asyncio.run(
+                run_pipeline(
+                    clip, PipelineConfig("480p", 1, streams), seconds=seconds, warmup=warmup,
+                    device=device, window=window, hop=hop, overrides=overrides,
+                    request_evidence=ask,
+                )
+            )  # fmt: skip
+            rows.append({"evidence": mode, "heatmaps_per_min": per_min, "every_window": ask,
+                         **r})  # fmt: skip
+    engine = Engine(random_model(), device)
+    crops = np.random.default_rng(0).integers(0, 255, (8, 112, 112, 3), dtype=np.uint8)
+    cam_s = timed(lambda: grad_cam(engine, crops), engine.device, repeats=1 if quick else 3)
+    return {
+        "device": str(engine.device),
+        "streams": streams,
+        "window": window,
+        "hop": hop,
+        "rows": rows,
+        "heatmap_s": cam_s,
+        "heatmaps_per_min": 60.0 / cam_s,
+    }
 
 
 def pipeline_bench(
@@ -650,6 +732,31 @@ def format_report(result: dict[str, Any]) -> str:
             lines.append(
                 f"    {r['layout']:<26} {r['faces']} face(s) {r['mb_per_stream']:7.2f} MB/stream"
             )
+    ev = result.get("evidence")
+    if ev:
+        lines.append(
+            f"evidence on {ev['device']}: {ev['streams']} streams of 480p, window {ev['window']} "
+            f"hop {ev['hop']}; random weights (records as served are few)"
+        )
+        for r in ev["rows"]:
+            lat = r["latency_ms"]
+            way = (
+                "off"
+                if r["evidence"] == "off"
+                else f"every window, {r['heatmaps_per_min']}/min"
+                if r["every_window"]
+                else "on, as served"
+            )
+            lines.append(
+                f"  evidence {way:<24} latency p50 {lat['p50']:7.1f} ms  p99 "
+                f"{lat['p99']:7.1f} ms  {r['verdicts_per_s']:5.2f} verdicts/s  "
+                f"{r['evidence_records_per_s']:5.2f} records/s "
+                f"({r['evidence_skipped_per_s']:.2f}/s skipped)"
+            )
+        lines.append(
+            f"  one heat map (Grad-CAM of 8 crops): {ev['heatmap_s'] * 1000:.0f} ms, "
+            f"{ev['heatmaps_per_min']:.0f} a minute on an otherwise idle engine"
+        )
     sink = result.get("sink")
     if sink:
         lines.append(f"sink to Kafka at {sink['bootstrap']}: verdicts of {sink['streams']} streams")

@@ -43,7 +43,7 @@ SCHEDULE_OPTIONS = {
 
 # Every benchmark is a part of `deepfake-monitor bench`: the model side's measurements are
 # in analyzer/bench.py, the service's in streamer/bench.py.
-BENCH_PARTS = ("engine", "baseline", "pipeline", "overload", "stages", "sink")
+BENCH_PARTS = ("engine", "baseline", "pipeline", "overload", "stages", "evidence", "sink")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -238,6 +238,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from analyzer.bench import baseline_bench, engine_bench
     from streamer.bench import (
         SIZES,
+        evidence_bench,
         format_report,
         overload_bench,
         pipeline_bench,
@@ -308,6 +309,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
     if "stages" in parts:
         result["stages"] = stage_bench(work, device=args.device, quick=args.quick)
+    if "evidence" in parts:
+        result["evidence"] = evidence_bench(work, device=args.device, quick=args.quick)
     if "sink" in parts:
         verdicts = min(args.verdicts, 5_000) if args.quick else args.verdicts
         result["sink"] = sink_bench(args.kafka, verdicts=verdicts)

@@ -47,6 +47,8 @@ class StreamControl(Protocol):
 
     async def remove(self, stream_id: str) -> Outcome: ...
 
+    def request_evidence(self, stream_id: str) -> dict[str, Any]: ...
+
 
 class LocalControl:
     """Streams of this replica (also what the cluster variant reads from)."""
@@ -70,6 +72,13 @@ class LocalControl:
     def verdicts(self, stream_id: str, limit: int) -> list[dict[str, Any]]:
         self._runner(stream_id)
         return [v.to_dict() for v in self.recent.recent(stream_id, limit)]
+
+    def request_evidence(self, stream_id: str) -> dict[str, Any]:
+        runner = self._runner(stream_id)
+        if runner.evidence is None:
+            raise NotFound("evidence is off on this replica (DFM_EVIDENCE=off)")
+        runner.request_evidence()
+        return {"stream_id": stream_id, "evidence": "the next window's verdict links it"}
 
     def cards(self, threshold: float) -> list[dict[str, Any]]:
         """What the web page shows of each stream, with recent scores for a sparkline."""

@@ -88,6 +88,7 @@ class StreamRunner:
         # Evidence of windows turning FAKE: a small ring of JPEG crops per face.
         self.evidence = evidence
         self.crop_ring = CropRing(settings.window_frames) if evidence is not None else None
+        self._evidence_wanted = False  # POST /v1/streams/{id}/evidence: the next window
         self._broken: str | None = None  # why the stream's own task ended in an error
         self.last_verdict: Verdict | None = None
         self.started_at = time.time()
@@ -262,7 +263,8 @@ class StreamRunner:
                 return
         before = self.windows.label
         verdict = self.windows.make_verdict(job, scores, self.model, time.monotonic())
-        if verdict.label == "FAKE" and before != "FAKE":
+        if (verdict.label == "FAKE" and before != "FAKE") or self._evidence_wanted:
+            self._evidence_wanted = False
             self._keep_evidence(job, verdict)
         self.last_verdict = verdict
         self.counters.verdicts += 1
@@ -274,6 +276,11 @@ class StreamRunner:
         acked = partial(self._acked, self.delivery.window(job.first_frame))
         for sink in self.sinks:
             await sink.publish(verdict, acked)
+
+    def request_evidence(self) -> None:
+        """Keep evidence of the next window, whatever its label (a window without a face
+        has none to keep)."""
+        self._evidence_wanted = True
 
     def _keep_evidence(self, job: WindowJob, verdict: Verdict) -> None:
         """Link the verdict to an evidence record and queue the record's making: the

@@ -12,13 +12,14 @@ from tests.conftest import cache_folder, run_cli
 @pytest.mark.slow
 def test_bench_quick_measures_every_part(tmp_path, photos_dir):
     out = tmp_path / "bench.json"
-    parts = "engine,baseline,pipeline,overload,stages"
+    parts = "engine,baseline,pipeline,overload,stages,evidence"
     # The bench's clips are made once and kept across runs, as the other tests' are.
     work = cache_folder({"bench-clips": True})
     args = ("--parts", parts, "--capacity", "1", "--out", str(out), "--work", str(work))
     result = run_cli("bench", "--quick", *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    for heading in ("engine on", "baseline on", "pipeline on", "overload on", "stages on"):
+    for heading in ("engine on", "baseline on", "pipeline on", "overload on", "stages on",
+                    "evidence on"):  # fmt: skip
         assert heading in result.stdout
     data = json.loads(out.read_text())
     engine = data["engine"]
@@ -55,3 +56,12 @@ def test_bench_quick_measures_every_part(tmp_path, photos_dir):
         assert d["frames_per_s"] > 0
         assert d["same_count_share"] >= 0.9 and d["worst_iou"] >= 0.8, d
     assert ways["detection stage, 8 streams"]["batch"] > 1  # frames of several streams a call
+    # Evidence: off, as served, and a record asked of every window (which makes records).
+    evidence = data["evidence"]
+    rows = {(r["evidence"], r["every_window"], r["heatmaps_per_min"]): r for r in evidence["rows"]}
+    assert set(rows) == {("off", False, 6), ("full", False, 6), ("full", True, 6),
+                         ("full", True, 600)}  # fmt: skip
+    assert rows[("off", False, 6)]["evidence_records_per_s"] == 0
+    assert rows[("full", True, 600)]["evidence_records_per_s"] > 0
+    assert all(r["verdicts_per_s"] > 0 for r in rows.values())
+    assert evidence["heatmaps_per_min"] > 0

@@ -110,6 +110,26 @@ async def test_a_fake_stream_gets_evidence_linked_from_its_verdict(photos_dir):
         sheet_now = await c.get("/v1/streams/cam/evidence/sheet.jpg")
         assert sheet_now.headers["content-type"] == "image/jpeg"
         assert (await c.get("/v1/streams/other/evidence")).status_code == 404
+        # On request: the next window gets a record too, though the label stays FAKE.
+        asked = await c.post("/v1/streams/cam/evidence")
+        assert asked.status_code == 202
+        assert (await c.post("/v1/streams/other/evidence")).status_code == 404
+        later: list[dict] = []
+        for _ in range(300):
+            verdicts = (await c.get("/v1/streams/cam/verdicts")).json()["verdicts"]
+            later = [v for v in verdicts if v.get("evidence") and v["seq"] > 0]
+            if later:
+                break
+            await asyncio.sleep(0.1)
+        assert later, verdicts
+        seq = later[0]["seq"]
+        for _ in range(300):  # two windows more
+            verdicts = (await c.get("/v1/streams/cam/verdicts")).json()["verdicts"]
+            if verdicts[-1]["seq"] >= seq + 2:
+                break
+            await asyncio.sleep(0.1)
+        linked_after = [v["seq"] for v in verdicts if v.get("evidence") and v["seq"] > 0]
+        assert linked_after == [seq], verdicts  # that window, not every one after it
         missing = await c.get("/v1/evidence/nope")
         assert missing.status_code == 404 and "never made" in missing.json()["error"]
         text = (await c.get("/metrics")).text
