@@ -320,7 +320,7 @@ class EvidenceWriter:
 
         files: dict[str, bytes] = {}
         faces_out: list[dict[str, Any]] = []
-        rows: list[tuple[str, list[np.ndarray], list[np.ndarray]]] = []
+        rows: list[tuple[str, list[np.ndarray], list[np.ndarray], list[int]]] = []
         scores = {f.track_id: f for f in job.verdict.faces}
         for track_id, frames in job.faces.items():
             picks = _spaced(frames, SHEET_CROPS)
@@ -338,6 +338,7 @@ class EvidenceWriter:
                 files[f"face-{track_id}-crop-{n}.jpg"] = jpeg
                 entry["crops"].append(f"{job.link.url}/face-{track_id}-crop-{n}.jpg")
             overlays: list[np.ndarray] = []
+            marked: list[int] = []
             cams, why = await self._heatmaps(np.stack(crops)) if crops else (None, "error")
             if cams is None:
                 entry["heatmap_skipped"] = why
@@ -347,10 +348,14 @@ class EvidenceWriter:
                     overlays.append(overlay(crop, cam))
                     files[f"face-{track_id}-heat-{n}.jpg"] = encode_jpeg(overlays[-1])
                     entry["heatmaps"].append(f"{job.link.url}/face-{track_id}-heat-{n}.jpg")
+                # The most suspicious frames: where the heat (scaled over the window) is.
+                heat = cams[0].reshape(len(crops), -1).mean(axis=1)
+                marked = [int(i) for i in np.argsort(-heat)[:2]]
+                entry["most_suspicious"] = [picks[i][0] for i in marked]
             faces_out.append(entry)
             score = entry["score"]
             caption = f"face {track_id}" + (f"  P(FAKE) {score:.3f}" if score is not None else "")
-            rows.append((caption, crops, overlays))
+            rows.append((caption, crops, overlays, marked))
         context_url = None
         if self.context and job.context is not None:
             files["context.jpg"] = _with_boxes(job.context, job.verdict)
@@ -400,9 +405,11 @@ def _spaced(items: list[Any], count: int) -> list[Any]:
 
 
 def _sheet(
-    verdict: Verdict, rows: Iterable[tuple[str, list[np.ndarray], list[np.ndarray]]]
+    verdict: Verdict,
+    rows: Iterable[tuple[str, list[np.ndarray], list[np.ndarray], list[int]]],
 ) -> np.ndarray:
-    """Per face a caption, a row of its crops and a row of their heat maps."""
+    """Per face a caption, a row of its crops and a row of their heat maps, the most
+    suspicious frames' heat maps framed in red."""
     rows = list(rows)
     size = 112
     band = 22
@@ -414,7 +421,7 @@ def _sheet(
     )
     cv2.putText(title, text, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.55, (0, 0, 0), 1, cv2.LINE_AA)
     blocks.append(title)
-    for caption, crops, overlays in rows:
+    for caption, crops, overlays, marked in rows:
         head = np.full((band, width, 3), 255, np.uint8)
         cv2.putText(
             head, caption, (6, 16), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA
@@ -426,6 +433,9 @@ def _sheet(
             strip = np.full((size, width, 3), 255, np.uint8)
             for n, pic in enumerate(pictures[:SHEET_CROPS]):
                 strip[:, n * size : (n + 1) * size] = cv2.resize(pic, (size, size))
+                if pictures is overlays and n in marked:
+                    cv2.rectangle(strip, (n * size + 1, 1), ((n + 1) * size - 2, size - 2),
+                                  (230, 30, 30), 3)  # fmt: skip
             blocks.append(strip)
     return np.concatenate(blocks, axis=0)
 

@@ -88,6 +88,9 @@ async def test_a_fake_stream_gets_evidence_linked_from_its_verdict(photos_dir):
         assert manifest["model"]["sha256"] == first["model"]["sha256"]
         (face,) = manifest["faces"]
         assert 2 <= len(face["crops"]) <= 8 and len(face["heatmaps"]) == len(face["crops"])
+        assert len(face["most_suspicious"]) == 2 and set(face["most_suspicious"]) <= set(
+            face["frames"]
+        )
         pictures = {}
         for url in [manifest["sheet"], manifest["context"], *face["crops"], *face["heatmaps"]]:
             r = await c.get(url)
@@ -135,6 +138,30 @@ async def test_a_fake_stream_gets_evidence_linked_from_its_verdict(photos_dir):
         text = (await c.get("/metrics")).text
     assert (metric_in(text, "deepfake_evidence_records_total") or 0) >= 1
     assert (metric_in(text, "deepfake_evidence_store_bytes") or 0) > 10_000
+
+
+async def test_crops_only_evidence_keeps_no_frame_of_the_scene(photos_dir):
+    clip = synthetic_clip(1, "FAKE", videos=2, frames=150, seed=9, size=(320, 240),
+                          identities=["astronaut", "sample3"])  # fmt: skip
+    env = {
+        "DFM_FPS": "10", "DFM_WINDOW_FRAMES": "20", "DFM_HOP_FRAMES": "10",
+        "DFM_ALLOW_FILE_SOURCES": "true", "DFM_THRESHOLD": "0.0", "DFM_EVIDENCE": "crops",
+    }  # fmt: skip
+    async with in_process(env) as (svc, c):
+        spec = {"id": "cam", "url": f"file://{clip}", "options": {"loop": True}}
+        assert (await c.post("/v1/streams", json=spec)).status_code == 201
+        manifest: dict = {}
+        for _ in range(300):
+            got = await c.get("/v1/streams/cam/evidence")
+            if got.status_code == 200:
+                manifest = got.json()
+                break
+            await asyncio.sleep(0.1)
+        assert manifest["context"] is None and manifest["faces"][0]["crops"]
+        record = manifest["id"]
+        assert (await c.get(f"/v1/evidence/{record}/context.jpg")).status_code == 404
+        kept = {p.name for p in (svc.evidence.store.folder / record).iterdir()}
+        assert "context.jpg" not in kept and "sheet.jpg" in kept
 
 
 async def test_evidence_off_links_nothing(photos_dir):
