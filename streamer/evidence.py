@@ -160,10 +160,11 @@ class EvidenceStore:
             (part / name).write_bytes(data)
         final = self.folder / record_id
         shutil.rmtree(final, ignore_errors=True)
-        part.rename(final)
         self._sizes.pop(record_id, None)
-        self._sizes[record_id] = sum(len(d) for d in files.values())
-        self._trim()
+        size = sum(len(d) for d in files.values())
+        self._trim(room=size)  # first: the kept records never exceed the cap
+        part.rename(final)
+        self._sizes[record_id] = size
 
     def read(self, record_id: str, name: str) -> bytes | None:
         """One file of a record, or None (unknown id or name)."""
@@ -174,8 +175,8 @@ class EvidenceStore:
         except FileNotFoundError:
             return None
 
-    def _trim(self) -> None:
-        while self._sizes and self.nbytes > self.max_bytes:
+    def _trim(self, room: int = 0) -> None:
+        while self._sizes and self.nbytes + room > self.max_bytes:
             oldest, _ = self._sizes.popitem(last=False)
             shutil.rmtree(self.folder / oldest, ignore_errors=True)
             self.removed += 1
@@ -282,8 +283,18 @@ class EvidenceWriter:
         self.latest: dict[str, str] = {}  # stream id -> its newest record still kept
         metrics.evidence_bytes.set(store.nbytes)
         for what in ("record", "heatmap"):
-            for reason in ("queue_full", "rate", "busy", "error"):
+            for reason in ("queue_full", "rate", "busy", "error", "stopped"):
                 metrics.evidence_skipped.labels(what, reason)
+
+    def count_unwritten(self) -> int:
+        """At shutdown, after the writer task was cancelled: the records it will never
+        write (their links answer 404) are counted and logged, not lost silently."""
+        lost = len(self.pending)
+        if lost:
+            self.metrics.evidence_skipped.labels("record", "stopped").inc(lost)
+            log.warning("%d evidence record(s) not written: the service stopped first", lost)
+        self.pending.clear()
+        return lost
 
     def submit(self, job: EvidenceJob) -> bool:
         """Queue a record; False (counted) when the writer is that far behind."""
@@ -300,20 +311,22 @@ class EvidenceWriter:
     async def run(self) -> None:
         while True:
             job = await self._queue.get()
+            # A cancellation (shutdown) leaves the job pending: count_unwritten counts it.
             try:
                 files = await self._build(job)
                 await asyncio.to_thread(self.store.put, job.link.id, files)
-                self.metrics.evidence_records.inc()
-                self.latest[job.verdict.stream_id] = job.link.id
-                self.latest = {s: r for s, r in self.latest.items() if r in self.store}
-                if self.topic is not None:
-                    await self.topic.send(job.verdict.stream_id, job.link.id, files)
             except Exception:
+                self.pending.discard(job.link.id)
                 self.metrics.evidence_skipped.labels("record", "error").inc()
                 log.exception("evidence %s could not be written", job.link.id)
-            finally:
-                self.pending.discard(job.link.id)
-                self.metrics.evidence_bytes.set(self.store.nbytes)
+                continue
+            self.pending.discard(job.link.id)
+            self.metrics.evidence_records.inc()
+            self.metrics.evidence_bytes.set(self.store.nbytes)
+            self.latest[job.verdict.stream_id] = job.link.id
+            self.latest = {s: r for s, r in self.latest.items() if r in self.store}
+            if self.topic is not None:
+                await self.topic.send(job.verdict.stream_id, job.link.id, files)
 
     async def _build(self, job: EvidenceJob) -> dict[str, bytes]:
         from analyzer.explain import overlay

@@ -207,7 +207,8 @@ class Metrics:
         )
         self.evidence_skipped = Counter(
             "deepfake_evidence_skipped_total",
-            "Evidence not made: what (record, heatmap, kafka), why (queue_full, rate, busy, error)",
+            "Evidence not made: what (record, heatmap, kafka), why (queue_full, rate, busy, "
+            "error, stopped)",
             ["what", "reason"],
             registry=r,
         )

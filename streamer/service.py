@@ -331,6 +331,7 @@ class Service:
                     context=s.evidence == "full", topic=topic,
                 )  # fmt: skip
                 self.supervisor.spawn("evidence", self.evidence.run)
+                stack.callback(self.evidence.count_unwritten)  # after the task's cancel
                 stack.push_async_callback(self.supervisor.cancel, "evidence")
 
             # Registered before the sinks, so it runs after they flush: video offsets are

@@ -206,3 +206,58 @@ def metrics_text(metrics) -> str:
     from prometheus_client import generate_latest
 
     return generate_latest(metrics.registry).decode()
+
+
+async def test_records_the_writer_never_writes_are_counted_at_shutdown(tmp_path):
+    """A record queued when the service stops is not written; it is counted, not lost."""
+    from streamer.batcher import Batcher
+    from streamer.evidence import EvidenceJob, EvidenceWriter
+    from streamer.metrics import Metrics
+    from streamer.verdict import EvidenceLink
+
+    metrics = Metrics()
+    async with Batcher(object(), metrics) as batcher:  # type: ignore[arg-type]
+        writer = EvidenceWriter(EvidenceStore(tmp_path, 10**6), batcher, metrics,
+                                per_min=6, context=True)  # fmt: skip
+        link = EvidenceLink(id="cam-x-0", url="/v1/evidence/cam-x-0")
+        job = EvidenceJob(link, None, 0, 19, {}, None)  # type: ignore[arg-type]
+        assert writer.submit(job)  # the writer task never ran: the service stopped first
+        assert writer.count_unwritten() == 1
+    text = metrics_text(metrics)
+    assert metric_in(text, "deepfake_evidence_skipped_total", what="record", reason="stopped") == 1
+    assert writer.store.read("cam-x-0", "manifest.json") is None
+
+
+async def test_a_flood_of_records_from_a_stream_stays_within_the_cap(photos_dir):
+    """Evidence asked of every window of a stream, into a 0.3 MB store: records keep coming,
+    the folder never holds more than the cap, and the oldest answer 404 with why."""
+    clip = synthetic_clip(1, "FAKE", videos=2, frames=150, seed=9, size=(320, 240),
+                          identities=["astronaut", "sample3"])  # fmt: skip
+    env = {
+        "DFM_FPS": "10", "DFM_WINDOW_FRAMES": "20", "DFM_HOP_FRAMES": "10",
+        "DFM_ALLOW_FILE_SOURCES": "true", "DFM_EVIDENCE_MAX_MB": "0.3",
+    }  # fmt: skip
+    async with in_process(env) as (svc, c):
+        spec = {"id": "cam", "url": f"file://{clip}", "options": {"loop": True}}
+        assert (await c.post("/v1/streams", json=spec)).status_code == 201
+        store = svc.evidence.store
+        biggest = 0
+        for _ in range(400):
+            await c.post("/v1/streams/cam/evidence")
+            on_disk = sum(f.stat().st_size for f in store.folder.rglob("*") if f.is_file())
+            biggest = max(
+                biggest,
+                on_disk
+                - sum(  # a record being renamed into place
+                    f.stat().st_size for f in store.folder.glob("*.part/*")
+                ),
+            )
+            if store.removed >= 3:
+                break
+            await asyncio.sleep(0.1)
+        assert store.removed >= 3, store.removed
+        assert biggest <= 300_000 and store.nbytes <= 300_000
+        verdicts = (await c.get("/v1/streams/cam/verdicts")).json()["verdicts"]
+        first = next(v for v in verdicts if v.get("evidence"))["evidence"]["url"]
+        gone = await c.get(first)
+        assert gone.status_code == 404 and "DFM_EVIDENCE_MAX_MB" in gone.json()["error"]
