@@ -140,30 +140,6 @@ async def test_a_fake_stream_gets_evidence_linked_from_its_verdict(photos_dir):
     assert (metric_in(text, "deepfake_evidence_store_bytes") or 0) > 10_000
 
 
-async def test_crops_only_evidence_keeps_no_frame_of_the_scene(photos_dir):
-    clip = synthetic_clip(1, "FAKE", videos=2, frames=150, seed=9, size=(320, 240),
-                          identities=["astronaut", "sample3"])  # fmt: skip
-    env = {
-        "DFM_FPS": "10", "DFM_WINDOW_FRAMES": "20", "DFM_HOP_FRAMES": "10",
-        "DFM_ALLOW_FILE_SOURCES": "true", "DFM_THRESHOLD": "0.0", "DFM_EVIDENCE": "crops",
-    }  # fmt: skip
-    async with in_process(env) as (svc, c):
-        spec = {"id": "cam", "url": f"file://{clip}", "options": {"loop": True}}
-        assert (await c.post("/v1/streams", json=spec)).status_code == 201
-        manifest: dict = {}
-        for _ in range(300):
-            got = await c.get("/v1/streams/cam/evidence")
-            if got.status_code == 200:
-                manifest = got.json()
-                break
-            await asyncio.sleep(0.1)
-        assert manifest["context"] is None and manifest["faces"][0]["crops"]
-        record = manifest["id"]
-        assert (await c.get(f"/v1/evidence/{record}/context.jpg")).status_code == 404
-        kept = {p.name for p in (svc.evidence.store.folder / record).iterdir()}
-        assert "context.jpg" not in kept and "sheet.jpg" in kept
-
-
 async def test_evidence_off_links_nothing(photos_dir):
     clip = synthetic_clip(1, "FAKE", videos=2, frames=150, seed=9, size=(320, 240),
                           identities=["astronaut", "sample3"])  # fmt: skip
@@ -230,12 +206,14 @@ async def test_records_the_writer_never_writes_are_counted_at_shutdown(tmp_path)
 
 async def test_a_flood_of_records_from_a_stream_stays_within_the_cap(photos_dir):
     """Evidence asked of every window of a stream, into a 0.3 MB store: records keep coming,
-    the folder never holds more than the cap, and the oldest answer 404 with why."""
+    the folder never holds more than the cap, and the oldest answer 404 with why. With
+    DFM_EVIDENCE=crops no record keeps a frame of the scene."""
     clip = synthetic_clip(1, "FAKE", videos=2, frames=150, seed=9, size=(320, 240),
                           identities=["astronaut", "sample3"])  # fmt: skip
     env = {
         "DFM_FPS": "10", "DFM_WINDOW_FRAMES": "20", "DFM_HOP_FRAMES": "10",
         "DFM_ALLOW_FILE_SOURCES": "true", "DFM_EVIDENCE_MAX_MB": "0.3",
+        "DFM_EVIDENCE": "crops",
     }  # fmt: skip
     async with in_process(env) as (svc, c):
         spec = {"id": "cam", "url": f"file://{clip}", "options": {"loop": True}}
@@ -261,3 +239,7 @@ async def test_a_flood_of_records_from_a_stream_stays_within_the_cap(photos_dir)
         first = next(v for v in verdicts if v.get("evidence"))["evidence"]["url"]
         gone = await c.get(first)
         assert gone.status_code == 404 and "DFM_EVIDENCE_MAX_MB" in gone.json()["error"]
+        newest = (await c.get("/v1/streams/cam/evidence")).json()
+        assert newest["context"] is None and newest["faces"][0]["crops"]
+        assert not list(store.folder.glob("*/context.jpg"))  # crops only: no scene kept
+        assert list(store.folder.glob("*/sheet.jpg"))
