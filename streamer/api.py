@@ -326,7 +326,7 @@ def create_app(service: ApiBackend) -> FastAPI:
 
     def latest_evidence(stream_id: str) -> str:
         writer = service.evidence
-        record = writer.latest.get(stream_id) if writer is not None else None
+        record = writer.newest(stream_id) if writer is not None else None
         if record is None:
             raise NotFound(f"no evidence of stream {stream_id} on this replica (it has not "
                            "turned FAKE here, or DFM_EVIDENCE=off)")  # fmt: skip

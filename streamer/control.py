@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from streamer.config import StreamSpec
 from streamer.errors import NotFound
+from streamer.evidence import evidence_link
 
 if TYPE_CHECKING:
     from streamer.cluster import SourceDirectory
@@ -134,6 +135,5 @@ class ClusterControl(LocalControl):
 
 def _evidence_url(runner: StreamRunner) -> str | None:
     """The stream's newest evidence record, while the stream is FAKE."""
-    writer = runner.evidence
-    record = writer.latest.get(runner.id) if writer is not None else None
-    return f"/v1/evidence/{record}" if record else None
+    record = runner.evidence.newest(runner.id) if runner.evidence is not None else None
+    return evidence_link(record).url if record else None

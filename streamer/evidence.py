@@ -32,7 +32,7 @@ import shutil
 import time
 from collections import OrderedDict, deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +41,7 @@ import numpy as np
 
 from analyzer.faces import FrameFaces
 from streamer.batcher import Batcher
+from streamer.config import Settings
 from streamer.metrics import Metrics
 from streamer.verdict import EvidenceLink, Verdict, utc_now_iso
 
@@ -52,6 +53,11 @@ JPEG_QUALITY = 85
 CONTEXT_SIDE = 640  # the context frame's longer side, at most
 NAME = re.compile(r"^[a-z0-9-]{1,64}\.jpg$")
 RECORD_ID = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+
+
+def evidence_link(record_id: str) -> EvidenceLink:
+    """Where a record is served (the verdict's ``evidence``)."""
+    return EvidenceLink(id=record_id, url=f"/v1/evidence/{record_id}")
 
 
 def encode_jpeg(rgb: np.ndarray, quality: int = JPEG_QUALITY) -> bytes:
@@ -102,6 +108,12 @@ class CropRing:
         self.faces.clear()
         self.context = None
 
+    def context_since(self, frame: int) -> bytes | None:
+        """The latest context JPEG, if it was taken at ``frame`` or later."""
+        if self.context is None or self.context[0] < frame:
+            return None
+        return self.context[1]
+
     def window(self, track_id: int, first: int, last: int) -> list[tuple[int, bytes]]:
         return [(f, j) for f, j in self.faces.get(track_id, ()) if first <= f <= last]
 
@@ -121,7 +133,6 @@ class EvidenceJob:
     last_frame: int
     faces: dict[int, list[tuple[int, bytes]]]  # track -> (frame, JPEG) of suspicious faces
     context: bytes | None
-    queued: float = field(default_factory=time.monotonic)
 
 
 class EvidenceStore:
@@ -211,7 +222,7 @@ class EvidenceTopic:
 
     SENT = ("manifest.json", "sheet.jpg", "context.jpg")
 
-    def __init__(self, settings: Any, metrics: Metrics, timeout_s: float = 10.0) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, timeout_s: float = 10.0) -> None:
         self.settings = settings
         self.metrics = metrics
         self.timeout_s = timeout_s
@@ -285,6 +296,10 @@ class EvidenceWriter:
         for what in ("record", "heatmap"):
             for reason in ("queue_full", "rate", "busy", "error", "stopped"):
                 metrics.evidence_skipped.labels(what, reason)
+
+    def newest(self, stream_id: str) -> str | None:
+        """The id of the stream's newest record still kept here, if any."""
+        return self.latest.get(stream_id)
 
     def count_unwritten(self) -> int:
         """At shutdown, after the writer task was cancelled: the records it will never

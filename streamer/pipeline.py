@@ -23,7 +23,13 @@ from streamer.batcher import Batcher
 from streamer.buffers import BoundedBuffer, Ended, Policy
 from streamer.config import Settings, StreamOptions, StreamSpec
 from streamer.delivery import Acknowledgements
-from streamer.evidence import CropRing, EvidenceJob, EvidenceWriter, context_jpeg
+from streamer.evidence import (
+    CropRing,
+    EvidenceJob,
+    EvidenceWriter,
+    context_jpeg,
+    evidence_link,
+)
 from streamer.metrics import Metrics
 from streamer.shedding import LoadShedder
 from streamer.sinks.base import Sink
@@ -31,7 +37,7 @@ from streamer.sources.base import FrameItem, Opener, SourceState, SourceWorker
 from streamer.streams import PendingCrop, StreamState, WindowJob
 from streamer.tasks import Backoff
 from streamer.urls import SourceUrl
-from streamer.verdict import EvidenceLink, Label, ModelRef, Verdict
+from streamer.verdict import Label, ModelRef, Verdict
 
 log = logging.getLogger(__name__)
 
@@ -296,15 +302,11 @@ class StreamRunner:
         faces = {t: crops for t, crops in faces.items() if crops}
         if not faces:
             return
-        record = f"{self.id}-{verdict.session[:8]}-{verdict.seq}"
-        link = EvidenceLink(id=record, url=f"/v1/evidence/{record}")
-        context = self.crop_ring.context
-        in_window = (
-            context is not None and context[0] >= job.first_frame - self.settings.window_frames
-        )
-        job_ = EvidenceJob(link, verdict, job.first_frame, job.last_frame, faces,
-                           context[1] if context is not None and in_window else None)  # fmt: skip
-        if self.evidence.submit(job_):
+        link = evidence_link(f"{self.id}-{verdict.session[:8]}-{verdict.seq}")
+        # A context frame of this window or the one before (one is taken every half window).
+        context = self.crop_ring.context_since(job.first_frame - self.settings.window_frames)
+        record = EvidenceJob(link, verdict, job.first_frame, job.last_frame, faces, context)
+        if self.evidence.submit(record):
             verdict.evidence = link
 
     def _acked(self, window: int) -> None:

@@ -79,15 +79,14 @@ class Verdict(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         """As :meth:`to_json`, as a dict."""
-        return self.model_dump(
-            by_alias=True, exclude={"evidence"} if self.evidence is None else None
-        )
+        return self.model_dump(by_alias=True, exclude=self._omitted())
 
     def to_json(self) -> str:
-        """The JSON line; without ``evidence`` when there is none (as before it existed)."""
-        return self.model_dump_json(
-            by_alias=True, exclude={"evidence"} if self.evidence is None else None
-        )
+        return self.model_dump_json(by_alias=True, exclude=self._omitted())
+
+    def _omitted(self) -> set[str] | None:
+        """Left out of the message: ``evidence`` when there is none (as before it existed)."""
+        return {"evidence"} if self.evidence is None else None
 
 
 def utc_now_iso() -> str:

@@ -107,6 +107,13 @@ def synth_clips(photos_dir: Path) -> Path:
 
 
 @pytest.fixture(scope="session")
+def fake_clip(photos_dir: Path) -> Path:
+    """A 150-frame 320x240 FAKE clip of astronaut (a swap from sample3)."""
+    return synthetic_clip(1, "FAKE", videos=2, frames=150, seed=9, size=(320, 240),
+                          identities=["astronaut", "sample3"])  # fmt: skip
+
+
+@pytest.fixture(scope="session")
 def live_clip(photos_dir: Path) -> Path:
     """A 30-second single-face clip for the RTSP server to stream."""
     return synthetic_clip(0, videos=1, frames=900, seed=2, identities=["astronaut"])

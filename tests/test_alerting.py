@@ -13,19 +13,12 @@ import shutil
 import subprocess
 
 import httpx
-import pytest
 import yaml
 
-from tests.conftest import REPO, synthetic_clip
+from tests.conftest import REPO
 from tests.servers import Service, free_port, wait_until
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
-
-
-@pytest.fixture
-def fake_clip(photos_dir):
-    return synthetic_clip(1, "FAKE", videos=2, frames=150, seed=9, size=(320, 240),
-                          identities=["astronaut", "sample3"])  # fmt: skip
 
 
 # The alerts this test sees fire, with their `for` shortened (the shipped rules wait

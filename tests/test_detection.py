@@ -14,8 +14,15 @@ from analyzer.faces import iou
 from streamer.batcher import Batcher
 from streamer.detection import BatchedDetector
 from streamer.metrics import Metrics
-from tests.conftest import synthetic_clip
-from tests.servers import in_process, metric_in
+from tests.servers import (
+    LOOPED_FILE,
+    add_looped,
+    eventually,
+    in_process,
+    metric_in,
+    registry_text,
+    verdicts_of,
+)
 
 
 class _Counting(TorchFaceDetector):
@@ -65,7 +72,7 @@ async def test_frames_from_many_streams_go_through_one_network_call(photos_dir):
         assert len(faces) == len(expected) >= 1
         assert all(iou(a.box, b.box) > 0.999 for a, b in zip(faces, expected, strict=True))
     assert det.failed == 0
-    text = metrics_text(metrics)
+    text = registry_text(metrics)
     assert metric_in(text, "deepfake_engine_max_batch", stage="detect") == 32
     calls = metric_in(text, "deepfake_inference_batch_size_count", stage="detect")
     assert calls == len(net.calls)
@@ -76,7 +83,7 @@ async def test_a_failing_detection_finds_no_face_and_is_counted(photos_dir):
     net, metrics = _Counting(fail=True), Metrics()
     found, det = await _detect_in_threads(net, [data.astronaut()], metrics)
     assert found == [[]] and det.failed == 1
-    text = metrics_text(metrics)
+    text = registry_text(metrics)
     assert metric_in(text, "deepfake_engine_errors_total", stage="detect") == 1
 
 
@@ -86,32 +93,18 @@ async def test_a_batcher_without_a_face_network_refuses_detection():
             await batcher.detect(np.zeros((128, 128, 3), np.uint8))
 
 
-async def test_the_service_detects_faces_in_its_detection_stage(photos_dir):
+async def test_the_service_detects_faces_in_its_detection_stage(fake_clip):
     """DFM_DETECTOR=torch: a stream's verdicts name its face, found by network calls in
     the engine's detection stage (its metrics say so), with no engine error."""
-    clip = synthetic_clip(1, "FAKE", videos=2, frames=150, seed=9, size=(320, 240),
-                          identities=["astronaut", "sample3"])  # fmt: skip
-    env = {
-        "DFM_FPS": "10", "DFM_WINDOW_FRAMES": "20", "DFM_HOP_FRAMES": "10",
-        "DFM_ALLOW_FILE_SOURCES": "true", "DFM_DETECTOR": "torch",
-    }  # fmt: skip
-    async with in_process(env) as (svc, c):
-        spec = {"id": "cam", "url": f"file://{clip}", "options": {"loop": True}}
-        assert (await c.post("/v1/streams", json=spec)).status_code == 201
-        verdicts: list[dict] = []
-        for _ in range(300):
-            verdicts = (await c.get("/v1/streams/cam/verdicts")).json()["verdicts"]
-            if sum(bool(v["faces"]) for v in verdicts) >= 2:
-                break
-            await asyncio.sleep(0.1)
-        assert sum(bool(v["faces"]) for v in verdicts) >= 2, verdicts
+    async with in_process({**LOOPED_FILE, "DFM_DETECTOR": "torch"}) as (svc, c):
+        await add_looped(c, "cam", fake_clip)
+
+        async def with_faces() -> list[dict]:
+            verdicts = await verdicts_of(c, "cam")
+            return verdicts if sum(bool(v["faces"]) for v in verdicts) >= 2 else []
+
+        await eventually(with_faces, 30, "two verdicts with faces")
         text = (await c.get("/metrics")).text
     assert metric_in(text, "deepfake_engine_max_batch", stage="detect") == 32
     assert (metric_in(text, "deepfake_inference_batch_size_count", stage="detect") or 0) > 0
     assert not metric_in(text, "deepfake_engine_errors_total", stage="detect")
-
-
-def metrics_text(metrics: Metrics) -> str:
-    from prometheus_client import generate_latest
-
-    return generate_latest(metrics.registry).decode()

@@ -3,7 +3,6 @@ from the verdict; the store's cap; the crop ring's bound."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 
 import cv2
@@ -13,8 +12,18 @@ from skimage import data
 
 from analyzer.faces import FaceCrop, FrameFaces
 from streamer.evidence import RING_CROPS, CropRing, EvidenceStore, decode_jpeg
-from tests.conftest import SCHEMA_FILE, synthetic_clip
-from tests.servers import in_process, metric_in
+from tests.conftest import SCHEMA_FILE
+from tests.servers import (
+    LOOPED_FILE,
+    add_looped,
+    eventually,
+    in_process,
+    metric_in,
+    registry_text,
+    verdicts_of,
+)
+
+FAKE_EVERY_WINDOW = {**LOOPED_FILE, "DFM_THRESHOLD": "0.0"}  # every window with a face FAKE
 
 
 def test_the_store_keeps_under_its_cap_through_a_flood_and_oldest_go_first(tmp_path):
@@ -54,30 +63,23 @@ def test_the_crop_ring_keeps_a_bounded_few_jpegs_a_face():
     assert set(ring.faces) == {1}
 
 
-async def test_a_fake_stream_gets_evidence_linked_from_its_verdict(photos_dir):
+async def test_a_fake_stream_gets_evidence_linked_from_its_verdict(fake_clip):
     """A FAKE synthetic clip through the service: the verdict whose label turned FAKE
     links a record; its manifest names the model and every picture; the sheet, crops,
     heat maps (not flat) and the context frame are real JPEGs of the right size."""
-    clip = synthetic_clip(1, "FAKE", videos=2, frames=150, seed=9, size=(320, 240),
-                          identities=["astronaut", "sample3"])  # fmt: skip
-    env = {
-        "DFM_FPS": "10", "DFM_WINDOW_FRAMES": "20", "DFM_HOP_FRAMES": "10",
-        "DFM_ALLOW_FILE_SOURCES": "true", "DFM_THRESHOLD": "0.0",  # every window FAKE
-        "DFM_API_TOKEN": "secret",
-    }  # fmt: skip
     validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
-    async with in_process(env) as (svc, c):
+    async with in_process({**FAKE_EVERY_WINDOW, "DFM_API_TOKEN": "secret"}) as (svc, c):
         c.headers["authorization"] = "Bearer secret"
-        spec = {"id": "cam", "url": f"file://{clip}", "options": {"loop": True}}
-        assert (await c.post("/v1/streams", json=spec)).status_code == 201
-        linked: list[dict] = []
-        for _ in range(600):
-            verdicts = (await c.get("/v1/streams/cam/verdicts")).json()["verdicts"]
+        await add_looped(c, "cam", fake_clip)
+
+        async def linked_and_written() -> tuple[list[dict], list[dict]] | None:
+            verdicts = await verdicts_of(c, "cam")
             linked = [v for v in verdicts if v.get("evidence")]
             if linked and (await c.get(linked[0]["evidence"]["url"])).status_code == 200:
-                break
-            await asyncio.sleep(0.1)
-        assert linked, verdicts
+                return verdicts, linked
+            return None
+
+        verdicts, linked = await eventually(linked_and_written, 60, "a written record")
         first = linked[0]
         validator.validate(first)
         assert first["label"] == "FAKE" and first["seq"] == 0  # the first FAKE window
@@ -117,20 +119,17 @@ async def test_a_fake_stream_gets_evidence_linked_from_its_verdict(photos_dir):
         asked = await c.post("/v1/streams/cam/evidence")
         assert asked.status_code == 202
         assert (await c.post("/v1/streams/other/evidence")).status_code == 404
-        later: list[dict] = []
-        for _ in range(300):
-            verdicts = (await c.get("/v1/streams/cam/verdicts")).json()["verdicts"]
-            later = [v for v in verdicts if v.get("evidence") and v["seq"] > 0]
-            if later:
-                break
-            await asyncio.sleep(0.1)
-        assert later, verdicts
-        seq = later[0]["seq"]
-        for _ in range(300):  # two windows more
-            verdicts = (await c.get("/v1/streams/cam/verdicts")).json()["verdicts"]
-            if verdicts[-1]["seq"] >= seq + 2:
-                break
-            await asyncio.sleep(0.1)
+
+        async def linked_later() -> list[dict]:
+            return [v for v in await verdicts_of(c, "cam") if v.get("evidence") and v["seq"] > 0]
+
+        seq = (await eventually(linked_later, 30, "a record on request"))[0]["seq"]
+
+        async def two_windows_more() -> list[dict]:
+            verdicts = await verdicts_of(c, "cam")
+            return verdicts if verdicts[-1]["seq"] >= seq + 2 else []
+
+        verdicts = await eventually(two_windows_more, 30, "two windows more")
         linked_after = [v["seq"] for v in verdicts if v.get("evidence") and v["seq"] > 0]
         assert linked_after == [seq], verdicts  # that window, not every one after it
         missing = await c.get("/v1/evidence/nope")
@@ -140,23 +139,15 @@ async def test_a_fake_stream_gets_evidence_linked_from_its_verdict(photos_dir):
     assert (metric_in(text, "deepfake_evidence_store_bytes") or 0) > 10_000
 
 
-async def test_evidence_off_links_nothing(photos_dir):
-    clip = synthetic_clip(1, "FAKE", videos=2, frames=150, seed=9, size=(320, 240),
-                          identities=["astronaut", "sample3"])  # fmt: skip
-    env = {
-        "DFM_FPS": "10", "DFM_WINDOW_FRAMES": "20", "DFM_HOP_FRAMES": "10",
-        "DFM_ALLOW_FILE_SOURCES": "true", "DFM_THRESHOLD": "0.0", "DFM_EVIDENCE": "off",
-    }  # fmt: skip
-    async with in_process(env) as (_, c):
-        spec = {"id": "cam", "url": f"file://{clip}", "options": {"loop": True}}
-        assert (await c.post("/v1/streams", json=spec)).status_code == 201
-        verdicts: list[dict] = []
-        for _ in range(300):
-            verdicts = (await c.get("/v1/streams/cam/verdicts")).json()["verdicts"]
-            if any(v["label"] == "FAKE" for v in verdicts):
-                break
-            await asyncio.sleep(0.1)
-        assert any(v["label"] == "FAKE" for v in verdicts)
+async def test_evidence_off_links_nothing(fake_clip):
+    async with in_process({**FAKE_EVERY_WINDOW, "DFM_EVIDENCE": "off"}) as (_, c):
+        await add_looped(c, "cam", fake_clip)
+
+        async def with_a_fake() -> list[dict]:
+            verdicts = await verdicts_of(c, "cam")
+            return verdicts if any(v["label"] == "FAKE" for v in verdicts) else []
+
+        verdicts = await eventually(with_a_fake, 30, "a FAKE verdict")
         assert all("evidence" not in v or v["evidence"] is None for v in verdicts)
         off = await c.get("/v1/evidence/cam-x-0")
         assert off.status_code == 404 and "DFM_EVIDENCE=off" in off.json()["error"]
@@ -173,69 +164,49 @@ async def test_heat_maps_past_the_rate_are_skipped_and_counted(tmp_path):
                                 per_min=0, context=True)  # fmt: skip
         crops = np.zeros((4, 112, 112, 3), np.uint8)
         assert await writer._heatmaps(crops) == (None, "rate")
-    text = metrics_text(metrics)
+    text = registry_text(metrics)
     assert metric_in(text, "deepfake_evidence_skipped_total", what="heatmap", reason="rate") == 1
     assert metric_in(text, "deepfake_evidence_skipped_total", what="record", reason="rate") == 0
-
-
-def metrics_text(metrics) -> str:
-    from prometheus_client import generate_latest
-
-    return generate_latest(metrics.registry).decode()
 
 
 async def test_records_the_writer_never_writes_are_counted_at_shutdown(tmp_path):
     """A record queued when the service stops is not written; it is counted, not lost."""
     from streamer.batcher import Batcher
-    from streamer.evidence import EvidenceJob, EvidenceWriter
+    from streamer.evidence import EvidenceJob, EvidenceWriter, evidence_link
     from streamer.metrics import Metrics
-    from streamer.verdict import EvidenceLink
 
     metrics = Metrics()
     async with Batcher(object(), metrics) as batcher:  # type: ignore[arg-type]
         writer = EvidenceWriter(EvidenceStore(tmp_path, 10**6), batcher, metrics,
                                 per_min=6, context=True)  # fmt: skip
-        link = EvidenceLink(id="cam-x-0", url="/v1/evidence/cam-x-0")
-        job = EvidenceJob(link, None, 0, 19, {}, None)  # type: ignore[arg-type]
+        job = EvidenceJob(evidence_link("cam-x-0"), None, 0, 19, {}, None)  # type: ignore[arg-type]
         assert writer.submit(job)  # the writer task never ran: the service stopped first
         assert writer.count_unwritten() == 1
-    text = metrics_text(metrics)
+    text = registry_text(metrics)
     assert metric_in(text, "deepfake_evidence_skipped_total", what="record", reason="stopped") == 1
     assert writer.store.read("cam-x-0", "manifest.json") is None
 
 
-async def test_a_flood_of_records_from_a_stream_stays_within_the_cap(photos_dir):
+async def test_a_flood_of_records_from_a_stream_stays_within_the_cap(fake_clip):
     """Evidence asked of every window of a stream, into a 0.3 MB store: records keep coming,
     the folder never holds more than the cap, and the oldest answer 404 with why. With
     DFM_EVIDENCE=crops no record keeps a frame of the scene."""
-    clip = synthetic_clip(1, "FAKE", videos=2, frames=150, seed=9, size=(320, 240),
-                          identities=["astronaut", "sample3"])  # fmt: skip
-    env = {
-        "DFM_FPS": "10", "DFM_WINDOW_FRAMES": "20", "DFM_HOP_FRAMES": "10",
-        "DFM_ALLOW_FILE_SOURCES": "true", "DFM_EVIDENCE_MAX_MB": "0.3",
-        "DFM_EVIDENCE": "crops",
-    }  # fmt: skip
+    env = {**LOOPED_FILE, "DFM_EVIDENCE_MAX_MB": "0.3", "DFM_EVIDENCE": "crops"}
     async with in_process(env) as (svc, c):
-        spec = {"id": "cam", "url": f"file://{clip}", "options": {"loop": True}}
-        assert (await c.post("/v1/streams", json=spec)).status_code == 201
+        await add_looped(c, "cam", fake_clip)
         store = svc.evidence.store
         biggest = 0
-        for _ in range(400):
+
+        async def three_removed() -> bool:
+            nonlocal biggest
             await c.post("/v1/streams/cam/evidence")
-            on_disk = sum(f.stat().st_size for f in store.folder.rglob("*") if f.is_file())
-            biggest = max(
-                biggest,
-                on_disk
-                - sum(  # a record being renamed into place
-                    f.stat().st_size for f in store.folder.glob("*.part/*")
-                ),
-            )
-            if store.removed >= 3:
-                break
-            await asyncio.sleep(0.1)
-        assert store.removed >= 3, store.removed
+            kept = [f for f in store.folder.glob("*/*") if not f.parent.name.endswith(".part")]
+            biggest = max(biggest, sum(f.stat().st_size for f in kept))  # not a record aside
+            return store.removed >= 3
+
+        await eventually(three_removed, 40, "three records removed to keep the cap")
         assert biggest <= 300_000 and store.nbytes <= 300_000
-        verdicts = (await c.get("/v1/streams/cam/verdicts")).json()["verdicts"]
+        verdicts = await verdicts_of(c, "cam")
         first = next(v for v in verdicts if v.get("evidence"))["evidence"]["url"]
         gone = await c.get(first)
         assert gone.status_code == 404 and "DFM_EVIDENCE_MAX_MB" in gone.json()["error"]

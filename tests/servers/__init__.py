@@ -5,6 +5,7 @@ Every server a test starts, the test stops (context managers).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -16,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,13 @@ def metric_in(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
+def registry_text(metrics: Any) -> str:
+    """What ``/metrics`` would show of a :class:`streamer.metrics.Metrics`."""
+    from prometheus_client import generate_latest
+
+    return generate_latest(metrics.registry).decode()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -51,6 +59,38 @@ def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: fl
             return value
         time.sleep(step)
     raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+# In-process services over a looped file: 10 fps, a 20-frame window every 10 frames, so a
+# verdict a second.
+LOOPED_FILE = {
+    "DFM_FPS": "10", "DFM_WINDOW_FRAMES": "20", "DFM_HOP_FRAMES": "10",
+    "DFM_ALLOW_FILE_SOURCES": "true",
+}  # fmt: skip
+
+
+async def add_looped(client: httpx.AsyncClient, stream_id: str, clip: Path) -> None:
+    spec = {"id": stream_id, "url": f"file://{clip}", "options": {"loop": True}}
+    added = await client.post("/v1/streams", json=spec)
+    assert added.status_code == 201, added.text
+
+
+async def verdicts_of(client: httpx.AsyncClient, stream_id: str) -> list[dict[str, Any]]:
+    return (await client.get(f"/v1/streams/{stream_id}/verdicts")).json()["verdicts"]
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[Any]], within_s: float, what: str, step: float = 0.1
+) -> Any:
+    """:func:`wait_until` for a coroutine probe (in-process services): its first truthy
+    value, or an AssertionError naming ``what``."""
+    deadline = time.monotonic() + within_s
+    while time.monotonic() < deadline:
+        value = await probe()
+        if value:
+            return value
+        await asyncio.sleep(step)
+    raise AssertionError(f"timed out after {within_s:g} s waiting for {what}")
 
 
 class SilentServer:
