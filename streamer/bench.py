@@ -10,6 +10,10 @@ The overload part runs 0.5x to 3x that capacity, each load twice in one go: with
 overload shedder (``streamer/shedding.py``) and without it (``DFM_SHED_MAX_STRIDE=1``),
 and reports verdicts/s, streams that got no verdict, and what was shed or dropped.
 
+The frontend part runs N streams with the per-frame work (RGB, faces, crops) in a pool
+of one thread per stream, one per CPU and one for all (``DFM_FRAME_WORKERS``), side by
+side, and reports frames/s taken, drops, latency, CPU per frame and threads.
+
 The stages part costs one stream's path stage by stage on one clip: decode, face
 detection on every frame, tracking with crops, backbone per crop, head per window.
 
@@ -21,6 +25,7 @@ reports verdicts/s for each.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -34,6 +39,7 @@ import torch
 
 from analyzer.synthetic import synthesize
 from streamer.config import StreamSpec, load_settings
+from streamer.cpus import cpu_budget
 from streamer.service import Service
 from streamer.sinks.base import Ack, InMemorySink
 from streamer.verdict import Verdict
@@ -77,12 +83,17 @@ def make_clip(folder: Path, size: str, faces: int) -> Path:
     return path
 
 
-def _rss_bytes() -> int:
-    with open("/proc/self/status") as fh:
+def _proc_status(field: str) -> int:
+    """A number from /proc/self/status (``VmRSS`` in kB, ``Threads``); 0 elsewhere."""
+    with contextlib.suppress(OSError), open("/proc/self/status") as fh:
         for line in fh:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
+            if line.startswith(f"{field}:"):
+                return int(line.split()[1])
     return 0
+
+
+def _rss_bytes() -> int:
+    return _proc_status("VmRSS") * 1024
 
 
 async def run_pipeline(
@@ -141,6 +152,7 @@ async def run_pipeline(
             asker.cancel()
         elapsed = time.monotonic() - start
         rss = _rss_bytes()
+        threads = _proc_status("Threads")
         stride = service.manager.shedder.stride
     latencies = [v.latency_ms for t, v in collect.verdicts if t >= start]
     heard = {v.stream_id for t, v in collect.verdicts if t >= start}
@@ -169,6 +181,7 @@ async def run_pipeline(
         "cpu_s_per_s": {k: v / elapsed for k, v in stages.items()},
         "process_cpu_s_per_s": process / elapsed,
         "rss_mb_per_stream": (rss - rss0) / n / 1e6,
+        "threads": threads,  # of the whole process (PyTorch's and FFmpeg's too)
         "evidence_records_per_s": d["evidence_records"] / elapsed,
         "evidence_skipped_per_s": d["evidence_skipped"] / elapsed,
         "gpu_mb_per_stream": gpu_mem / n / 1e6,
@@ -379,6 +392,51 @@ def overload_bench(
         "peak_verdicts_per_s": peak,
         "top_load_share_of_peak": top["verdicts_per_s"] / peak if peak else 0.0,
         "top_load_streams_without_verdicts": top["streams_without_verdicts"],
+    }
+
+
+def frontend_bench(
+    folder: Path, *, device: str, streams: int, seconds: float, warmup: float
+) -> dict[str, Any]:
+    """The frame pool against a thread per stream, side by side in one run: ``streams``
+    looped 480p one-face clips through the service with the bundled demo model (trained
+    on synthetic data only), shedding off, at several ``DFM_FRAME_WORKERS``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    clip = make_clip(folder, "480p", 1)
+    cpus = cpu_budget()
+    ways = [(f"one per stream ({streams})", streams)]
+    if cpus < streams:
+        ways.append((f"one per CPU ({cpus})", cpus))
+    if streams > 1:
+        ways.append(("one for all", 1))
+    rows = []
+    for way, workers in ways:
+        r = asyncio.run(
+            run_pipeline(
+                clip, PipelineConfig("480p", 1, streams), seconds=seconds, warmup=warmup,
+                device=device, random_weights=False, overrides={"frame_workers": workers},
+            )
+        )  # fmt: skip
+        cpu = r["cpu_s_per_s"]
+        front = cpu["decode"] + cpu["faces"] + cpu["crop"]
+        frames = max(r["frames_per_s"], 1e-9)
+        rows.append(
+            {
+                "way": way,
+                "frame_workers": workers,
+                **r,
+                "frontend_ms_per_frame": 1000 * front / frames,
+                "process_ms_per_frame": 1000 * r["process_cpu_s_per_s"] / frames,
+            }
+        )
+        log.info("frontend: %s: %s", way, r)
+    return {
+        "device": torch.cuda.get_device_name()
+        if device != "cpu" and torch.cuda.is_available()
+        else f"cpu ({cpus} usable cores)",
+        "model": "bundled demo checkpoint (trained on synthetic data only)",
+        "streams": streams,
+        "rows": rows,
     }
 
 
@@ -731,6 +789,21 @@ def format_report(result: dict[str, Any]) -> str:
         for r in stages["ring_memory"]:
             lines.append(
                 f"    {r['layout']:<26} {r['faces']} face(s) {r['mb_per_stream']:7.2f} MB/stream"
+            )
+    front = result.get("frontend")
+    if front:
+        lines += [
+            f"frame pool on {front['device']}: {front['streams']} looped 480p one-face streams, "
+            f"{front['model']}, no shedding",
+            "  DFM_FRAME_WORKERS        | frames/s taken | dropped/s | p99 ms | front-end ms/frame"
+            " | process CPU ms/frame | threads",
+        ]
+        for r in front["rows"]:
+            lines.append(
+                f"  {r['way']:<24} | {r['frames_per_s']:>14.1f}"
+                f" | {r['dropped'] / r['seconds']:>9.1f}"
+                f" | {r['latency_ms']['p99']:>6.0f} | {r['frontend_ms_per_frame']:>18.2f}"
+                f" | {r['process_ms_per_frame']:>20.2f} | {r['threads']:>7}"
             )
     ev = result.get("evidence")
     if ev:

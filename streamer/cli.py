@@ -43,7 +43,9 @@ SCHEDULE_OPTIONS = {
 
 # Every benchmark is a part of `deepfake-monitor bench`: the model side's measurements are
 # in analyzer/bench.py, the service's in streamer/bench.py.
-BENCH_PARTS = ("engine", "baseline", "pipeline", "overload", "stages", "evidence", "sink")
+BENCH_PARTS = (
+    "engine", "baseline", "pipeline", "overload", "frontend", "stages", "evidence", "sink",
+)  # fmt: skip
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -114,6 +116,9 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup", type=float, default=5.0, help="pipeline warm-up")
     bench.add_argument("--p99-ms", type=float, default=2000.0, help="pipeline latency bound")
     bench.add_argument("--max-streams", type=positive_int, default=64)
+    bench.add_argument(
+        "--streams", type=positive_int, default=8, help="frontend part: streams run at once"
+    )
     bench.add_argument(
         "--capacity",
         type=positive_int,
@@ -240,6 +245,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         SIZES,
         evidence_bench,
         format_report,
+        frontend_bench,
         overload_bench,
         pipeline_bench,
         sink_bench,
@@ -306,6 +312,14 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             seconds=3.0 if args.quick else args.seconds,
             warmup=3.0 if args.quick else args.warmup,
             p99_bound_ms=args.p99_ms,
+        )
+    if "frontend" in parts:
+        result["frontend"] = frontend_bench(
+            work,
+            device=args.device,
+            streams=2 if args.quick else args.streams,
+            seconds=2.0 if args.quick else args.seconds,
+            warmup=3.0 if args.quick else args.warmup,
         )
     if "stages" in parts:
         result["stages"] = stage_bench(work, device=args.device, quick=args.quick)

@@ -154,6 +154,14 @@ class Settings(WindowSchedule, BaseSettings):
     detect_wait_ms: float = Field(
         5.0, ge=0, le=1000, description="wait to fill a detection batch (torch detector)"
     )
+    frame_workers: int | None = Field(
+        None,
+        ge=1,
+        le=1024,
+        description="threads doing every stream's per-frame work (RGB, faces, crops; "
+        "streamer/sources/pool.py); unset: twice the CPUs, at least 4, and with the torch "
+        "detector at least twice DFM_DETECT_BATCH",
+    )
     evidence: Literal["full", "crops", "off"] = Field(
         "full",
         description="evidence records of windows whose label turns FAKE: full (face crops, "

@@ -28,6 +28,7 @@ from streamer.sinks.stdout import RecentVerdicts
 from streamer.sources.base import Opener
 from streamer.sources.decode import DecodeLimits
 from streamer.sources.file import FileOpener
+from streamer.sources.pool import FramePool, frame_workers
 from streamer.sources.rtsp import RtspOpener
 from streamer.tasks import Supervisor
 from streamer.urls import SourceUrl, parse_source_url
@@ -60,6 +61,8 @@ class StreamManager:
         self.model = model
         self.detector_factory = detector_factory
         self.streams: dict[str, StreamRunner] = {}
+        # Every stream's per-frame work (RGB, faces, crops): streamer/sources/pool.py
+        self.frames = FramePool(frame_workers(settings, batcher.face_network is not None))
         self.policy = settings.net_policy()
         self._lock = asyncio.Lock()
 
@@ -91,6 +94,7 @@ class StreamManager:
         await asyncio.gather(
             *(r.stop(drain=True, grace_s=self.settings.drain_grace_s) for r in runners)
         )
+        await asyncio.to_thread(self.frames.stop)
 
     async def __aenter__(self) -> StreamManager:
         await self.start()
@@ -157,6 +161,7 @@ class StreamManager:
                 source,
                 self.shedder,
                 self.evidence,
+                self.frames,
             )
             self.streams[spec.id] = runner
             self.metrics.streams_active.set(len(self.streams))

@@ -1,6 +1,7 @@
 """One stream's pipeline: its source worker thread and its loop task.
 
-The worker (decode, resample, faces) hands frames to the stream's inbox, a drop-oldest
+The worker (decode and resample in its reader thread, faces in the node's frame pool)
+hands frames to the stream's inbox, a drop-oldest
 :class:`~streamer.buffers.BoundedBuffer` (queue ``stream_inbox``); the stream task feeds
 them to its :class:`StreamState`, sends crops to the batcher, and publishes a verdict
 whenever a window is due. A stream that fails is marked ``failed`` with its reason and
@@ -34,6 +35,7 @@ from streamer.metrics import Metrics
 from streamer.shedding import LoadShedder
 from streamer.sinks.base import Sink
 from streamer.sources.base import FrameItem, Opener, SourceState, SourceWorker
+from streamer.sources.pool import FramePool
 from streamer.streams import PendingCrop, StreamState, WindowJob
 from streamer.tasks import Backoff
 from streamer.urls import SourceUrl
@@ -69,6 +71,7 @@ class StreamRunner:
         source: SourceUrl | None = None,
         shedder: LoadShedder | None = None,
         evidence: EvidenceWriter | None = None,
+        pool: FramePool | None = None,
     ) -> None:
         self.spec = spec
         self.id = spec.id
@@ -116,6 +119,12 @@ class StreamRunner:
             on_shed=self._on_shed,
             context=context_jpeg if evidence is not None and evidence.context else None,
             context_every=max(1, settings.window_frames // 2),
+            pool=pool,
+            # A frame is worked only when the inbox has room for it: a full inbox holds
+            # the frames back in the pool's lane, which loses its oldest (or, for a
+            # topic, makes the reader wait) before any work is spent on them.
+            ready=lambda: not self._inbox.full,
+            on_drop=self._count_backpressure,
         )
         self._loop: asyncio.AbstractEventLoop | None = None
         # Live frames go by: a full inbox drops its oldest. Frames a topic keeps for us
@@ -194,6 +203,9 @@ class StreamRunner:
             self._inbox.end()
 
     def _dropped_backpressure(self, _item: FrameItem) -> None:
+        self._count_backpressure()
+
+    def _count_backpressure(self) -> None:
         self.counters.dropped += 1
         self.metrics.frames_dropped.labels(self.id, "backpressure").inc()
 

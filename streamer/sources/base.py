@@ -1,12 +1,13 @@
-"""What every live source shares: an explicit state, a worker thread, reconnect backoff.
+"""What every live source shares: an explicit state, a reader thread, reconnect backoff.
 
-A :class:`SourceWorker` runs in its own thread: it opens the source, decodes, resamples
-to the model fps, runs the stream's face tracker, and hands each frame's faces to the
-event loop through ``on_item`` (called in the worker thread; the receiver must be
-thread-safe). On failure it reconnects with capped exponential backoff and jitter, for
-ever: a camera that is down during a rolling update is watched again once it is back.
-Only a local file that is not a video goes ``failed`` (no retry can change it); an
-operator removes a stream, the service does not.
+A :class:`SourceWorker` reads in its own thread: it opens the source, decodes and
+resamples to the model fps; the node's frame pool (``streamer/sources/pool.py``) runs the
+stream's face tracker on each frame and hands its faces to the event loop through
+``on_item`` (called in the pool's thread; the receiver must be thread-safe). On failure
+the reader reconnects with capped exponential backoff and jitter, for ever: a camera
+that is down during a rolling update is watched again once it is back. Only a local file
+that is not a video goes ``failed`` (no retry can change it); an operator removes a
+stream, the service does not.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from analyzer.faces import FaceTracker, FrameFaces
 from streamer.errors import SourceError, UrlRejected
 from streamer.shedding import Pacer
 from streamer.sources.decode import VideoFrame
+from streamer.sources.pool import FramePool, Lane
 from streamer.tasks import Backoff
 
 log = logging.getLogger(__name__)
@@ -88,7 +90,26 @@ class Opener:
         """The input behind ``marks`` is done: every window over it is acknowledged."""
 
 
+@dataclass
+class _Taken:
+    """A frame the reader took (its stride kept it), on its way to the frame pool."""
+
+    frame: VideoFrame
+    arrival: float  # time.monotonic() when decoded
+    stride: float
+    restart: bool  # windows restart here (a discontinuity)
+    fresh: bool  # face tracks start afresh here (a discontinuity or a new connection)
+    marks: list[object]
+
+
 class SourceWorker:
+    """A stream's reader thread, and its frames' work in the node's :class:`FramePool`.
+
+    The reader opens the source and reconnects; the pool's worker converts each frame,
+    tracks its faces and hands the :class:`FrameItem` to ``on_item`` (which must be
+    thread-safe), only while ``ready()`` says the receiver has room.
+    """
+
     def __init__(
         self,
         stream_id: str,
@@ -103,6 +124,9 @@ class SourceWorker:
         on_shed: Callable[[], None] = lambda: None,
         context: Callable[[np.ndarray], bytes] | None = None,
         context_every: int = 30,
+        pool: FramePool | None = None,
+        ready: Callable[[], bool] = lambda: True,
+        on_drop: Callable[[], None] = lambda: None,
     ) -> None:
         self.stream_id = stream_id
         self.opener = opener
@@ -115,14 +139,22 @@ class SourceWorker:
         self.scrub = scrub  # takes credentials out of every reason shown or logged
         self.stride = stride  # overload: analyse 1 frame in stride() (read per frame)
         self.on_shed = on_shed  # a frame skipped for that, before its faces were sought
+        self.on_drop = on_drop  # a frame its worker had no time for (backpressure)
         # Evidence: every context_every frames with faces, context(rgb) rides on the item.
         self.context = context
         self.context_every = context_every
+        # Without the node's pool (tools, tests), a pool of one thread of its own.
+        self._own_pool = pool is None
+        self.pool = pool if pool is not None else FramePool(1)
+        self._ready = ready
+        self._lane: Lane[_Taken] | None = None  # the stream's lane in the pool, once started
         # (state, reason), set in one assignment: other threads read it (StreamRunner)
         self.now: tuple[SourceState, str | None] = (SourceState.STARTING, None)
-        # CPU seconds of this thread per stage, for benchmarks: decode, faces, crop.
+        # CPU seconds per stage, for benchmarks: decode (the reader), faces and crop
+        # (the pool worker, in the tracker).
         self.cpu_s = {"decode": 0.0, "faces": 0.0, "crop": 0.0}
-        self.tracker: FaceTracker | None = None
+        self.tracker: FaceTracker | None = None  # the pool worker's (None until a frame)
+        self._since_context = 1 << 30  # the first frame with faces gives a context at once
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"source-{stream_id}", daemon=True)
 
@@ -135,11 +167,16 @@ class SourceWorker:
         return self.now[1]
 
     def start(self) -> None:
+        self._lane = self.pool.lane(
+            self._work, waits=self.opener.waits, ready=self._ready, on_drop=self._dropped
+        )
         self._thread.start()
 
     def stop(self) -> None:
-        """Ask the thread to end; safe to call twice."""
+        """Ask the thread to end (frames not yet worked are let go); safe to call twice."""
         self._stop.set()
+        if self._lane is not None:
+            self._lane.close(timeout=0)  # a reader waiting for room in it goes on
 
     def join(self, timeout: float | None = None) -> bool:
         if self._thread.is_alive():
@@ -177,9 +214,11 @@ class SourceWorker:
         attempt = 0
         pacer = Pacer()  # the analysis stride, applied frame by frame
         restart = False  # a discontinuity not yet passed on (its frame may be shed)
+        fresh = True  # new face tracks from the next frame on
         marks: list[object] = []  # delivery marks not yet passed on (their frame may be shed)
-        since_context = 1 << 30  # the first frame with faces gives a context at once
-        tracker = self.tracker = self.tracker_factory()
+        finished = False  # the source ended as it should: its last frames are worked
+        lane = self._lane
+        assert lane is not None  # start() opens it
         try:
             while not self._stop.is_set():
                 try:
@@ -195,9 +234,7 @@ class SourceWorker:
                             attempt = self.attempts = 0
                         if frame.restart:
                             # A discontinuity: the faces seen before it are not these.
-                            self._add_tracker_times(tracker)
-                            tracker = self.tracker = self.tracker_factory()
-                            restart = True
+                            restart = fresh = True
                         if frame.picture.marks:  # taken with the picture's first tick
                             marks.extend(frame.picture.marks)
                             frame.picture.marks = ()
@@ -205,21 +242,13 @@ class SourceWorker:
                         if not pacer.take(stride):
                             self.on_shed()  # overload: skipped before faces and RGB
                             continue
-                        faces = tracker.update(frame.rgb)
-                        context = None
-                        if self.context is not None and faces.crops:
-                            since_context += 1
-                            if since_context >= self.context_every:
-                                since_context = 0
-                                context = self.context(frame.rgb)
-                        item = FrameItem(
-                            frame.pts_s, faces, time.monotonic(), restart, stride,
-                            tuple(marks), context,
-                        )  # fmt: skip
-                        restart = False
-                        marks.clear()
-                        self.on_item(item)
+                        taken = _Taken(frame, time.monotonic(), stride, restart, fresh, marks)
+                        if not lane.put(taken):
+                            break  # closed: stopped, or the frame work failed
+                        restart = fresh = False
+                        marks = []
                     if self._stop.is_set() or self.opener.ends:
+                        finished = not self._stop.is_set()
                         break
                     if self.opener.restarts:
                         continue
@@ -246,17 +275,68 @@ class SourceWorker:
                 if self._stop.wait(delay):
                     break
                 self.on_reconnect()
-                # A new connection starts new face tracks.
-                self._add_tracker_times(tracker)
-                tracker = self.tracker = self.tracker_factory()
+                fresh = True  # a new connection starts new face tracks
         except Exception as exc:  # a bug must not pass silently, nor take other streams down
-            log.error("stream %s: source worker crashed: %s", self.stream_id, self.scrub(repr(exc)))
-            self._set(SourceState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+            self._crashed(exc)
             return
         finally:
-            self._add_tracker_times(tracker)
-            self.tracker = None
-            close = getattr(tracker.detector, "close", None)
-            if close is not None:
-                close()
+            if finished:  # the last frames of a file are worked before it says stopped
+                while not lane.finish(0.1) and not self._stop.is_set():
+                    pass
+            self._close(lane)
         self._set(SourceState.STOPPED)
+
+    def _close(self, lane: Lane[_Taken]) -> None:
+        """Take the lane off the pool; once its worker is done with it, end the tracker."""
+        if not lane.close(timeout=5.0):
+            log.warning("stream %s: its frame worker is still busy; leaving it", self.stream_id)
+            return
+        if self._own_pool:
+            self.pool.stop()
+        tracker, self.tracker = self.tracker, None
+        if tracker is not None:
+            self._end_tracker(tracker)
+
+    def _end_tracker(self, tracker: FaceTracker) -> None:
+        self._add_tracker_times(tracker)
+        close = getattr(tracker.detector, "close", None)
+        if close is not None:
+            close()
+
+    def _crashed(self, exc: BaseException) -> None:
+        log.error("stream %s: source worker crashed: %s", self.stream_id, self.scrub(repr(exc)))
+        self._set(SourceState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
+        self._stop.set()
+
+    # -- in the pool's worker thread ------------------------------------------------------
+    def _dropped(self, lost: _Taken, heir: _Taken) -> None:
+        """The lane lost its oldest frame: what it carried goes to the frame now first."""
+        heir.restart |= lost.restart
+        heir.fresh |= lost.fresh
+        heir.marks[:0] = lost.marks
+        self.on_drop()
+
+    def _work(self, taken: _Taken) -> None:
+        """One frame's faces, and its item to the stream."""
+        try:
+            if taken.fresh or self.tracker is None:
+                if self.tracker is not None:
+                    self._end_tracker(self.tracker)
+                self.tracker = self.tracker_factory()
+            faces = self.tracker.update(taken.frame.rgb)
+            context = None
+            if self.context is not None and faces.crops:
+                self._since_context += 1
+                if self._since_context >= self.context_every:
+                    self._since_context = 0
+                    context = self.context(taken.frame.rgb)
+            item = FrameItem(
+                taken.frame.pts_s, faces, taken.arrival, taken.restart, taken.stride,
+                tuple(taken.marks), context,
+            )  # fmt: skip
+        except Exception as exc:  # a bug in one stream's frame work ends that stream only
+            self._crashed(exc)
+            if self._lane is not None:
+                self._lane.close(timeout=0)
+            return
+        self.on_item(item)

@@ -1,0 +1,225 @@
+"""A fixed pool of frame workers: each does the per-frame work of many streams.
+
+A stream's reader thread (``SourceWorker``) only reads and decodes: it takes frames from
+its opener (PyAV's demuxer and decoder, aiortc's track, a Kafka topic) and puts each one
+its stride keeps into the stream's :class:`Lane`. The pool's threads, ``DFM_FRAME_WORKERS``
+of them for the whole node, take the lanes' frames and do what costs CPU and holds the
+GIL: the picture's conversion to RGB, face detection and tracking, cropping, the evidence
+context. So a node with hundreds of streams runs a few busy threads instead of hundreds
+of threads contending for the GIL, and with the PyTorch detector the frames of all the
+streams a worker serves reach the batched detection stage together.
+
+A lane belongs to one worker (the one serving the fewest lanes when it was opened), so a
+stream's frames are worked in order by one thread and its tracker is never shared. A
+worker takes one frame from each of its lanes in turn. A lane holds a few frames: a live
+stream whose worker falls behind loses its oldest (``on_drop(lost, heir)`` hands what
+must not be lost with it, such as a discontinuity, to the frame now first; the stream
+counts it as backpressure); a source whose frames wait for us (Kafka) makes its reader wait
+instead. A lane whose consumer has no room (``ready`` false) is passed over, so one
+stalled stream never holds up the others of its worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Generic, TypeVar
+
+from streamer.cpus import cpu_budget
+
+if TYPE_CHECKING:
+    from streamer.config import Settings
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+LANE_FRAMES = 2  # frames a lane holds for its worker (decoded pictures: ~0.5-1.4 MB each)
+NOT_READY_POLL_S = 0.01  # a worker with frames only for lanes without room looks again
+
+
+def frame_workers(settings: Settings, batched_detection: bool) -> int:
+    """``DFM_FRAME_WORKERS``, or: twice the CPUs (at least 4), since a worker also waits
+    (for the GIL, a lane with no room); with batched detection, twice a detection batch,
+    so that the frames of enough streams wait for the detection stage together."""
+    if settings.frame_workers is not None:
+        return settings.frame_workers
+    workers = max(4, 2 * cpu_budget())
+    return max(workers, 2 * settings.detect_batch) if batched_detection else workers
+
+
+class Lane(Generic[T]):
+    """One stream's frames on their way from its reader to its pool worker."""
+
+    def __init__(
+        self,
+        pool: FramePool,
+        worker: _Worker,
+        work: Callable[[T], None],
+        *,
+        waits: bool,
+        capacity: int,
+        ready: Callable[[], bool],
+        on_drop: Callable[[T, T], None],
+    ) -> None:
+        self._pool = pool
+        self._worker = worker
+        self.work = work  # called in the worker's thread, one frame at a time, in order
+        self.waits = waits
+        self.capacity = capacity
+        self.ready = ready
+        self.on_drop = on_drop  # (lost, heir), the pool's lock held: keep it short
+        self._items: deque[T] = deque()
+        self._closed = False
+        self._busy = False  # the worker is in work() for this lane
+        self._idle = threading.Condition(pool.lock)
+
+    def put(self, item: T) -> bool:
+        """From the reader: queue a frame. A full lane drops its oldest, or (``waits``)
+        blocks until there is room. False once the lane is closed."""
+        with self._pool.lock:
+            if self.waits:
+                self._idle.wait_for(lambda: self._closed or len(self._items) < self.capacity)
+            if self._closed:
+                return False
+            self._items.append(item)
+            if len(self._items) > self.capacity:
+                lost = self._items.popleft()
+                self.on_drop(lost, self._items[0])
+            self._worker.wake.notify()
+        return True
+
+    def finish(self, timeout: float | None = None) -> bool:
+        """From the reader: wait until every frame put so far has been worked."""
+        with self._pool.lock:
+            return self._idle.wait_for(
+                lambda: self._closed or not (self._items or self._busy), timeout
+            )
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Drop what is queued, take the lane off its worker, and wait (up to ``timeout``)
+        for the frame being worked; True once the worker no longer touches the lane."""
+        with self._pool.lock:
+            self._closed = True
+            self._items.clear()
+            if self in self._worker.lanes:
+                self._worker.lanes.remove(self)  # type: ignore[arg-type]
+            self._idle.notify_all()
+            return self._idle.wait_for(lambda: not self._busy, timeout)
+
+    # -- worker side (the pool's lock held) ----------------------------------------------
+    def _take(self) -> T | None:
+        if not self._items or not self.ready():
+            return None
+        self._busy = True
+        item = self._items.popleft()
+        self._idle.notify_all()  # a waiting reader has room now
+        return item
+
+    def _done(self) -> None:
+        self._busy = False
+        self._idle.notify_all()
+
+
+class _Worker:
+    def __init__(self, pool: FramePool, index: int) -> None:
+        self.lanes: list[Lane[object]] = []
+        self.wake = threading.Condition(pool.lock)
+        self.thread = threading.Thread(
+            target=pool._serve, args=(self,), name=f"frames-{index}", daemon=True
+        )
+        self.next = 0  # the lane to look at first: each lane gets its turn
+
+
+class FramePool:
+    """Up to ``workers`` threads (one more started only when each has a lane) serving
+    every stream's lane."""
+
+    def __init__(self, workers: int, *, lane_frames: int = LANE_FRAMES) -> None:
+        if workers < 1:
+            raise ValueError(f"the frame pool needs at least 1 worker, not {workers}")
+        self.workers = workers
+        self.lane_frames = lane_frames
+        self.lock = threading.Lock()
+        self._workers: list[_Worker] = []
+        self._stopped = False
+
+    @property
+    def threads(self) -> int:
+        """Worker threads running now."""
+        return sum(w.thread.is_alive() for w in self._workers)
+
+    def lane(
+        self,
+        work: Callable[[T], None],
+        *,
+        waits: bool = False,
+        ready: Callable[[], bool] = lambda: True,
+        on_drop: Callable[[T, T], None] = lambda _lost, _heir: None,
+    ) -> Lane[T]:
+        """A new stream's lane, served by the worker with the fewest lanes."""
+        with self.lock:
+            if self._stopped:
+                raise RuntimeError("the frame pool has stopped")
+            # An idle worker first: a stream coming and going starts no new thread.
+            worker = min(self._workers, key=lambda w: len(w.lanes), default=None)
+            if worker is None or (worker.lanes and len(self._workers) < self.workers):
+                worker = _Worker(self, len(self._workers))
+                self._workers.append(worker)
+                worker.thread.start()
+            lane: Lane[T] = Lane(
+                self,
+                worker,
+                work,
+                waits=waits,
+                capacity=self.lane_frames,
+                ready=ready,
+                on_drop=on_drop,
+            )
+            worker.lanes.append(lane)  # type: ignore[arg-type]
+            return lane
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """End the workers (lanes still open lose their frames). Safe to call twice."""
+        with self.lock:
+            self._stopped = True
+            for worker in self._workers:
+                for lane in worker.lanes:
+                    lane._closed = True
+                    lane._items.clear()
+                    lane._idle.notify_all()
+                worker.lanes.clear()
+                worker.wake.notify_all()
+        for worker in self._workers:
+            if worker.thread is not threading.current_thread():
+                worker.thread.join(timeout)
+
+    def _serve(self, worker: _Worker) -> None:
+        while True:
+            with self.lock:
+                lane, item = self._next(worker)
+                while lane is None and not self._stopped:
+                    waiting = any(ln._items for ln in worker.lanes)  # but none has room
+                    worker.wake.wait(NOT_READY_POLL_S if waiting else None)
+                    lane, item = self._next(worker)
+                if lane is None:
+                    return
+            try:
+                lane.work(item)
+            except Exception:  # the lane's own work reports its errors; this is a bug
+                log.exception("frame worker: a stream's frame work failed")
+            finally:
+                with self.lock:
+                    lane._done()
+
+    def _next(self, worker: _Worker) -> tuple[Lane[object] | None, object]:
+        """The next lane with a frame and room for its result, round robin (lock held)."""
+        lanes = worker.lanes
+        for k in range(len(lanes)):
+            lane = lanes[(worker.next + k) % len(lanes)]
+            item = lane._take()
+            if item is not None:
+                worker.next = (worker.next + k + 1) % len(lanes)
+                return lane, item
+        return None, None
