@@ -32,7 +32,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from enum import StrEnum
-from typing import Generic, TypeVar
+from typing import Generic, Protocol, TypeVar
 
 from prometheus_client import Counter, Gauge
 
@@ -53,6 +53,15 @@ class Ended(Exception):
     """The producer called :meth:`BoundedBuffer.end` and every item has been taken."""
 
 
+class Measured(Protocol):
+    """What a queue's series are computed from (a buffer, or a frame pool's lane)."""
+
+    name: str
+    capacity: int
+
+    def __len__(self) -> int: ...
+
+
 class QueueMetrics:
     """The three series every named queue has, computed from its live buffers."""
 
@@ -60,10 +69,10 @@ class QueueMetrics:
         self.depth = depth
         self.capacity = capacity
         self.dropped = dropped
-        self._buffers: dict[str, weakref.WeakSet[BoundedBuffer[object]]] = {}
+        self._buffers: dict[str, weakref.WeakSet[Measured]] = {}
         self._lock = threading.Lock()
 
-    def attach(self, buffer: BoundedBuffer[object]) -> None:
+    def attach(self, buffer: Measured) -> None:
         name = buffer.name
         with self._lock:
             group = self._buffers.get(name)
@@ -76,11 +85,11 @@ class QueueMetrics:
                 self.dropped.labels(name).inc(0)
             group.add(buffer)
 
-    def detach(self, buffer: BoundedBuffer[object]) -> None:
+    def detach(self, buffer: Measured) -> None:
         with self._lock:
             self._buffers.get(buffer.name, weakref.WeakSet()).discard(buffer)
 
-    def _sum(self, name: str, value: Callable[[BoundedBuffer[object]], int]) -> float:
+    def _sum(self, name: str, value: Callable[[Measured], int]) -> float:
         with self._lock:
             members = list(self._buffers.get(name, ()))
         return float(sum(value(b) for b in members))
@@ -114,7 +123,7 @@ class BoundedBuffer(Generic[T]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: asyncio.Event | None = None  # set when an item or room appears
         if metrics is not None:
-            metrics.attach(self)  # type: ignore[arg-type]
+            metrics.attach(self)
 
     def __len__(self) -> int:
         return len(self._items)
@@ -133,7 +142,7 @@ class BoundedBuffer(Generic[T]):
     def close(self) -> None:
         """Stop reporting this buffer in the queue's depth and capacity. Safe twice."""
         if self._metrics is not None:
-            self._metrics.detach(self)  # type: ignore[arg-type]
+            self._metrics.detach(self)
 
     # -- producers --------------------------------------------------------------------
 

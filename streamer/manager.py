@@ -62,7 +62,9 @@ class StreamManager:
         self.detector_factory = detector_factory
         self.streams: dict[str, StreamRunner] = {}
         # Every stream's per-frame work (RGB, faces, crops): streamer/sources/pool.py
-        self.frames = FramePool(frame_workers(settings, batcher.face_network is not None))
+        self.frames = FramePool(
+            frame_workers(settings, batcher.face_network is not None), metrics=metrics.queues
+        )
         self.policy = settings.net_policy()
         self._lock = asyncio.Lock()
 

@@ -81,7 +81,8 @@ def shutdown_worst_case_s(settings: Settings) -> float:
     ``WORKER_JOIN_S``, sinks deliver what they buffer (``flush_grace_s``), then HTTP closes
     (``HTTP_CLOSE_S``); with Kafka away, the verdict producer's close and the video
     ingest's last commit wait ``CLOSE_S`` each. Everything else (Kafka consumers leaving,
-    WHIP sessions closing, the engine thread) is quick, within the margin added here.
+    WHIP sessions closing, the frame pool's threads, at most 1 s, the engine thread) is
+    quick, within the margin added here.
     """
     from streamer.kafka_common import CLOSE_S
     from streamer.pipeline import WORKER_JOIN_S

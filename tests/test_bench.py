@@ -12,14 +12,14 @@ from tests.conftest import cache_folder, run_cli
 @pytest.mark.slow
 def test_bench_quick_measures_every_part(tmp_path, photos_dir):
     out = tmp_path / "bench.json"
-    parts = "engine,baseline,pipeline,overload,stages,evidence"
+    parts = "engine,baseline,pipeline,overload,frontend,stages,evidence"
     # The bench's clips are made once and kept across runs, as the other tests' are.
     work = cache_folder({"bench-clips": True})
     args = ("--parts", parts, "--capacity", "1", "--out", str(out), "--work", str(work))
     result = run_cli("bench", "--quick", *args)
     assert result.returncode == 0, result.stderr[-3000:]
-    for heading in ("engine on", "baseline on", "pipeline on", "overload on", "stages on",
-                    "evidence on"):  # fmt: skip
+    for heading in ("engine on", "baseline on", "pipeline on", "overload on", "frame pool on",
+                    "stages on", "evidence on"):  # fmt: skip
         assert heading in result.stdout
     data = json.loads(out.read_text())
     engine = data["engine"]
@@ -38,6 +38,10 @@ def test_bench_quick_measures_every_part(tmp_path, photos_dir):
     for row in over["rows"]:
         assert row["shed"]["stride"] >= 1 and row["no_shed"]["stride"] == 1
     assert 0 <= over["top_load_share_of_peak"] <= 1.5
+    # The frame pool: a thread per stream against one for both, each taking frames.
+    front = {r["frame_workers"]: r for r in data["frontend"]["rows"]}
+    assert set(front) == {2, 1}
+    assert all(r["frames_per_s"] > 0 and r["threads"] > 0 for r in front.values())
     stages = data["stages"]
     assert stages["clip"]["faces_per_frame"] > 1.5  # the two-face clip: both found
     assert all(ms > 0 for ms in stages["ms"].values())

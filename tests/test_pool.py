@@ -8,8 +8,10 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from analyzer.faces import Detection, FaceTracker
+from streamer.metrics import Metrics
 from streamer.sources.base import FrameItem, Opener, SourceState, SourceWorker
 from streamer.sources.decode import Picture, VideoFrame
 from streamer.sources.pool import FramePool
@@ -82,7 +84,8 @@ def test_a_worker_takes_one_frame_from_each_lane_in_turn():
 
 
 def test_a_live_lane_loses_its_oldest_and_hands_on_what_it_carried():
-    pool = FramePool(1, lane_frames=2)
+    metrics = Metrics()
+    pool = FramePool(1, lane_frames=2, metrics=metrics.queues)
     go = threading.Event()
     worked: list[list[str]] = []
     handed: list[tuple[list[str], list[str]]] = []
@@ -95,10 +98,25 @@ def test_a_live_lane_loses_its_oldest_and_hands_on_what_it_carried():
     for name in "abcd":
         lane.put([name])
     assert handed == [(["a"], ["b"]), (["a", "b"], ["c"])]
+    shown = queue_series(metrics)
+    assert shown["depth"] == 2 and shown["capacity"] == 2 and shown["dropped"] == 2
     go.set()
     assert lane.finish(5.0)
     assert worked == [["a", "b", "c"], ["d"]]
+    lane.close()
+    assert queue_series(metrics)["capacity"] == 0  # a closed lane leaves the sums
     pool.stop()
+
+
+def queue_series(metrics: Metrics) -> dict[str, float]:
+    out = {}
+    for family in text_string_to_metric_families(metrics.render().decode()):
+        for sample in family.samples:
+            if sample.labels.get("queue") == "frame_lane":
+                out[sample.name.removeprefix("deepfake_queue_").removesuffix("_total")] = (
+                    sample.value
+                )
+    return out
 
 
 def test_closing_a_lane_frees_a_reader_waiting_for_room():

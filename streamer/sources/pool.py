@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Generic, TypeVar
 
+from streamer.buffers import QueueMetrics
 from streamer.cpus import cpu_budget
 
 if TYPE_CHECKING:
@@ -50,7 +52,10 @@ def frame_workers(settings: Settings, batched_detection: bool) -> int:
 
 
 class Lane(Generic[T]):
-    """One stream's frames on their way from its reader to its pool worker."""
+    """One stream's frames on their way from its reader to its pool worker (queue
+    ``frame_lane`` in ``deepfake_queue_*``)."""
+
+    name = "frame_lane"
 
     def __init__(
         self,
@@ -71,9 +76,15 @@ class Lane(Generic[T]):
         self.ready = ready
         self.on_drop = on_drop  # (lost, heir), the pool's lock held: keep it short
         self._items: deque[T] = deque()
+        self._metrics = pool.metrics
+        if self._metrics is not None:
+            self._metrics.attach(self)
         self._closed = False
         self._busy = False  # the worker is in work() for this lane
         self._idle = threading.Condition(pool.lock)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
     def put(self, item: T) -> bool:
         """From the reader: queue a frame. A full lane drops its oldest, or (``waits``)
@@ -87,6 +98,8 @@ class Lane(Generic[T]):
             if len(self._items) > self.capacity:
                 lost = self._items.popleft()
                 self.on_drop(lost, self._items[0])
+                if self._metrics is not None:
+                    self._metrics.dropped.labels(self.name).inc()
             self._worker.wake.notify()
         return True
 
@@ -100,6 +113,8 @@ class Lane(Generic[T]):
     def close(self, timeout: float | None = None) -> bool:
         """Drop what is queued, take the lane off its worker, and wait (up to ``timeout``)
         for the frame being worked; True once the worker no longer touches the lane."""
+        if self._metrics is not None:
+            self._metrics.detach(self)
         with self._pool.lock:
             self._closed = True
             self._items.clear()
@@ -136,10 +151,13 @@ class FramePool:
     """Up to ``workers`` threads (one more started only when each has a lane) serving
     every stream's lane."""
 
-    def __init__(self, workers: int, *, lane_frames: int = LANE_FRAMES) -> None:
+    def __init__(
+        self, workers: int, *, lane_frames: int = LANE_FRAMES, metrics: QueueMetrics | None = None
+    ) -> None:
         if workers < 1:
             raise ValueError(f"the frame pool needs at least 1 worker, not {workers}")
         self.workers = workers
+        self.metrics = metrics
         self.lane_frames = lane_frames
         self.lock = threading.Lock()
         self._workers: list[_Worker] = []
@@ -180,20 +198,24 @@ class FramePool:
             worker.lanes.append(lane)  # type: ignore[arg-type]
             return lane
 
-    def stop(self, timeout: float = 5.0) -> None:
-        """End the workers (lanes still open lose their frames). Safe to call twice."""
+    def stop(self, timeout: float = 1.0) -> None:
+        """End the workers, waiting ``timeout`` at most for all of them (lanes still open
+        lose their frames; the threads are daemons). Safe to call twice."""
         with self.lock:
             self._stopped = True
             for worker in self._workers:
                 for lane in worker.lanes:
+                    if self.metrics is not None:
+                        self.metrics.detach(lane)
                     lane._closed = True
                     lane._items.clear()
                     lane._idle.notify_all()
                 worker.lanes.clear()
                 worker.wake.notify_all()
+        deadline = time.monotonic() + timeout  # for all of them together
         for worker in self._workers:
             if worker.thread is not threading.current_thread():
-                worker.thread.join(timeout)
+                worker.thread.join(max(0.0, deadline - time.monotonic()))
 
     def _serve(self, worker: _Worker) -> None:
         while True:
