@@ -396,25 +396,33 @@ def overload_bench(
 
 
 def frontend_bench(
-    folder: Path, *, device: str, streams: int, seconds: float, warmup: float
+    folder: Path, *, device: str, streams: int, seconds: float, warmup: float, decoders: bool
 ) -> dict[str, Any]:
     """The frame pool against a thread per stream, side by side in one run: ``streams``
     looped 480p one-face clips through the service with the bundled demo model (trained
-    on synthetic data only), shedding off, at several ``DFM_FRAME_WORKERS``."""
+    on synthetic data only), shedding off, at several ``DFM_FRAME_WORKERS``; with
+    ``decoders``, also decoders of one thread per CPU each (FFmpeg's default) against the
+    default of the CPUs shared among the streams."""
     folder.mkdir(parents=True, exist_ok=True)
     clip = make_clip(folder, "480p", 1)
     cpus = cpu_budget()
-    ways = [(f"one per stream ({streams})", streams)]
+    threads = load_settings(max_streams=max(16, streams)).decoder_threads()
+    ways: list[tuple[str, dict[str, int]]] = [
+        (f"one per stream ({streams})", {"frame_workers": streams})
+    ]
     if cpus < streams:
-        ways.append((f"one per CPU ({cpus})", cpus))
+        ways.append((f"one per CPU ({cpus})", {"frame_workers": cpus}))
     if streams > 1:
-        ways.append(("one for all", 1))
+        ways.append(("one for all", {"frame_workers": 1}))
+    if decoders and cpus > threads:
+        way = f"one per CPU, decoders {cpus} threads"
+        ways.append((way, {"frame_workers": min(cpus, streams), "decode_threads": cpus}))
     rows = []
-    for way, workers in ways:
+    for way, overrides in ways:
         r = asyncio.run(
             run_pipeline(
                 clip, PipelineConfig("480p", 1, streams), seconds=seconds, warmup=warmup,
-                device=device, random_weights=False, overrides={"frame_workers": workers},
+                device=device, random_weights=False, overrides=overrides,
             )
         )  # fmt: skip
         cpu = r["cpu_s_per_s"]
@@ -423,7 +431,8 @@ def frontend_bench(
         rows.append(
             {
                 "way": way,
-                "frame_workers": workers,
+                "frame_workers": overrides["frame_workers"],
+                "decode_threads": overrides.get("decode_threads", threads),
                 **r,
                 "frontend_ms_per_frame": 1000 * front / frames,
                 "process_ms_per_frame": 1000 * r["process_cpu_s_per_s"] / frames,
@@ -436,6 +445,7 @@ def frontend_bench(
         else f"cpu ({cpus} usable cores)",
         "model": "bundled demo checkpoint (trained on synthetic data only)",
         "streams": streams,
+        "decode_threads": threads,
         "rows": rows,
     }
 
@@ -794,13 +804,14 @@ def format_report(result: dict[str, Any]) -> str:
     if front:
         lines += [
             f"frame pool on {front['device']}: {front['streams']} looped 480p one-face streams, "
-            f"{front['model']}, no shedding",
-            "  DFM_FRAME_WORKERS        | frames/s taken | dropped/s | p99 ms | front-end ms/frame"
-            " | process CPU ms/frame | threads",
+            f"{front['model']}, no shedding; decoders of {front['decode_threads']} thread(s) "
+            "unless the row says",
+            "  DFM_FRAME_WORKERS                | frames/s taken | dropped/s | p99 ms"
+            " | front-end ms/frame | process CPU ms/frame | threads",
         ]
         for r in front["rows"]:
             lines.append(
-                f"  {r['way']:<24} | {r['frames_per_s']:>14.1f}"
+                f"  {r['way']:<32} | {r['frames_per_s']:>14.1f}"
                 f" | {r['dropped'] / r['seconds']:>9.1f}"
                 f" | {r['latency_ms']['p99']:>6.0f} | {r['frontend_ms_per_frame']:>18.2f}"
                 f" | {r['process_ms_per_frame']:>20.2f} | {r['threads']:>7}"

@@ -320,6 +320,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             streams=2 if args.quick else args.streams,
             seconds=2.0 if args.quick else args.seconds,
             warmup=3.0 if args.quick else args.warmup,
+            decoders=not args.quick,
         )
     if "stages" in parts:
         result["stages"] = stage_bench(work, device=args.device, quick=args.quick)

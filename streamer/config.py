@@ -26,6 +26,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from streamer.cpus import cpu_budget
 from streamer.errors import ConfigError, UrlRejected
 from streamer.faults import Faults
 from streamer.urls import DEFAULT_DENY_NETS, NetPolicy, parse_nets, parse_source_url
@@ -153,6 +154,13 @@ class Settings(WindowSchedule, BaseSettings):
     )
     detect_wait_ms: float = Field(
         5.0, ge=0, le=1000, description="wait to fill a detection batch (torch detector)"
+    )
+    decode_threads: int | None = Field(
+        None,
+        ge=1,
+        le=64,
+        description="FFmpeg threads of each stream's decoder; unset: the CPUs over "
+        "DFM_MAX_STREAMS, at least 1 (scan uses every CPU)",
     )
     frame_workers: int | None = Field(
         None,
@@ -335,6 +343,11 @@ class Settings(WindowSchedule, BaseSettings):
     def _check_nets(cls, value: list[str]) -> list[str]:
         parse_nets(value, "the list")
         return value
+
+    def decoder_threads(self) -> int:
+        """FFmpeg threads for each stream's decoder: DFM_DECODE_THREADS, or the CPUs
+        shared among as many streams as the replica runs."""
+        return self.decode_threads or max(1, cpu_budget() // self.max_streams)
 
     def net_policy(self) -> NetPolicy:
         return NetPolicy(

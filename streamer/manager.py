@@ -107,7 +107,9 @@ class StreamManager:
 
     def opener_for(self, source: SourceUrl, options: StreamOptions) -> Opener:
         s = self.settings
-        limits = DecodeLimits(max_pixels=s.max_frame_pixels, policy=self.policy)
+        limits = DecodeLimits(
+            max_pixels=s.max_frame_pixels, policy=self.policy, threads=s.decoder_threads()
+        )
         if source.scheme == "file":
             return FileOpener(
                 source,

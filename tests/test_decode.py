@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from streamer.config import load_settings
+from streamer.cpus import cpu_budget
 from streamer.errors import SourceError
-from streamer.sources.decode import decode, media_seconds, resample
+from streamer.sources.decode import DecodeLimits, decode, decode_pictures, media_seconds, resample
 from streamer.urls import parse_source_url
 
 DOT = np.zeros((2, 2, 3), np.uint8)
@@ -36,6 +38,29 @@ def test_decode_reads_every_frame_of_a_synthetic_clip(synth_clips):
     assert len(frames) == 180
     assert frames[0][0] == 0.0 and frames[-1][0] == pytest.approx(179 / 30, abs=1e-3)
     assert frames[0][1].shape == (360, 480, 3)
+
+
+def _threads() -> int:
+    with open("/proc/self/status") as fh:
+        return int(next(line for line in fh if line.startswith("Threads:")).split()[1])
+
+
+def test_a_streams_decoder_runs_the_threads_it_is_given(synth_clips):
+    """A node of many streams gives each decoder one thread (DFM_DECODE_THREADS unset,
+    the CPUs over DFM_MAX_STREAMS); FFmpeg's own default is one per core for each."""
+    clip = str(sorted(synth_clips.glob("*.mp4"))[0])
+    started = {}
+    for threads in (1, 3):
+        before = _threads()
+        frames = decode_pictures(clip, limits=DecodeLimits(threads=threads))
+        for _ in range(5):
+            next(frames)
+        started[threads] = _threads() - before
+        frames.close()
+    assert started == {1: 0, 3: 3}
+    assert load_settings(max_streams=16).decoder_threads() == max(1, cpu_budget() // 16)
+    assert load_settings(max_streams=1).decoder_threads() == cpu_budget()
+    assert load_settings(decode_threads=2).decoder_threads() == 2
 
 
 def test_a_files_length_gives_scans_progress_bar_its_total(synth_clips, tmp_path):

@@ -79,10 +79,12 @@ class VideoFrame:
 
 @dataclass(frozen=True)
 class DecodeLimits:
-    """What one decode may cost: the frame size, and the destinations it may reach."""
+    """What one decode may cost: the frame size, the destinations it may reach, and the
+    decoder's threads (None: every CPU this process may use, as ``scan`` wants)."""
 
     max_pixels: int = DEFAULT_MAX_PIXELS
     policy: NetPolicy | None = None
+    threads: int | None = None
 
 
 def open_video(
@@ -209,7 +211,9 @@ def decode_pictures(
     try:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        stream.thread_count = cpu_budget()  # FFmpeg's default is the node's cores
+        # FFmpeg's default is the node's cores, for each stream's decoder: a node with a
+        # thousand streams would run tens of thousands of decoder threads.
+        stream.thread_count = limits.threads or cpu_budget()
         rate = float(stream.average_rate or stream.guessed_rate or 30)
         first: float | None = None
         count = 0

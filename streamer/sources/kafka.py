@@ -188,8 +188,10 @@ class KafkaOpener(Opener):
         max_pixels: int = 3840 * 2160,
         max_gap_s: float | None = None,
         queues: QueueMetrics | None = None,
+        threads: int = 1,
     ) -> None:
         self.kind = kind
+        self.threads = threads  # FFmpeg threads of the MPEG-TS decoder
         self.partition = partition
         self.max_pixels = max_pixels
         self.max_gap_s = max_gap_s
@@ -249,7 +251,9 @@ class KafkaOpener(Opener):
             container = av.open(
                 io.BufferedReader(reader), format="mpegts", mode="r", metadata_errors="replace"
             )
-            container.streams.video[0].codec_context.options = {"max_pixels": str(self.max_pixels)}
+            video = container.streams.video[0]
+            video.codec_context.options = {"max_pixels": str(self.max_pixels)}
+            video.thread_type, video.thread_count = "AUTO", self.threads
         except (av.error.FFmpegError, IndexError) as exc:
             raise SourceError(f"cannot demux the MPEG-TS stream: {exc}") from None
         try:
@@ -539,6 +543,7 @@ class KafkaVideoIngest:
                 max_pixels=self.settings.max_frame_pixels,
                 max_gap_s=self.settings.max_gap_s,
                 queues=self.metrics.queues,
+                threads=self.settings.decoder_threads(),
             )
             try:
                 await self.manager.add_with_opener(
