@@ -1,4 +1,5 @@
-"""Engine, baseline and pipeline benchmarks on a CUDA GPU in one go, within about 8 minutes.
+"""Engine, baseline, pipeline, frame-pool and stage benchmarks on a CUDA GPU in one go,
+within about 8 minutes (not timed yet with the last two parts).
 
     python scripts/gpu_bench.py OUT_DIR
 
@@ -36,6 +37,8 @@ def run() -> int:
     args = [
         "bench",
         "--device", "cuda",
+        "--parts", "engine,baseline,pipeline,frontend,stages",
+        "--streams", "64",
         "--out", str(out / "bench.json"),
         "--batches", "1,8,32,64,128,256,512",
         "--seconds", "10",
