@@ -40,7 +40,8 @@ def gapless(verdicts: list[dict]) -> bool:
 def test_three_rtsp_streams_give_gapless_verdicts_and_metrics(live_clip, tmp_path):
     validator = jsonschema.Draft202012Validator(json.loads(SCHEMA_FILE.read_text()))
     mounts = {f"cam{i}": live_clip for i in range(3)}
-    with RtspServer(mounts) as rtsp, Service(FAST, tmp_path) as svc:
+    # Three streams' faces found by two frame workers (streamer/sources/pool.py).
+    with RtspServer(mounts) as rtsp, Service({**FAST, "DFM_FRAME_WORKERS": "2"}, tmp_path) as svc:
         for i in range(3):
             r = svc.client.post("/v1/streams", json={"id": f"cam-{i}", "url": rtsp.url(f"cam{i}")})
             assert r.status_code == 201, r.text
@@ -70,11 +71,13 @@ def test_three_rtsp_streams_give_gapless_verdicts_and_metrics(live_clip, tmp_pat
         assert svc.metric("deepfake_inference_batch_size_count", stage="backbone") > 0
         assert svc.metric("deepfake_inference_batch_size_count", stage="head") > 0
         assert svc.metric("deepfake_streams_active") == 3
+        assert svc.metric("deepfake_queue_capacity", queue="frame_lane") == 3 * 2
 
         assert svc.client.delete("/v1/streams/cam-2").status_code == 204
         assert svc.client.get("/v1/streams/cam-2").status_code == 404
         assert svc.metric("deepfake_frames_decoded_total", stream="cam-2") is None
         assert svc.metric("deepfake_streams_active") == 2
+        assert svc.metric("deepfake_queue_capacity", queue="frame_lane") == 2 * 2
         assert svc.terminate() == 0
 
 
