@@ -1,8 +1,8 @@
-"""One stream's pipeline: its source worker thread and its loop task.
+"""One stream's pipeline: its source worker and its loop task.
 
 The worker (decode and resample in its reader thread, faces in the node's frame pool)
-hands frames to the stream's inbox, a drop-oldest
-:class:`~streamer.buffers.BoundedBuffer` (queue ``stream_inbox``); the stream task feeds
+hands frames to the stream's inbox, a drop-oldest :class:`~streamer.buffers.BoundedBuffer`
+(queue ``stream_inbox``); the stream task feeds
 them to its :class:`StreamState`, sends crops to the batcher, and publishes a verdict
 whenever a window is due. A stream that fails is marked ``failed`` with its reason and
 never disturbs the others (the directory of streams is ``streamer/manager.py``).
