@@ -318,8 +318,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             work,
             device=args.device,
             streams=2 if args.quick else args.streams,
-            seconds=2.0 if args.quick else args.seconds,
-            warmup=3.0 if args.quick else args.warmup,
+            seconds=1.5 if args.quick else args.seconds,
+            warmup=1.0 if args.quick else args.warmup,
             decoders=not args.quick,
         )
     if "stages" in parts:
