@@ -349,6 +349,16 @@ class Settings(WindowSchedule, BaseSettings):
         shared among as many streams as the replica runs."""
         return self.decode_threads or max(1, cpu_budget() // self.max_streams)
 
+    def frame_threads(self, batched_detection: bool) -> int:
+        """The frame pool's threads: DFM_FRAME_WORKERS, or twice the CPUs (at least 4),
+        since a worker also waits (for the GIL, a lane with no room); with batched
+        detection, twice a detection batch, so that the frames of enough streams wait for
+        the detection stage together."""
+        if self.frame_workers is not None:
+            return self.frame_workers
+        workers = max(4, 2 * cpu_budget())
+        return max(workers, 2 * self.detect_batch) if batched_detection else workers
+
     def net_policy(self) -> NetPolicy:
         return NetPolicy(
             allow=parse_nets(self.source_allow_nets, "DFM_SOURCE_ALLOW_NETS"),

@@ -28,7 +28,7 @@ from streamer.sinks.stdout import RecentVerdicts
 from streamer.sources.base import Opener
 from streamer.sources.decode import DecodeLimits
 from streamer.sources.file import FileOpener
-from streamer.sources.pool import FramePool, frame_workers
+from streamer.sources.pool import FramePool
 from streamer.sources.rtsp import RtspOpener
 from streamer.tasks import Supervisor
 from streamer.urls import SourceUrl, parse_source_url
@@ -63,7 +63,7 @@ class StreamManager:
         self.streams: dict[str, StreamRunner] = {}
         # Every stream's per-frame work (RGB, faces, crops): streamer/sources/pool.py
         self.frames = FramePool(
-            frame_workers(settings, batcher.face_network is not None), metrics=metrics.queues
+            settings.frame_threads(batcher.face_network is not None), metrics=metrics.queues
         )
         self.policy = settings.net_policy()
         self._lock = asyncio.Lock()
@@ -165,7 +165,7 @@ class StreamManager:
                 source,
                 self.shedder,
                 self.evidence,
-                self.frames,
+                pool=self.frames,
             )
             self.streams[spec.id] = runner
             self.metrics.streams_active.set(len(self.streams))

@@ -71,7 +71,8 @@ class StreamRunner:
         source: SourceUrl | None = None,
         shedder: LoadShedder | None = None,
         evidence: EvidenceWriter | None = None,
-        pool: FramePool | None = None,
+        *,
+        pool: FramePool,
     ) -> None:
         self.spec = spec
         self.id = spec.id

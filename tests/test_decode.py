@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 
@@ -10,6 +12,7 @@ from streamer.cpus import cpu_budget
 from streamer.errors import SourceError
 from streamer.sources.decode import DecodeLimits, decode, decode_pictures, media_seconds, resample
 from streamer.urls import parse_source_url
+from tests.servers import thread_count
 
 DOT = np.zeros((2, 2, 3), np.uint8)
 
@@ -40,22 +43,17 @@ def test_decode_reads_every_frame_of_a_synthetic_clip(synth_clips):
     assert frames[0][1].shape == (360, 480, 3)
 
 
-def _threads() -> int:
-    with open("/proc/self/status") as fh:
-        return int(next(line for line in fh if line.startswith("Threads:")).split()[1])
-
-
 def test_a_streams_decoder_runs_the_threads_it_is_given(synth_clips):
     """A node of many streams gives each decoder one thread (DFM_DECODE_THREADS unset,
     the CPUs over DFM_MAX_STREAMS); FFmpeg's own default is one per core for each."""
     clip = str(sorted(synth_clips.glob("*.mp4"))[0])
     started = {}
     for threads in (1, 3):
-        before = _threads()
+        before = thread_count(os.getpid())
         frames = decode_pictures(clip, limits=DecodeLimits(threads=threads))
         for _ in range(5):
             next(frames)
-        started[threads] = _threads() - before
+        started[threads] = thread_count(os.getpid()) - before
         frames.close()
     assert started == {1: 0, 3: 3}
     assert load_settings(max_streams=16).decoder_threads() == max(1, cpu_budget() // 16)

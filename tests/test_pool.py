@@ -8,7 +8,6 @@ import time
 from collections.abc import Iterator
 
 import numpy as np
-from prometheus_client.parser import text_string_to_metric_families
 
 from analyzer.faces import Detection, FaceTracker
 from streamer.metrics import Metrics
@@ -16,7 +15,7 @@ from streamer.sources.base import FrameItem, Opener, SourceState, SourceWorker
 from streamer.sources.decode import Picture, VideoFrame
 from streamer.sources.pool import FramePool
 from streamer.tasks import Backoff
-from tests.servers import wait_until
+from tests.servers import metric_in, registry_text, wait_until
 
 
 def test_a_few_workers_serve_many_lanes_each_in_its_order_on_one_thread():
@@ -98,25 +97,17 @@ def test_a_live_lane_loses_its_oldest_and_hands_on_what_it_carried():
     for name in "abcd":
         lane.put([name])
     assert handed == [(["a"], ["b"]), (["a", "b"], ["c"])]
-    shown = queue_series(metrics)
-    assert shown["depth"] == 2 and shown["capacity"] == 2 and shown["dropped"] == 2
+    text = registry_text(metrics)
+    assert metric_in(text, "deepfake_queue_depth", queue="frame_lane") == 2
+    assert metric_in(text, "deepfake_queue_capacity", queue="frame_lane") == 2
+    assert metric_in(text, "deepfake_queue_dropped_total", queue="frame_lane") == 2
     go.set()
     assert lane.finish(5.0)
     assert worked == [["a", "b", "c"], ["d"]]
     lane.close()
-    assert queue_series(metrics)["capacity"] == 0  # a closed lane leaves the sums
+    # A closed lane leaves the sums.
+    assert metric_in(registry_text(metrics), "deepfake_queue_capacity", queue="frame_lane") == 0
     pool.stop()
-
-
-def queue_series(metrics: Metrics) -> dict[str, float]:
-    out = {}
-    for family in text_string_to_metric_families(metrics.render().decode()):
-        for sample in family.samples:
-            if sample.labels.get("queue") == "frame_lane":
-                out[sample.name.removeprefix("deepfake_queue_").removesuffix("_total")] = (
-                    sample.value
-                )
-    return out
 
 
 def test_closing_a_lane_frees_a_reader_waiting_for_room():

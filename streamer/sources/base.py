@@ -124,7 +124,8 @@ class SourceWorker:
         on_shed: Callable[[], None] = lambda: None,
         context: Callable[[np.ndarray], bytes] | None = None,
         context_every: int = 30,
-        pool: FramePool | None = None,
+        *,
+        pool: FramePool,
         ready: Callable[[], bool] = lambda: True,
         on_drop: Callable[[], None] = lambda: None,
     ) -> None:
@@ -143,9 +144,7 @@ class SourceWorker:
         # Evidence: every context_every frames with faces, context(rgb) rides on the item.
         self.context = context
         self.context_every = context_every
-        # Without the node's pool (tools, tests), a pool of one thread of its own.
-        self._own_pool = pool is None
-        self.pool = pool if pool is not None else FramePool(1)
+        self.pool = pool
         self._ready = ready
         self._lane: Lane[_Taken] | None = None  # the stream's lane in the pool, once started
         # (state, reason), set in one assignment: other threads read it (StreamRunner)
@@ -281,8 +280,7 @@ class SourceWorker:
             return
         finally:
             if finished:  # the last frames of a file are worked before it says stopped
-                while not lane.finish(0.1) and not self._stop.is_set():
-                    pass
+                lane.finish()  # stop() closes the lane, which ends the wait
             self._close(lane)
         self._set(SourceState.STOPPED)
 
@@ -291,8 +289,6 @@ class SourceWorker:
         if not lane.close(timeout=5.0):
             log.warning("stream %s: its frame worker is still busy; leaving it", self.stream_id)
             return
-        if self._own_pool:
-            self.pool.stop()
         tracker, self.tracker = self.tracker, None
         if tracker is not None:
             self._end_tracker(tracker)

@@ -26,29 +26,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Generic, TypeVar
+from typing import Generic, TypeVar
 
 from streamer.buffers import QueueMetrics
-from streamer.cpus import cpu_budget
-
-if TYPE_CHECKING:
-    from streamer.config import Settings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LANE_FRAMES = 2  # frames a lane holds for its worker (decoded pictures: ~0.5-1.4 MB each)
 NOT_READY_POLL_S = 0.01  # a worker with frames only for lanes without room looks again
-
-
-def frame_workers(settings: Settings, batched_detection: bool) -> int:
-    """``DFM_FRAME_WORKERS``, or: twice the CPUs (at least 4), since a worker also waits
-    (for the GIL, a lane with no room); with batched detection, twice a detection batch,
-    so that the frames of enough streams wait for the detection stage together."""
-    if settings.frame_workers is not None:
-        return settings.frame_workers
-    workers = max(4, 2 * cpu_budget())
-    return max(workers, 2 * settings.detect_batch) if batched_detection else workers
 
 
 class Lane(Generic[T]):
