@@ -34,7 +34,8 @@ test: setup lint
 ## check: the edit loop: lint, types, and the unit tests of pure logic (under a minute).
 UNIT = tests/test_service_units.py tests/test_shedding.py tests/test_buffers.py \
        tests/test_streams.py tests/test_urls.py tests/test_blend.py tests/test_datasets.py \
-       tests/test_architecture.py tests/test_docs.py tests/test_calibrate.py tests/test_pool.py
+       tests/test_architecture.py tests/test_docs.py tests/test_calibrate.py tests/test_pool.py \
+       tests/test_crops.py
 check: setup lint
 	$(BIN)/python -m pytest -q $(UNIT)
 

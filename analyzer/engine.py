@@ -1,8 +1,9 @@
 """Batched inference: the backbone once per face crop, the LSTM head once per window.
 
-Crops come in as 112x112 RGB uint8 arrays (what :mod:`analyzer.faces` makes); the engine
-converts them to the checkpoint's colour order and normalisation, so preprocessing is the
-same for training, scanning and serving. On CUDA it runs channels_last under bf16
+Crops come in as 112x112 RGB uint8 arrays (what :mod:`analyzer.faces` makes), or as
+tensors already on the device (what :mod:`analyzer.crops` cuts); the engine converts them
+to the checkpoint's colour order and normalisation, so preprocessing is the same for
+training, scanning and serving. On CUDA it runs channels_last under bf16
 autocast; on the CPU in fp32. Scores are ``softmax(logits / T)[FAKE]`` with the
 checkpoint's calibrated temperature ``T`` (1 when it has none). Results go back as float32
 numpy arrays.
@@ -86,7 +87,10 @@ class Engine:
         if crops.shape[1:3] != (size, size):
             raise ValueError(f"crops must be {size}x{size}, got {crops.shape[1]}x{crops.shape[2]}")
         x = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2)
+        return self.normalise(x.permute(0, 3, 1, 2))
+
+    def normalise(self, x: Tensor) -> Tensor:
+        """(N, 3, H, W) RGB in 0..255 on the device -> the model's input."""
         if self._bgr:
             x = x.flip(1)
         x = (x.float() - self._mean) / self._std
@@ -104,6 +108,16 @@ class Engine:
             return np.zeros((0, self.feature_dim), np.float32)
         with self._autocast():
             feats = self.model.features(self.prepare(crops))
+        return feats.float().cpu().numpy()
+
+    @torch.inference_mode()
+    def backbone_on_device(self, crops: Tensor) -> np.ndarray:
+        """(N, 3, H, W) RGB crops in 0..255 already on the device (what
+        :func:`analyzer.crops.crop_on_device` cuts) -> (N, F) float32 features."""
+        if len(crops) == 0:
+            return np.zeros((0, self.feature_dim), np.float32)
+        with self._autocast():
+            feats = self.model.features(self.normalise(crops.to(self.device)))
         return feats.float().cpu().numpy()
 
     @torch.inference_mode()

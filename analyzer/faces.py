@@ -180,14 +180,20 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def crop_face(rgb: np.ndarray, box: Box, *, margin: float, size: int) -> np.ndarray:
-    """Square crop around ``box`` grown by ``margin``; outside the frame is black."""
-    h, w = rgb.shape[:2]
-    cx, cy = (box[0] + box[2]) / 2 * w, (box[1] + box[3]) / 2 * h
-    side = max((box[2] - box[0]) * w, (box[3] - box[1]) * h) * (1.0 + margin)
+def square(box: Box, width: int, height: int, margin: float) -> tuple[int, int, int]:
+    """The crop's square in pixels, ``(x0, y0, side)``: centred on ``box``, its longer
+    side grown by ``margin``; it may reach outside the frame."""
+    cx, cy = (box[0] + box[2]) / 2 * width, (box[1] + box[3]) / 2 * height
+    side = max((box[2] - box[0]) * width, (box[3] - box[1]) * height) * (1.0 + margin)
     side = max(side, 2.0)
-    x0, y0 = round(cx - side / 2), round(cy - side / 2)
-    s = round(side)
+    return round(cx - side / 2), round(cy - side / 2), round(side)
+
+
+def crop_face(rgb: np.ndarray, box: Box, *, margin: float, size: int) -> np.ndarray:
+    """Square crop around ``box`` grown by ``margin``; outside the frame is black.
+    (:func:`analyzer.crops.crop_on_device` cuts the same square from frames on a device.)"""
+    h, w = rgb.shape[:2]
+    x0, y0, s = square(box, w, h, margin)
     sx0, sy0, sx1, sy1 = max(0, x0), max(0, y0), min(w, x0 + s), min(h, y0 + s)
     patch = np.zeros((s, s, 3), np.uint8)
     if sx1 > sx0 and sy1 > sy0:

@@ -559,21 +559,24 @@ def stage_bench(work: Path, *, device: str, quick: bool) -> dict[str, Any]:
     start = time.perf_counter()
     frames = [rgb for _, (_, rgb) in zip(range(count), decode(str(clip)), strict=False)]
     decode_ms = (time.perf_counter() - start) * 1000 / len(frames)
-    crops: list[np.ndarray] = []
     cpu = torch.device("cpu")  # detection and tracking run on the host
     with BlazeFaceDetector() as det:
         theirs = [det.detect(rgb) for rgb in frames]  # also the warm-up
         detect_s = timed(lambda: [det.detect(rgb) for rgb in frames], cpu, repeats=1)
         tracker = FaceTracker(det, detect_every=3)
+        tracked: list[list[Any]] = []
         track_s = timed(  # one pass, whose crops feed the backbone below
-            lambda: crops.extend(c.crop for f in frames for c in tracker.update(f).crops),
+            lambda: tracked.extend(tracker.update(f).crops for f in frames),
             cpu,
             repeats=1,
             warmup=0,
         )
+        crops = [c.crop for faces in tracked for c in faces]
     engine = Engine(random_model(), device)
     detectors = torch_detect_bench(frames, theirs, engine)
     engine = Engine(random_model(), device)
+    boxes = [(i, c.box) for i, faces in enumerate(tracked) for c in faces]
+    cropping = crop_bench(frames, boxes, engine.device, tracker.margin, tracker.crop_size)
     batch = np.stack((crops * 32)[:32])
     reps = 1 if quick else 3
     backbone_s = timed(lambda: engine.backbone(batch), engine.device, repeats=reps)
@@ -597,7 +600,45 @@ def stage_bench(work: Path, *, device: str, quick: bool) -> dict[str, Any]:
             "head_per_window": head_s * 1000 / len(windows),
         },
         "detectors": detectors,
+        "crops": cropping,
         "ring_memory": ring_memory(engine.feature_dim),
+    }
+
+
+def crop_bench(
+    frames: list[np.ndarray], boxes: list[tuple[int, Any]], device: torch.device,
+    margin: float, size: int,
+) -> dict[str, Any]:  # fmt: skip
+    """The tracker's crops of ``frames`` cut on the host (OpenCV, one at a time) and on
+    the engine's device (``roi_align``, every crop of 32 frames in one call, the frames
+    already there, as a GPU decoder leaves them); crops per second each, and the bytes a
+    frame and its crops would take to the device."""
+    from analyzer.bench import timed
+    from analyzer.crops import crop_on_device
+    from analyzer.faces import crop_face
+
+    host_s = timed(
+        lambda: [crop_face(frames[i], box, margin=margin, size=size) for i, box in boxes],
+        torch.device("cpu"),
+        repeats=1,
+    )
+    stacked = torch.from_numpy(np.stack(frames)).to(device)
+    chunks = [(range(i, min(i + 32, len(frames))), [(k - i, b) for k, b in boxes
+               if i <= k < i + 32]) for i in range(0, len(frames), 32)]  # fmt: skip
+    device_s = timed(
+        lambda: [
+            crop_on_device(stacked[r.start : r.stop], bs, margin=margin, size=size)
+            for r, bs in chunks
+        ],  # fmt: skip
+        device,
+        repeats=1,
+    )
+    return {
+        "crops": len(boxes),
+        "host_crops_per_s": len(boxes) / host_s,
+        "device_crops_per_s": len(boxes) / device_s,
+        "frame_bytes": int(frames[0].nbytes),
+        "crop_bytes": size * size * 3,
     }
 
 
@@ -795,6 +836,14 @@ def format_report(result: dict[str, Any]) -> str:
                 f"mean batch {d['batch']:.1f}), same face count on "
                 f"{d['same_count_share'] * 100:.0f}% of frames, worst IoU {d['worst_iou']:.3f}"
             )
+        c = stages["crops"]
+        lines += [
+            f"  crops, {c['crops']} of them: on the host (OpenCV, one at a time) "
+            f"{c['host_crops_per_s']:.0f}/s; on the device (roi_align, 32 frames a call, "
+            f"frames already there) {c['device_crops_per_s']:.0f}/s "
+            f"({c['device_crops_per_s'] / c['host_crops_per_s']:.2f}x); a crop is "
+            f"{c['crop_bytes'] / 1e3:.0f} kB, its frame {c['frame_bytes'] / 1e6:.2f} MB",
+        ]
         lines.append("  face rings of one stream after 150 frames (tracemalloc):")
         for r in stages["ring_memory"]:
             lines.append(
