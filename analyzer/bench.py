@@ -86,13 +86,19 @@ class EngineRow:
     items_per_s: float
     ms_per_item: float
     tflops: float
+    mode: str = "eager"  # or compiled: "inductor", "inductor + CUDA graphs"
+    compile_s: float = 0.0  # the first call's time, compiling included
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
-def engine_bench(device: str, *, batches: list[int], quick: bool) -> dict[str, Any]:
-    """Backbone crops/s and head windows/s by batch size, dtype and memory format."""
+def engine_bench(
+    device: str, *, batches: list[int], quick: bool, compiled: list[int] | None = None
+) -> dict[str, Any]:
+    """Backbone crops/s and head windows/s by batch size, dtype and memory format; at the
+    batch sizes in ``compiled``, the served variant's backbone through ``torch.compile``
+    too (and with CUDA graphs on CUDA), each batch size compiled for its own shape."""
     loaded = random_model()
     engine = Engine(loaded, device)
     dev = engine.device
@@ -136,6 +142,8 @@ def engine_bench(device: str, *, batches: list[int], quick: bool) -> dict[str, A
                     counted["backbone_flops_per_frame"],
                 )
             )
+    if compiled:
+        rows += compiled_rows(engine, compiled, counted["backbone_flops_per_frame"], repeats)
     # The engine path as the service calls it: uint8 crops in, numpy features out.
     engine.model = engine.model.to(
         memory_format=torch.channels_last if engine.cuda else torch.contiguous_format
@@ -149,7 +157,7 @@ def engine_bench(device: str, *, batches: list[int], quick: bool) -> dict[str, A
 
         sec = timed(run_engine, dev, repeats=repeats)
         engine_rows.append({"batch": b, "crops_per_s": b / sec})
-    for b in [w for w in batches if w <= 64]:
+    for b in [w for w in batches if w <= 256]:  # the batcher's head batch goes to 256
         windows = [rng.standard_normal((WINDOW, FEATURES)).astype(np.float32) for _ in range(b)]
 
         def run_head(w: list[np.ndarray] = windows) -> None:
@@ -170,7 +178,9 @@ def engine_bench(device: str, *, batches: list[int], quick: bool) -> dict[str, A
     best_raw = max(
         r.items_per_s
         for r in rows
-        if r.stage == "backbone" and r.dtype == ("bfloat16" if engine.cuda else "float32")
+        if r.stage == "backbone"
+        and r.mode == "eager"
+        and r.dtype == ("bfloat16" if engine.cuda else "float32")
     )
     best_engine = max(r["crops_per_s"] for r in engine_rows)
     return {
@@ -186,6 +196,43 @@ def engine_bench(device: str, *, batches: list[int], quick: bool) -> dict[str, A
             if r.stage == "backbone"
         ),
     }
+
+
+def compiled_rows(engine: Engine, batches: list[int], flop: float, repeats: int) -> list[EngineRow]:
+    """The backbone as the engine runs it (bf16 autocast and channels_last on CUDA, fp32
+    on the CPU) through ``torch.compile`` (inductor), and on CUDA also with CUDA graphs
+    (``mode="reduce-overhead"``); ``dynamic=False``, so each batch size is its own graph."""
+    dev = engine.device
+    modes = {"inductor": "default"}
+    if engine.cuda:
+        modes["inductor + CUDA graphs"] = "reduce-overhead"
+    dtype = torch.bfloat16 if engine.cuda else torch.float32
+    fmt = torch.channels_last if engine.cuda else torch.contiguous_format
+    model = engine.model.to(memory_format=fmt)
+    rows = []
+    for name, mode in modes.items():
+        torch._dynamo.reset()
+        fn = torch.compile(model.features, mode=mode, dynamic=False)
+        for b in batches:
+            x = torch.randn(b, 3, 112, 112, device=dev).contiguous(memory_format=fmt)
+
+            def run(x: torch.Tensor = x, fn: Callable[..., Any] = fn) -> None:
+                with (
+                    torch.inference_mode(),
+                    torch.autocast(dev.type, dtype=dtype, enabled=engine.cuda),
+                ):
+                    fn(x)
+
+            start = time.perf_counter()
+            run()
+            _sync(dev)
+            first = time.perf_counter() - start
+            sec = timed(run, dev, repeats=repeats, warmup=2)  # CUDA graphs record on the 2nd
+            row = _row("backbone", b, str(dtype).removeprefix("torch."), engine.cuda, b / sec,
+                       flop)  # fmt: skip
+            row.mode, row.compile_s = name, first
+            rows.append(row)
+    return rows
 
 
 def _row(stage: str, batch: int, dtype: str, cl: bool, per_s: float, flop: float) -> EngineRow:

@@ -8,10 +8,12 @@ scripts/gpu_check.sh runs once the machine has what it needs.
 Parts, in this order, each written as soon as it ends (so a run cut short keeps what it
 measured): the engine table (backbone and head; fp32, bf16, channels_last; batches up to
 512), the stages (MediaPipe on the host against the PyTorch BlazeFace batched on the GPU;
-host against device crops), the frame pool with 64 streams, and the pipeline with N
-one-face 480p streams doubling from 1 up to 1,024, stopping at the first N that drops a
-frame or misses p99 <= 1 s. OUT_DIR/PART.json holds each part's figures, OUT_DIR/bench.txt
-the tables, which are printed too. Not part of `make test`: it needs a GPU.
+host against device crops), the frame pool with 64 streams, the pipeline with N one-face
+480p streams doubling from 1 up to 1,024, stopping at the first N that drops a frame or
+misses p99 <= 1 s, and last the backbone at batches 32 and 256 eager against torch.compile
+and torch.compile with CUDA graphs (compiling takes longest, so a run cut off there keeps
+the rest). OUT_DIR/NAME.json holds each part's figures, OUT_DIR/bench.txt the tables,
+which are printed too. Not part of `make test`: it needs a GPU.
 """
 
 from __future__ import annotations
@@ -26,22 +28,14 @@ import torch
 
 from streamer.cli import main as cli
 
+PIPELINE = "--configs 480p:1 --max-streams 1024 --p99-ms 1000 --seconds 6 --warmup 4"
+# name: (bench part, its options on CUDA, its options with --quick)
 PARTS = {
-    "engine": ["--batches", "1,8,32,64,128,256,512"],
-    "stages": [],
-    "frontend": ["--streams", "64", "--seconds", "8", "--warmup", "3"],
-    "pipeline": [
-        "--configs",
-        "480p:1",
-        "--max-streams",
-        "1024",
-        "--p99-ms",
-        "1000",
-        "--seconds",
-        "6",
-        "--warmup",
-        "4",
-    ],  # fmt: skip
+    "engine": ("engine", "--batches 1,8,32,64,128,256,512", "--quick"),
+    "stages": ("stages", "", "--quick"),
+    "frontend": ("frontend", "--streams 64 --seconds 8 --warmup 3", "--quick"),
+    "pipeline": ("pipeline", PIPELINE, "--quick"),
+    "compiled": ("engine", "--batches 32,256 --compile 32,256", "--quick --compile 1"),
 }
 
 
@@ -62,14 +56,14 @@ def run() -> int:
     report.write_text(f"gpu_bench on {name}, torch {torch.__version__}\n")
     started = time.monotonic()
     code = 0
-    for part, extra in PARTS.items():
+    for label, (part, full, short) in PARTS.items():
         began = time.monotonic()
         buffer = io.StringIO()
-        argv = ["bench", "--device", device, "--parts", part, "--out", str(out / f"{part}.json"),
-                "--work", str(out / "clips"), *(["--quick"] if quick else extra)]  # fmt: skip
+        argv = ["bench", "--device", device, "--parts", part, "--out", str(out / f"{label}.json"),
+                "--work", str(out / "clips"), *(short if quick else full).split()]  # fmt: skip
         with contextlib.redirect_stdout(buffer):
             code = cli(argv) or code
-        text = buffer.getvalue() + f"({part}: {time.monotonic() - began:.0f} s)\n"
+        text = buffer.getvalue() + f"({label}: {time.monotonic() - began:.0f} s)\n"
         with report.open("a") as f:
             f.write(text)
         print(text, flush=True)

@@ -13,13 +13,15 @@
 # DIR`, 3 MB) in DFM_PHOTOS_DIR. The check installs the wheels with `pip install
 # --no-index`, then runs scripts/gpu_bench.py: the device; the engine table (backbone and
 # head; fp32, bf16, channels_last; batches 1 to 512); the detector's frames/s (MediaPipe
-# on the host against the PyTorch BlazeFace batched on the GPU); the frame pool with 64
-# streams; and the pipeline with N one-face 480p streams doubling from 1 up to 1,024,
-# stopping at the first N that drops frames or misses p99 <= 1 s. Streams are looped
-# files demuxed and decoded on the host (a reader thread each), so at some N it is the
-# node's CPUs, not the GPU, that stop it; the report says which stage was busiest.
-# Not measured by it yet (issue 21, not built): torch.compile / CUDA graphs / TensorRT
-# rows, and NVDEC's frames/s (there is no DFM_DECODE=nvdec yet).
+# on the host against the PyTorch BlazeFace batched on the GPU) and crops on the host
+# against crops cut on the GPU; the frame pool with 64 streams; the pipeline with N
+# one-face 480p streams doubling from 1 up to 1,024, stopping at the first N that drops
+# frames or misses p99 <= 1 s; and last the backbone eager against torch.compile and
+# torch.compile with CUDA graphs at batches 32 and 256. Streams are looped files demuxed
+# and decoded on the host (a reader thread each), so at some N it is the node's CPUs, not
+# the GPU, that stop it; the pipeline table's CPU seconds per stage say which.
+# Not in it: TensorRT (torch-tensorrt and TensorRT's libraries are far over 64 MiB) and
+# NVDEC's frames/s (there is no DFM_DECODE=nvdec yet).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

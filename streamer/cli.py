@@ -111,6 +111,13 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--quick", action="store_true", help="a few seconds: a smoke test")
     bench.add_argument("--batches", default=None, help="backbone batch sizes, e.g. 1,8,32,64")
+    bench.add_argument(
+        "--compile",
+        default="",
+        metavar="BATCHES",
+        help="engine part: these batch sizes also through torch.compile (and CUDA graphs on "
+        "CUDA), e.g. 32,256",
+    )
     bench.add_argument("--hops", default="15,30,75", help="hops for the baseline")
     bench.add_argument("--seconds", type=float, default=15.0, help="pipeline run length")
     bench.add_argument("--warmup", type=float, default=5.0, help="pipeline warm-up")
@@ -269,6 +276,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         else:
             batches = [1, 8, 32, 64, 128, 256, 512] if gpu else [1, 8, 32, 64]
         hops = [int(h) for h in args.hops.split(",")] if not args.quick else [75]
+        compiled = [int(b) for b in args.compile.split(",")] if args.compile else []
         configs = [
             (c.split(":")[0], int(c.split(":")[1]))
             for c in (args.configs or ("480p:1" if args.quick else "480p:1,720p:1,480p:4")).split(
@@ -276,13 +284,17 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             )
         ]
     except (ValueError, IndexError):
-        raise UsageError("--batches, --hops and --configs take comma-separated values") from None
+        raise UsageError(
+            "--batches, --compile, --hops and --configs take comma-separated values"
+        ) from None
     bad = [s for s, f in configs if s not in SIZES or not 1 <= f <= 4]
     if bad:
         raise UsageError(f"--configs: sizes are {', '.join(SIZES)} and faces 1-4")
     result: dict[str, object] = {"torch": torch.__version__, "quick": args.quick}
     if "engine" in parts:
-        result["engine"] = engine_bench(args.device, batches=batches, quick=args.quick)
+        result["engine"] = engine_bench(
+            args.device, batches=batches, quick=args.quick, compiled=compiled
+        )
     if "baseline" in parts:
         streams = 1 if args.quick else 2
         result["baseline"] = baseline_bench(
