@@ -246,7 +246,9 @@ def evidence_bench(folder: Path, *, device: str, quick: bool) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     clip = make_clip(folder, "480p", 1)
     streams = 8 if device != "cpu" and torch.cuda.is_available() else 1  # what keeps up
-    seconds, warmup = (2.0, 2.5) if quick else (30.0, 10.0)
+    # Quick: long enough for a record to be written within the measured seconds on a busy
+    # 2-core machine (a window of 1 s, then a heat map of 0.5-1 s, more when contended).
+    seconds, warmup = (3.0, 3.0) if quick else (30.0, 10.0)
     window, hop = (30, 15) if quick else (150, 30)
     rows = []
     with tempfile.TemporaryDirectory(prefix="dfm-bench-evidence-") as spool:
