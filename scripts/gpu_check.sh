@@ -32,12 +32,9 @@ MODULES="torch torchvision numpy mediapipe tflite av pydantic pydantic_settings 
 skimage fastapi starlette uvicorn prometheus_client aiortc aiokafka kornia httpx cv2
 matplotlib sklearn"
 
-missing() {
-  local m out=""
-  for m in $MODULES; do
-    "$PY" -c "import $m" >/dev/null 2>&1 || out="$out $m"
-  done
-  echo "${out# }"
+missing() {  # the modules of $MODULES that this Python cannot find (none imported)
+  "$PY" -c 'import importlib.util, sys
+print(" ".join(m for m in sys.argv[1:] if importlib.util.find_spec(m) is None))' $MODULES
 }
 
 if [[ "${1:-}" == "--probe" ]]; then

@@ -1,0 +1,50 @@
+"""scripts/gpu_check.sh, as far as it goes without a GPU: it names what a machine lacks,
+refuses to start without it, and reaches the benchmark, which refuses without CUDA.
+(``scripts/gpu_check.sh OUT --quick`` runs every part on the CPU; too long for here.)"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = str(ROOT / "scripts" / "gpu_check.sh")
+
+
+def check(*args: str, python: str = sys.executable, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [SCRIPT, *args],
+        env={**os.environ, "PYTHON": python, "CUDA_VISIBLE_DEVICES": "", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_the_probe_names_what_a_machine_lacks(tmp_path):
+    here = check("--probe")
+    assert here.returncode == 0 and "missing: \n" in here.stdout, here.stdout + here.stderr
+    assert "torch 2." in here.stdout
+    # A Python without site-packages: the machine has nothing but the standard library.
+    bare = tmp_path / "python"
+    bare.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
+    bare.chmod(0o755)
+    lacking = check("--probe", python=str(bare))
+    assert lacking.returncode == 0 and "torch: missing" in lacking.stdout
+    assert "missing: torch torchvision numpy mediapipe" in lacking.stdout
+    # The check itself stops at once, naming them and the fix.
+    stopped = check(str(tmp_path / "out"), python=str(bare), DFM_WHEELS=str(tmp_path / "none"))
+    assert stopped.returncode == 2
+    assert "missing imports (torch torchvision" in stopped.stderr
+    assert "run --probe" in stopped.stderr
+
+
+def test_without_a_gpu_the_check_gets_as_far_as_the_benchmark(tmp_path):
+    result = check(str(tmp_path / "out"))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "CPUs: " in result.stdout  # set-up passed: imports and photos found
+    assert "no CUDA device visible; run it on a GPU machine" in result.stderr
+    usage = check(str(tmp_path / "out"), "--fast")
+    assert usage.returncode == 2 and "--probe" in usage.stderr
