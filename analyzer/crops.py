@@ -43,9 +43,10 @@ def crop_on_device(
         x0, y0, side = square(box, width, height, margin)
         # +1: the border added below
         rois.append((float(index), x0 + 1.0, y0 + 1.0, x0 + side + 1.0, y0 + side + 1.0))
-    dtype = torch.float16 if frames.is_cuda else torch.float32
-    planes = F.pad(frames.permute(0, 3, 1, 2).to(dtype), (1, 1, 1, 1))
-    roi = torch.tensor(rois, dtype=dtype, device=frames.device)
+    # float32 (roi_align takes the boxes in the frames' dtype, and float16 would round the
+    # corners of a 4K frame to 2 pixels)
+    planes = F.pad(frames.permute(0, 3, 1, 2).float(), (1, 1, 1, 1))
+    roi = torch.tensor(rois, dtype=torch.float32, device=frames.device)
     crops = roi_align(planes, roi, (size, size), spatial_scale=1.0, sampling_ratio=-1,
                       aligned=True)  # fmt: skip
     return crops.float()
