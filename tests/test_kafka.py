@@ -249,6 +249,35 @@ def test_verdicts_stay_whole_through_broker_restarts_and_a_faulty_network(topics
             assert took < promised + 10
 
 
+async def test_a_partition_without_a_leader_keeps_the_producers_records():
+    """After a broker restart a partition has no leader for a while. aiokafka fails a batch
+    that waited longer than its request timeout for one, even with idempotence, though an
+    earlier attempt may have been written (its response lost to the restart); the sink
+    would then send it again as a new record: a verdict twice in the topic, which
+    test_verdicts_stay_whole_through_broker_restarts_and_a_faulty_network caught once. The
+    sink's producer keeps such a batch and retries it with its own sequence number."""
+    from aiokafka.structs import TopicPartition
+
+    from streamer.config import load_settings
+    from streamer.metrics import Metrics
+    from streamer.sinks.kafka import KafkaSink
+
+    sink = KafkaSink(load_settings(kafka_bootstrap="127.0.0.1:1"), Metrics())
+    producer = sink.new_producer()  # not started: no broker needed
+    try:
+        tp = TopicPartition("deepfake.verdicts", 0)
+        acc = producer._message_accumulator
+        fut = await acc.add_message(tp, b"cam", b"{}", timeout=1)
+        acc._cluster.leader_for_partition = lambda _tp: -1  # electing one
+        for batch in acc._batches[tp]:
+            batch._retry_count = 1  # sent once already, its response lost to the restart
+            batch._ctime -= 600  # ten minutes without a leader since
+        acc.drain_by_nodes(ignore_nodes=set())
+        assert not fut.done(), fut.exception()
+    finally:
+        await producer.stop()
+
+
 @pytest.mark.slow
 def test_a_replica_joining_and_leaving_restarts_only_the_streams_that_move(
     broker, topics, clip, tmp_path

@@ -8,7 +8,8 @@ drop-oldest :class:`~streamer.buffers.BoundedBuffer` (queue ``kafka_verdicts``,
 Delivery is pipelined: up to ``in_flight`` verdicts are handed to the producer at once
 (it batches them, with up to 5 requests in flight per broker) and their acknowledgements
 are awaited in order. No record is ever given up while aiokafka still retries it (sending
-it again could write it twice). A record that fails goes back to the front of the buffer
+it again could write it twice), and aiokafka gives none up for want of a partition leader
+(:meth:`KafkaSink.new_producer`). A record that fails goes back to the front of the buffer
 with the ones after it that did not reach the broker, in their order, and is sent again
 after a backoff; with the idempotent producer a partition takes no record after one of
 its own that failed, so each stream's verdicts stay in order and none is written twice.
@@ -30,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import random
 
 from aiokafka import AIOKafkaProducer
@@ -142,17 +144,31 @@ class KafkaSink:
             verdict.seq,
         )
 
+    def new_producer(self) -> AIOKafkaProducer:
+        """An idempotent producer (not started) whose records wait for a partition leader
+        for as long as it takes."""
+        producer = AIOKafkaProducer(
+            **client_options(self.settings),
+            enable_idempotence=True,
+            acks="all",
+            compression_type="gzip",
+            linger_ms=0,
+            request_timeout_ms=5000,
+        )
+        # aiokafka fails a batch that has waited longer than the request timeout for a
+        # partition leader (after a broker restart, while one is elected), idempotence or
+        # not, though an earlier attempt of it may have been written with its response
+        # lost; sent again, it would be a verdict twice in the topic. Such a batch waits
+        # for the leader instead and is retried with its own sequence number, which the
+        # broker writes once. Private (aiokafka has no setting for it); tests/test_kafka.py
+        # checks it.
+        producer._message_accumulator._batch_ttl = math.inf
+        return producer
+
     async def _connect(self) -> AIOKafkaProducer:
         backoff, attempt = Backoff(0.5, 10.0), 0
         while True:
-            producer = AIOKafkaProducer(
-                **client_options(self.settings),
-                enable_idempotence=True,
-                acks="all",
-                compression_type="gzip",
-                linger_ms=0,
-                request_timeout_ms=5000,
-            )
+            producer = self.new_producer()
             try:
                 await producer.start()
                 return producer
