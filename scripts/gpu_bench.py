@@ -40,8 +40,8 @@ PARTS = {
 
 
 def run() -> int:
+    quick = "--quick" in sys.argv[1:]
     args = [a for a in sys.argv[1:] if a != "--quick"]
-    quick = len(args) != len(sys.argv) - 1
     if len(args) != 1:
         print(__doc__, file=sys.stderr)
         return 2
