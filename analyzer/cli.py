@@ -163,6 +163,19 @@ def add_commands(sub: Any) -> None:
         help="share of training clips, REAL and FAKE alike, blurred as a whole (0-1)",
     )
     tr.add_argument(
+        "--blend",
+        choices=["fixed", "varied"],
+        default="fixed",
+        help="self-blends of one kind (a soft copy stepped in colour) or varied (colour, "
+        "detail, noise, mask shape and blend ratio drawn at random)",
+    )
+    tr.add_argument(
+        "--recompress",
+        type=share,
+        default=0.0,
+        help="share of training clips, REAL and FAKE alike, JPEG-compressed again (0-1)",
+    )
+    tr.add_argument(
         "--calibration-window", type=positive_int, default=150,
         help="frames per window the temperature is fitted at on the validation clips when "
         "training ends (the service's window; shorter clips: their length)",
@@ -325,6 +338,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         pairs=args.pairs,
         self_blend=args.self_blend,
         soften=args.soften,
+        blend=args.blend,
+        recompress=args.recompress,
         calibration_window=args.calibration_window,
         version=args.model_version,
         training_data=(args.training_data + "; " if args.training_data else "")

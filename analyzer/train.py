@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from analyzer.blend import self_blend, soften
+from analyzer.blend import recompress, self_blend, soften, varied_blend
 from analyzer.calibrate import SERVED_WINDOW, calibrate_checkpoint
 from analyzer.datasets import Item
 from analyzer.engine import pick_device
@@ -70,6 +70,12 @@ class TrainConfig:
     # Share of training clips blurred as a whole, REAL and FAKE alike: a face pasted at a
     # low resolution is softer than its frame, and a soft frame alone must not read as FAKE.
     soften: float = 0.0
+    # How the self-blended twins are made: "fixed" (blend.self_blend: a soft copy stepped
+    # in colour, synth's marks) or "varied" (blend.varied_blend: a random mix of changes,
+    # mask shapes and blend ratios; what carries to other manipulations).
+    blend: Literal["fixed", "varied"] = "fixed"
+    # Share of training clips JPEG-compressed frame by frame, REAL and FAKE alike.
+    recompress: float = 0.0
     training_data: str = ""
     version: str = "trained"
     # Window the temperature is fitted at (the service's; shorter validation clips: theirs).
@@ -237,10 +243,13 @@ def train(
                 )
                 if pick.any():
                     chosen = x[torch.from_numpy(pick).to(device)]
-                    x = torch.cat([x, self_blend(chosen, blend_gen)])
+                    blend = varied_blend if config.blend == "varied" else self_blend
+                    x = torch.cat([x, blend(chosen, blend_gen)])
                     labels = np.concatenate([labels, np.zeros(int(pick.sum()), labels.dtype)])
             if config.soften > 0:
                 x = soften(x, config.soften, blend_gen)
+            if config.recompress > 0:
+                x = recompress(x, config.recompress, blend_gen)
             if augment is not None:
                 x = augment(x).clamp(0, 1)
             x = (x - mean) / std
