@@ -183,7 +183,16 @@ def add_commands(sub: Any) -> None:
     tr.add_argument("--model-version", default="trained", help="version written in verdicts")
     tr.add_argument("--training-data", default=None, help="what the data was, for the metadata")
     tr.add_argument("--device", default=os.environ.get("DFM_DEVICE", "auto"))
-    tr.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+    start = tr.add_mutually_exclusive_group()
+    start.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+    start.add_argument(
+        "--init",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="fine-tune: start from CHECKPOINT's weights with a fresh optimizer, its history "
+        "carried on (epochs count on from its last)",
+    )
 
     ca = sub.add_parser("calibrate", help="fit a checkpoint's temperature on labelled clips")
     ca.add_argument("manifest", type=Path, metavar="MANIFEST", help="manifest.csv of preprocess")
@@ -368,6 +377,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             args.out_dir,
             config,
             resume=args.resume,
+            init=args.init,
             progress=report,
             on_batch=on_batch,
         )

@@ -35,6 +35,7 @@ from analyzer.errors import DataError
 from analyzer.model import (
     BACKBONE_FEATURES,
     MODEL_NAME,
+    LoadedModel,
     ModelMeta,
     VideoClassifier,
     fetch_imagenet_backbone,
@@ -155,11 +156,14 @@ def train(
     config: TrainConfig,
     *,
     resume: bool = False,
+    init: Path | None = None,
     progress: Callable[[dict[str, float]], None] | None = None,
     on_batch: Callable[[int, float, float], None] | None = None,
 ) -> list[dict[str, float]]:
     """Train; returns the per-epoch history (also stored in every checkpoint).
 
+    ``init`` starts from another checkpoint's weights (a fine-tune) with a fresh optimizer:
+    its history carries on, and epochs count on from its last, as ``resume`` would.
     ``progress`` gets each epoch's history row; ``on_batch`` gets, after each training
     batch, its number of clips and the epoch's running loss and accuracy.
     """
@@ -178,21 +182,26 @@ def train(
         lstm_hidden=config.lstm_hidden,
     )
     model = VideoClassifier.for_meta(meta)
+    if init is not None and resume:
+        raise DataError("--init starts a new run and --resume continues one; give one of them")
     resuming = resume and (out / "last.pt").is_file()
-    if not resuming:  # else the weights come from last.pt, which says where it started
+    inherited: list[dict[str, float]] = []
+    if init is not None:
+        started, inherited = _fine_tuned(model, meta, init)
+        meta = meta.model_copy(update={"initial_weights": started})
+    elif not resuming:  # else the weights come from last.pt, which says where it started
         meta = meta.model_copy(update={"initial_weights": _initial_weights(model, config)})
     train_set = ClipSet(train_items, config.frames)  # after the weights: offline fails at once
     val_set = ClipSet(val_items, config.frames)
     history: list[dict[str, float]] = []
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     start_epoch = 0
+    if init is not None:
+        history, start_epoch = inherited, len(inherited)
+        rng.seed(config.seed + start_epoch)
+        log.info("fine-tuning %s after its epoch %d", init, start_epoch)
     if resuming:
-        loaded = load_checkpoint(out / "last.pt")
-        if (loaded.meta.backbone, loaded.meta.hidden) != (meta.backbone, meta.hidden):
-            raise DataError(
-                f"{out / 'last.pt'} holds a {loaded.meta.backbone} LSTM{loaded.meta.hidden}; "
-                f"resume with --backbone {loaded.meta.backbone} --lstm-hidden {loaded.meta.hidden}"
-            )
+        loaded = _same_shape(out / "last.pt", meta, "resume")
         model.load_state_dict(loaded.model.state_dict())
         history = list(loaded.meta.history)
         meta = meta.model_copy(update={"initial_weights": loaded.meta.initial_weights})
@@ -314,6 +323,28 @@ def _calibrate(out: Path, val_set: ClipSet, config: TrainConfig) -> None:
                 data=f"validation clips ({len(labels)})",
                 device=config.device,
             )
+
+
+def _same_shape(path: Path, meta: ModelMeta, verb: str) -> LoadedModel:
+    """The checkpoint at ``path``, refused unless it is the model ``meta`` describes."""
+    loaded = load_checkpoint(path)
+    if (loaded.meta.backbone, loaded.meta.hidden) != (meta.backbone, meta.hidden):
+        raise DataError(
+            f"{path} holds a {loaded.meta.backbone} LSTM{loaded.meta.hidden}; "
+            f"{verb} with --backbone {loaded.meta.backbone} --lstm-hidden {loaded.meta.hidden}"
+        )
+    return loaded
+
+
+def _fine_tuned(
+    model: VideoClassifier, meta: ModelMeta, init: Path
+) -> tuple[str, list[dict[str, float]]]:
+    """Load ``init``'s weights into ``model``; returns what the new checkpoint started from
+    and the history it carries on."""
+    loaded = _same_shape(init, meta, "fine-tune it")
+    model.load_state_dict(loaded.model.state_dict())
+    started = f"checkpoint:{init.name} ({loaded.meta.version}, from {loaded.meta.initial_weights})"
+    return started, list(loaded.meta.history)
 
 
 def _initial_weights(model: VideoClassifier, config: TrainConfig) -> str:

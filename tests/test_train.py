@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from analyzer.model import load_checkpoint
 from analyzer.train import TrainConfig, epoch_lr
@@ -42,6 +43,27 @@ def test_short_training_lowers_the_loss_and_resumes(manifest, tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "epoch 4/4" in again.stderr and "epoch 1/4" not in again.stderr
     assert [h["epoch"] for h in load_checkpoint(out / "last.pt").meta.history] == [1, 2, 3, 4]
+
+    # A fine-tune starts from the weights of a checkpoint, counting its epochs on: at a
+    # learning rate too small to move them, one epoch later they are still its weights.
+    tuned = tmp_path / "tuned"
+    init = ["--init", str(out / "last.pt")]
+    slow = [*common[:5], "1e-9", *common[6:]]
+    fine = run_cli("train", str(manifest), str(tuned), "--epochs", "5", *init, *slow, timeout=600)
+    assert fine.returncode == 0, fine.stderr[-3000:]
+    assert "epoch 5/5" in fine.stderr and "epoch 1/5" not in fine.stderr
+    start, after = load_checkpoint(out / "last.pt"), load_checkpoint(tuned / "last.pt")
+    assert [h["epoch"] for h in after.meta.history] == [1, 2, 3, 4, 5]
+    assert after.meta.initial_weights == "checkpoint:last.pt (trained, from random)"
+    tuned_params = dict(after.model.named_parameters())
+    for name, p0 in start.model.named_parameters():
+        assert torch.allclose(p0, tuned_params[name], atol=1e-5), name
+    other = run_cli("train", str(manifest), str(tmp_path / "x"), *init, "--device", "cpu",
+                    "--backbone", "mobilenet_v3_small", "--lstm-hidden", "64")  # fmt: skip
+    assert other.returncode == 2
+    assert "fine-tune it with --backbone mobilenet_v3_small --lstm-hidden 32" in other.stderr
+    both = run_cli("train", str(manifest), str(tuned), *init, "--resume")
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
 
 def test_augmented_training_of_the_compact_model(manifest, tmp_path):
