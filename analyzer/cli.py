@@ -166,8 +166,8 @@ def add_commands(sub: Any) -> None:
         "--blend",
         choices=["fixed", "varied"],
         default="fixed",
-        help="self-blends of one kind (a soft copy stepped in colour) or varied (colour, "
-        "detail, noise, mask shape and blend ratio drawn at random)",
+        help="how --self-blend makes its twins: of one kind (a soft copy stepped in colour) "
+        "or varied (colour, detail, noise, mask shape and blend ratio drawn at random)",
     )
     tr.add_argument(
         "--recompress",

@@ -185,19 +185,17 @@ def train(
     if init is not None and resume:
         raise DataError("--init starts a new run and --resume continues one; give one of them")
     resuming = resume and (out / "last.pt").is_file()
-    inherited: list[dict[str, float]] = []
+    history: list[dict[str, float]] = []  # a fine-tune carries its checkpoint's on
     if init is not None:
-        started, inherited = _fine_tuned(model, meta, init)
+        started, history = _fine_tuned(model, meta, init)
         meta = meta.model_copy(update={"initial_weights": started})
     elif not resuming:  # else the weights come from last.pt, which says where it started
         meta = meta.model_copy(update={"initial_weights": _initial_weights(model, config)})
     train_set = ClipSet(train_items, config.frames)  # after the weights: offline fails at once
     val_set = ClipSet(val_items, config.frames)
-    history: list[dict[str, float]] = []
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    start_epoch = 0
+    start_epoch = len(history)
     if init is not None:
-        history, start_epoch = inherited, len(inherited)
         rng.seed(config.seed + start_epoch)
         log.info("fine-tuning %s after its epoch %d", init, start_epoch)
     if resuming:
