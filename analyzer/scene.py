@@ -16,9 +16,10 @@ import numpy as np
 
 from analyzer.errors import AssetsMissingError
 from analyzer.faces import BlazeFaceDetector
-from analyzer.photos import FETCHED_NAMES, default_photos_dir
+from analyzer.photos import FILMED_NAMES, VIEWS, default_photos_dir
 
-PHOTO_NAMES = [*FETCHED_NAMES, "astronaut"]
+PHOTO_NAMES = [*FILMED_NAMES, "astronaut"]
+_VIEWS = {v.name: v for v in VIEWS}
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,8 @@ def load_photos(folder: Path | None = None, names: Sequence[str] = PHOTO_NAMES) 
 
                 rgb = np.ascontiguousarray(data.astronaut())
             else:
-                path = folder / f"{name}.jpg"
+                view = _VIEWS.get(name)
+                path = folder / f"{view.photo if view else name}.jpg"
                 bgr = cv2.imread(str(path))
                 if bgr is None:
                     raise AssetsMissingError(
@@ -61,6 +63,9 @@ def load_photos(folder: Path | None = None, names: Sequence[str] = PHOTO_NAMES) 
                         "photos: python -m analyzer.photos) or set DFM_PHOTOS_DIR"
                     )
                 rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                if view is not None:
+                    left, top, right, bottom = view.box
+                    rgb = np.ascontiguousarray(rgb[top:bottom, left:right])
             scale = min(1.0, 1280 / max(rgb.shape[:2]))
             if scale < 1:
                 rgb = cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)

@@ -85,3 +85,14 @@ def test_every_pinned_photo_has_a_unique_name_and_digest():
     assert len(set(names)) == len(names) and len(set(digests)) == len(digests)
     assert all(len(d) == 64 and set(d) <= set("0123456789abcdef") for d in digests)
     assert {s.package.registry for s in photos.SOURCES} <= {"npm", "pypi"}
+
+
+def test_views_cut_fetched_photos_and_replace_them_among_the_filmed():
+    fetched = {s.name for s in photos.SOURCES}
+    for view in photos.VIEWS:
+        x0, y0, x1, y1 = view.box
+        assert view.photo in fetched and view.name not in fetched
+        assert 0 <= x0 < x1 and 0 <= y0 < y1
+    names = photos.FILMED_NAMES
+    assert len(set(names)) == len(names)
+    assert "if1" not in names and {"if1a", "if1f", "sample1"} <= set(names)

@@ -157,6 +157,20 @@ def test_every_photo_shows_a_face_big_enough_to_film(photos_dir):
     assert min(sizes.values()) >= 60, f"small faces: {sizes}"
 
 
+def test_a_group_photo_is_filmed_view_by_view_so_its_faces_are_found(tmp_path, photos_dir):
+    """if1 is a group photo: framed whole, as the camera frames a photo, its faces are too
+    small for the short-range detector, so none of its clips would give a crop. Filmed
+    through its views, each clip's frames show faces the detector finds."""
+    whole = cv2.cvtColor(cv2.imread(str(photos_dir / "if1.jpg")), cv2.COLOR_BGR2RGB)
+    with BlazeFaceDetector(max_side=1024) as detector:
+        assert detector.detect(cv2.resize(whole, (640, 442))) == []
+        synthesize(tmp_path / "v", videos=4, frames=4, identities=["if1b", "if1e"],
+                   photos_dir=photos_dir)  # fmt: skip
+        for row in rows(tmp_path / "v"):
+            _, first = next(iter(decode(str(tmp_path / "v" / row["file"]))))
+            assert len(detector.detect(first)) >= 1, row
+
+
 def test_missing_photos_are_one_clear_error(tmp_path):
     with pytest.raises(AssetsMissingError, match="run .make setup."):
         synthesize(tmp_path / "x", videos=1, identities=["sample1"], photos_dir=tmp_path)
