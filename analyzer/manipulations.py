@@ -33,9 +33,10 @@ def square(
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     side = max(box[2] - box[0], box[3] - box[1]) * grow
     side = min(side, shape[0], shape[1])
-    x0 = int(round(min(max(cx - side / 2, 0), shape[1] - side)))
-    y0 = int(round(min(max(cy - side / 2, 0), shape[0] - side)))
-    s = int(round(side))
+    s = min(int(round(side)), shape[0], shape[1])
+    # Rounded on its own, a square cut to the photo could reach a pixel past its edge.
+    x0 = min(int(round(min(max(cx - side / 2, 0), shape[1] - side))), shape[1] - s)
+    y0 = min(int(round(min(max(cy - side / 2, 0), shape[0] - side))), shape[0] - s)
     return x0, y0, x0 + s, y0 + s
 
 

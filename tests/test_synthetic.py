@@ -171,6 +171,18 @@ def test_a_group_photo_is_filmed_view_by_view_so_its_faces_are_found(tmp_path, p
             assert len(detector.detect(first)) >= 1, row
 
 
+def test_a_face_that_nearly_fills_its_photo_gets_a_paste_inside_it():
+    """fx2's face is 315 px in a 411 px wide photo: grown by 1.3 its square is cut to the
+    photo's width, and its rounding put it one pixel past the edge (a crash in synth)."""
+    from analyzer.manipulations import square
+
+    for shape, box in [((512, 411, 3), (57, 140, 372, 455)), ((300, 301, 3), (0, 0, 300, 299))]:
+        for grow in (1.0, 1.3, 1.7):
+            x0, y0, x1, y1 = square(box, grow, shape)
+            assert 0 <= x0 < x1 <= shape[1] and 0 <= y0 < y1 <= shape[0]
+            assert x1 - x0 == y1 - y0
+
+
 def test_missing_photos_are_one_clear_error(tmp_path):
     with pytest.raises(AssetsMissingError, match="run .make setup."):
         synthesize(tmp_path / "x", videos=1, identities=["sample1"], photos_dir=tmp_path)
