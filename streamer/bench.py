@@ -401,23 +401,39 @@ def frontend_bench(
 ) -> dict[str, Any]:
     """The frame pool against a thread per stream, side by side in one run: ``streams``
     looped 480p one-face clips through the service with the bundled demo model (trained
-    on synthetic data only), shedding off, at several ``DFM_FRAME_WORKERS``; with
-    ``decoders``, also decoders of one thread per CPU each (FFmpeg's default) against the
-    default of the CPUs shared among the streams."""
+    on synthetic data only), shedding off, at several ``DFM_FRAME_WORKERS``, decoding in
+    each stream's reader thread; with ``decoders``, also decoders of one thread per CPU
+    each (FFmpeg's default) against the default of the CPUs shared among the streams; and
+    last the decode pool (``DFM_DECODE_WORKERS``, one per CPU) decoding every stream's
+    packets."""
     folder.mkdir(parents=True, exist_ok=True)
     clip = make_clip(folder, "480p", 1)
     cpus = cpu_budget()
     threads = load_settings(max_streams=max(16, streams)).decoder_threads()
+    # Decoding in each stream's reader thread (DFM_DECODE_WORKERS=0) unless the row says.
     ways: list[tuple[str, dict[str, int]]] = [
-        (f"one per stream ({streams})", {"frame_workers": streams})
+        (f"one per stream ({streams})", {"frame_workers": streams, "decode_workers": 0})
     ]
     if cpus < streams:
-        ways.append((f"one per CPU ({cpus})", {"frame_workers": cpus}))
+        ways.append((f"one per CPU ({cpus})", {"frame_workers": cpus, "decode_workers": 0}))
     if streams > 1:
-        ways.append(("one for all", {"frame_workers": 1}))
+        ways.append(("one for all", {"frame_workers": 1, "decode_workers": 0}))
     if decoders and cpus > threads:
         way = f"one per CPU, decoders {cpus} threads"
-        ways.append((way, {"frame_workers": min(cpus, streams), "decode_threads": cpus}))
+        ways.append(
+            (
+                way,
+                {"frame_workers": min(cpus, streams), "decode_threads": cpus, "decode_workers": 0},
+            )
+        )
+    # The decode pool: packets demuxed by the readers, decoded by DFM_DECODE_WORKERS threads.
+    workers = min(cpus, streams)
+    ways.append(
+        (
+            f"one per CPU, decode pool of {workers}",
+            {"frame_workers": workers, "decode_workers": workers},
+        )
+    )
     rows = []
     for way, overrides in ways:
         r = asyncio.run(
@@ -434,6 +450,7 @@ def frontend_bench(
                 "way": way,
                 "frame_workers": overrides["frame_workers"],
                 "decode_threads": overrides.get("decode_threads", threads),
+                "decode_workers": overrides["decode_workers"],
                 **r,
                 "frontend_ms_per_frame": 1000 * front / frames,
                 "process_ms_per_frame": 1000 * r["process_cpu_s_per_s"] / frames,
@@ -860,7 +877,7 @@ def format_report(result: dict[str, Any]) -> str:
             f"frame pool on {front['device']}: {front['streams']} looped 480p one-face streams, "
             f"{front['model']}, no shedding; decoders of {front['decode_threads']} thread(s) "
             "unless the row says",
-            "  DFM_FRAME_WORKERS                | frames/s taken | dropped/s | p99 ms"
+            "  DFM_FRAME_WORKERS, decoding      | frames/s taken | dropped/s | p99 ms"
             " | front-end ms/frame | process CPU ms/frame | threads",
         ]
         for r in front["rows"]:

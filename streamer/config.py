@@ -162,6 +162,14 @@ class Settings(WindowSchedule, BaseSettings):
         description="FFmpeg threads of each stream's decoder; unset: the CPUs over "
         "DFM_MAX_STREAMS, at least 1 (scan uses every CPU)",
     )
+    decode_workers: int | None = Field(
+        None,
+        ge=0,
+        le=1024,
+        description="threads decoding the video of every file and RTSP stream, from packets "
+        "their reader threads demux (streamer/sources/base.py); 0: each stream decodes in its "
+        "own reader thread; unset: the CPUs",
+    )
     frame_workers: int | None = Field(
         None,
         ge=1,
@@ -348,6 +356,10 @@ class Settings(WindowSchedule, BaseSettings):
         """FFmpeg threads for each stream's decoder: DFM_DECODE_THREADS, or the CPUs
         shared among as many streams as the replica runs."""
         return self.decode_threads or max(1, cpu_budget() // self.max_streams)
+
+    def decode_pool_threads(self) -> int:
+        """The decode pool's threads: DFM_DECODE_WORKERS, or the CPUs; 0: no pool."""
+        return self.decode_workers if self.decode_workers is not None else cpu_budget()
 
     def frame_threads(self, batched_detection: bool) -> int:
         """The frame pool's threads: DFM_FRAME_WORKERS, or twice the CPUs (at least 4),

@@ -28,7 +28,7 @@ from streamer.sinks.stdout import RecentVerdicts
 from streamer.sources.base import Opener
 from streamer.sources.decode import DecodeLimits
 from streamer.sources.file import FileOpener
-from streamer.sources.pool import FramePool
+from streamer.sources.pool import LANE_PACKETS, FramePool
 from streamer.sources.rtsp import RtspOpener
 from streamer.tasks import Supervisor
 from streamer.urls import SourceUrl, parse_source_url
@@ -65,6 +65,19 @@ class StreamManager:
         self.frames = FramePool(
             settings.frame_threads(batcher.face_network is not None), metrics=metrics.queues
         )
+        # File and RTSP streams' decoding, from the packets their readers demux.
+        decoders = settings.decode_pool_threads()
+        self.decoders = (
+            FramePool(
+                decoders,
+                lane_frames=LANE_PACKETS,
+                metrics=metrics.queues,
+                name="packet_lane",
+                thread_name="decode",
+            )
+            if decoders
+            else None
+        )
         self.policy = settings.net_policy()
         self._lock = asyncio.Lock()
 
@@ -97,6 +110,8 @@ class StreamManager:
             *(r.stop(drain=True, grace_s=self.settings.drain_grace_s) for r in runners)
         )
         await asyncio.to_thread(self.frames.stop)
+        if self.decoders is not None:
+            await asyncio.to_thread(self.decoders.stop)
 
     async def __aenter__(self) -> StreamManager:
         await self.start()
@@ -166,6 +181,7 @@ class StreamManager:
                 self.shedder,
                 self.evidence,
                 pool=self.frames,
+                decoders=self.decoders,
             )
             self.streams[spec.id] = runner
             self.metrics.streams_active.set(len(self.streams))

@@ -73,6 +73,7 @@ class StreamRunner:
         evidence: EvidenceWriter | None = None,
         *,
         pool: FramePool,
+        decoders: FramePool | None = None,
     ) -> None:
         self.spec = spec
         self.id = spec.id
@@ -121,6 +122,7 @@ class StreamRunner:
             context=context_jpeg if evidence is not None and evidence.context else None,
             context_every=max(1, settings.window_frames // 2),
             pool=pool,
+            decoders=decoders,
             # A frame is worked only when the inbox has room for it: a full inbox holds
             # the frames back in the pool's lane, which loses its oldest (or, for a
             # topic, makes the reader wait) before any work is spent on them.

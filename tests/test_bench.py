@@ -38,10 +38,12 @@ def test_bench_quick_measures_every_part(tmp_path, photos_dir):
     for row in over["rows"]:
         assert row["shed"]["stride"] >= 1 and row["no_shed"]["stride"] == 1
     assert 0 <= over["top_load_share_of_peak"] <= 1.5
-    # The frame pool: a thread per stream against one for both, each taking frames.
-    front = {r["frame_workers"]: r for r in data["frontend"]["rows"]}
-    assert set(front) == {2, 1}
-    assert all(r["frames_per_s"] > 0 and r["threads"] > 0 for r in front.values())
+    # The frame pool: a thread per stream against one for both, each decoding in its
+    # reader thread, and the decode pool of two decoding both streams' packets; each
+    # taking frames.
+    front = data["frontend"]["rows"]
+    assert [(r["frame_workers"], r["decode_workers"]) for r in front] == [(2, 0), (1, 0), (2, 2)]
+    assert all(r["frames_per_s"] > 0 and r["threads"] > 0 for r in front)
     stages = data["stages"]
     assert stages["clip"]["faces_per_frame"] > 1.5  # the two-face clip: both found
     assert all(ms > 0 for ms in stages["ms"].values())

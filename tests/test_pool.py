@@ -7,14 +7,17 @@ import threading
 import time
 from collections.abc import Iterator
 
+import av
 import numpy as np
 
 from analyzer.faces import Detection, FaceTracker
 from streamer.metrics import Metrics
 from streamer.sources.base import FrameItem, Opener, SourceState, SourceWorker
-from streamer.sources.decode import Picture, VideoFrame
+from streamer.sources.decode import Picture, VideoFrame, decode_pictures, resample
+from streamer.sources.file import FileOpener
 from streamer.sources.pool import FramePool
 from streamer.tasks import Backoff
+from streamer.urls import parse_source_url
 from tests.servers import metric_in, registry_text, wait_until
 
 
@@ -178,3 +181,140 @@ def test_streams_sharing_two_workers_get_every_frame_and_a_bug_fails_only_its_st
         assert [round(x.pts_s * 30) for x in items[k]] == list(range(40))  # the file's end too
         assert all(len(x.faces.crops) == 1 for x in items[k])
     pool.stop()
+
+
+# -- the decode pool: file and RTSP streams' packets decoded by a few threads ---------------
+
+
+def _gop_clip(path, frames: int = 90, gop: int = 10, bframes: int = 0):
+    """An H.264 clip of ``frames`` 64x48 frames at 30 fps, a keyframe every ``gop``
+    frames, no B-frames unless asked (then decode order is not display order); frame i
+    is filled with 2 * i."""
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.gop_size = gop
+        stream.codec_context.options = {
+            "bf": str(bframes), "keyint_min": str(gop), "sc_threshold": "0", "b-adapt": "0"
+        }  # fmt: skip
+        for i in range(frames):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 2 * i, np.uint8), "rgb24")
+            out.mux(stream.encode(frame))
+        out.mux(stream.encode(None))
+    return path
+
+
+def _levels(items: list[FrameItem]) -> np.ndarray:
+    """Each item's frame number, read from its grey level (see _gop_clip)."""
+    return np.array([np.median(x.faces.crops[0].crop) / 2 for x in items])
+
+
+def _decoding_worker(name, opener, pool, decoders, items, drops=None):
+    worker, states = _worker(name, opener, pool, items)
+    worker.decoders = decoders
+    if drops is not None:
+        worker.on_drop = lambda: drops.append(1)
+    return worker, states
+
+
+def test_file_streams_decoded_by_two_pool_threads_get_the_frames_their_readers_would(tmp_path):
+    clip = _gop_clip(tmp_path / "a.mp4")
+    source = parse_source_url(str(clip), kind="scan")
+    alone = [f for f in resample(decode_pictures(source), 30.0)]
+    pool = FramePool(2, lane_frames=1000)
+    decoders = FramePool(2, lane_frames=1000, name="packet_lane", thread_name="decode")
+    items = {k: [] for k in range(4)}
+    workers = [
+        _decoding_worker(
+            f"s{k}", FileOpener(source, 30.0, loop=False, realtime=False), pool, decoders, items[k]
+        )
+        for k in range(4)
+    ]
+    for worker, _ in workers:
+        worker.start()
+    wait_until(lambda: all(w.join(0) for w, _ in workers), 20.0, "every reader to end", 0.05)
+    assert decoders.threads == 2  # four streams decoded by two threads
+    for k, (worker, states) in enumerate(workers):
+        assert states[-1] == SourceState.STOPPED, worker.reason
+        assert [x.pts_s for x in items[k]] == [f.pts_s for f in alone]  # every frame, in order
+        assert len(items[k]) == 90
+        assert worker.stage_cpu_s()["decode"] > 0
+    # The frames' own pixels: frame i is grey level 2 * i (give or take the codec's).
+    assert np.abs(_levels(items[0]) - np.arange(90)).max() <= 1
+    pool.stop()
+    decoders.stop()
+
+
+def test_a_decode_lane_that_overflows_skips_to_a_keyframe_and_counts_every_frame_lost(tmp_path):
+    """A live stream whose decoder falls behind loses packets; since a P-frame without the
+    frames before it decodes to garbage, decoding resumes at the next keyframe, that frame
+    starts new tracks and windows (``restart``), and every packet not decoded is counted."""
+    clip = _gop_clip(tmp_path / "a.mp4", frames=90, gop=10)
+    source = parse_source_url(str(clip), kind="scan")
+    pool = FramePool(1, lane_frames=1000)
+    decoders = FramePool(1, lane_frames=4, name="packet_lane", thread_name="decode")
+    blocked, go = threading.Event(), threading.Event()
+    blocker = decoders.lane(lambda _i: (blocked.set(), go.wait(10.0)))
+    items: list[FrameItem] = []
+    drops: list[int] = []
+    worker: SourceWorker | None = None
+
+    class Choked(FileOpener):
+        def demux(self):
+            feed = super().demux()
+            inner = feed.packets
+
+            def packets(*, realtime: bool = False):
+                lane = worker._packets
+                for i, packet in enumerate(inner(realtime=realtime)):
+                    if i == 60:
+                        go.set()
+                    if i <= 25 or i >= 60:
+                        wait_until(lambda: len(lane) == 0, 5.0, "the lane to empty", 0.001)
+                    if i == 25:  # the decode worker is stuck while 35 packets arrive
+                        blocker.put(0)
+                        assert blocked.wait(5.0)
+                    yield packet
+
+            feed.packets = packets
+            return feed
+
+    opener = Choked(source, 30.0, loop=False, realtime=False)
+    worker, states = _decoding_worker("s", opener, pool, decoders, items, drops)
+    worker.start()
+    assert worker.join(20.0)
+    assert states[-1] == SourceState.STOPPED, worker.reason  # no decoder error
+    # 25 frames, then 35 packets lost (31 pushed out of the full lane, then 56-59, which
+    # are no keyframe), then from the keyframe at 60 on.
+    assert len(drops) == 35
+    assert len(items) == 25 + 30
+    expected = np.r_[np.arange(25), np.arange(60, 90)]
+    assert np.abs(_levels(items) - expected).max() <= 1
+    assert [k for k, x in enumerate(items) if x.restart] == [25]
+    pool.stop()
+    decoders.stop()
+
+
+def test_a_file_played_as_if_live_gives_its_frames_evenly_though_it_has_b_frames(tmp_path):
+    """Pacing packets by their presentation times, which jump ahead at each reference
+    frame that B-frames follow, handed the frames on in bursts of four, which a live
+    lane of two frames then dropped (at 8 streams here, a quarter of all frames). And the
+    frames a flush gives back at the end have no time of their own (NaN), which lost the
+    last two of this file."""
+    clip = _gop_clip(tmp_path / "b.mp4", frames=45, gop=45, bframes=3)
+    with av.open(str(clip)) as probe:
+        pts = [p.pts for p in probe.demux(probe.streams.video[0]) if p.size]
+    assert pts != sorted(pts)  # B-frames: decode order is not display order
+    source = parse_source_url(str(clip), kind="scan")
+    pool = FramePool(1, lane_frames=1000)
+    decoders = FramePool(1, lane_frames=1000, name="packet_lane", thread_name="decode")
+    items: list[FrameItem] = []
+    opener = FileOpener(source, 30.0, loop=False, realtime=True)
+    worker, states = _decoding_worker("s", opener, pool, decoders, items)
+    worker.start()
+    assert worker.join(10.0) and states[-1] == SourceState.STOPPED
+    assert len(items) == 45
+    gaps = np.diff([x.arrival for x in items[5:]])  # after the decoder's first frames
+    assert np.median(gaps) > 0.02 and (gaps < 0.005).mean() < 0.1, np.round(gaps * 1000)
+    pool.stop()
+    decoders.stop()

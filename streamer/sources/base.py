@@ -1,7 +1,9 @@
 """What every live source shares: an explicit state, a reader thread, reconnect backoff.
 
 A :class:`SourceWorker` reads in its own thread: it opens the source, decodes and
-resamples to the model fps; the node's frame pool (``streamer/sources/pool.py``) runs the
+resamples to the model fps (a file or RTSP source only demuxes there: its packets are
+decoded and resampled in the node's decode pool, and after packets lost to a full lane,
+from the next keyframe on); the node's frame pool (``streamer/sources/pool.py``) runs the
 stream's face tracker on each frame and hands its faces to the event loop through
 ``on_item`` (called in the pool's thread; the receiver must be thread-safe). On failure
 the reader reconnects with capped exponential backoff and jitter, for ever: a camera
@@ -19,12 +21,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+import av
 import numpy as np
 
 from analyzer.faces import FaceTracker, FrameFaces
 from streamer.errors import SourceError, UrlRejected
 from streamer.shedding import Pacer
-from streamer.sources.decode import VideoFrame
+from streamer.sources.decode import PacketFeed, VideoFrame
 from streamer.sources.pool import FramePool, Lane
 from streamer.tasks import Backoff
 
@@ -83,8 +86,21 @@ class Opener:
     #: of losing its oldest frame.
     waits: bool = False
 
+    #: Whether ``demux`` gives its packets to the node's decode pool (file and RTSP
+    #: sources); the others decode in their reader thread (``open``).
+    packets: bool = False
+    #: Whether packets are paced by their timestamps (a file played as if live).
+    realtime: bool = False
+
     def open(self) -> Iterator[VideoFrame]:
         raise NotImplementedError
+
+    def demux(self) -> PacketFeed:
+        """Opens a connection whose packets a decode pool worker decodes (``packets``)."""
+        raise NotImplementedError
+
+    def demuxed(self, feed: PacketFeed) -> None:
+        """The connection behind ``feed`` ended as it should: stream time goes on after it."""
 
     def release(self, marks: Sequence[object]) -> None:
         """The input behind ``marks`` is done: every window over it is acknowledged."""
@@ -100,6 +116,15 @@ class _Taken:
     restart: bool  # windows restart here (a discontinuity)
     fresh: bool  # face tracks start afresh here (a discontinuity or a new connection)
     marks: list[object]
+
+
+@dataclass
+class _Packet:
+    """A packet the reader demuxed, on its way to the decode pool."""
+
+    feed: PacketFeed
+    packet: av.Packet | None  # None: the connection's end, which flushes the decoder
+    gap: bool = False  # packets before it were lost (the lane was full)
 
 
 class SourceWorker:
@@ -126,6 +151,7 @@ class SourceWorker:
         context_every: int = 30,
         *,
         pool: FramePool,
+        decoders: FramePool | None = None,
         ready: Callable[[], bool] = lambda: True,
         on_drop: Callable[[], None] = lambda: None,
     ) -> None:
@@ -145,13 +171,23 @@ class SourceWorker:
         self.context = context
         self.context_every = context_every
         self.pool = pool
+        # The node's decode pool: packets of a source that demuxes (``Opener.packets``)
+        # are decoded there instead of in the reader thread.
+        self.decoders = decoders if opener.packets else None
         self._ready = ready
         self._lane: Lane[_Taken] | None = None  # the stream's lane in the pool, once started
+        self._packets: Lane[_Packet] | None = None  # its lane in the decode pool, if any
+        # What the reader (or the decode worker) passes on with the next frame it keeps.
+        self._pacer = Pacer()  # the analysis stride, applied frame by frame
+        self._restart = False  # a discontinuity not yet passed on (its frame may be shed)
+        self._fresh = True  # new face tracks from the next frame on
+        self._marks: list[object] = []  # delivery marks not yet passed on
         # (state, reason), set in one assignment: other threads read it (StreamRunner)
         self.now: tuple[SourceState, str | None] = (SourceState.STARTING, None)
         # CPU seconds per stage, for benchmarks: decode (the reader), faces and crop
         # (the pool worker, in the tracker).
         self.cpu_s = {"decode": 0.0, "faces": 0.0, "crop": 0.0}
+        self._decode_s = 0.0  # the decode pool worker's, for this stream
         self.tracker: FaceTracker | None = None  # the pool worker's (None until a frame)
         self._since_context = 1 << 30  # the first frame with faces gives a context at once
         self._stop = threading.Event()
@@ -169,6 +205,8 @@ class SourceWorker:
         self._lane = self.pool.lane(
             self._work, waits=self.opener.waits, ready=self._ready, on_drop=self._dropped
         )
+        if self.decoders is not None:
+            self._packets = self.decoders.lane(self._decode, on_drop=self._lost)
         self._thread.start()
 
     def stop(self) -> None:
@@ -176,6 +214,8 @@ class SourceWorker:
         self._stop.set()
         if self._lane is not None:
             self._lane.close(timeout=0)  # a reader waiting for room in it goes on
+        if self._packets is not None:
+            self._packets.close(timeout=0)
 
     def join(self, timeout: float | None = None) -> bool:
         if self._thread.is_alive():
@@ -199,6 +239,7 @@ class SourceWorker:
     def stage_cpu_s(self) -> dict[str, float]:
         """CPU seconds per stage so far, the live tracker included."""
         out = dict(self.cpu_s)
+        out["decode"] += self._decode_s
         if self.tracker is not None:
             out["faces"] += self.tracker.detect_s
             out["crop"] += self.tracker.crop_s
@@ -210,42 +251,16 @@ class SourceWorker:
         tracker.detect_s = tracker.crop_s = 0.0
 
     def _run(self) -> None:
-        attempt = 0
-        pacer = Pacer()  # the analysis stride, applied frame by frame
-        restart = False  # a discontinuity not yet passed on (its frame may be shed)
-        fresh = True  # new face tracks from the next frame on
-        marks: list[object] = []  # delivery marks not yet passed on (their frame may be shed)
         finished = False  # the source ended as it should: its last frames are worked
         lane = self._lane
         assert lane is not None  # start() opens it
         try:
             while not self._stop.is_set():
                 try:
-                    frames = self.opener.open()
-                    while True:
-                        t0 = time.thread_time()
-                        frame = next(frames, None)
-                        self.cpu_s["decode"] += time.thread_time() - t0
-                        if frame is None or self._stop.is_set():
-                            break
-                        if self.state != SourceState.RUNNING:
-                            self._set(SourceState.RUNNING)
-                            attempt = self.attempts = 0
-                        if frame.restart:
-                            # A discontinuity: the faces seen before it are not these.
-                            restart = fresh = True
-                        if frame.picture.marks:  # taken with the picture's first tick
-                            marks.extend(frame.picture.marks)
-                            frame.picture.marks = ()
-                        stride = self.stride()
-                        if not pacer.take(stride):
-                            self.on_shed()  # overload: skipped before faces and RGB
-                            continue
-                        taken = _Taken(frame, time.monotonic(), stride, restart, fresh, marks)
-                        if not lane.put(taken):
-                            break  # closed: stopped, or the frame work failed
-                        restart = fresh = False
-                        marks = []
+                    if self._packets is not None:
+                        self._read_packets(self._packets)
+                    else:
+                        self._read_frames(lane)
                     if self._stop.is_set() or self.opener.ends:
                         finished = not self._stop.is_set()
                         break
@@ -260,7 +275,8 @@ class SourceWorker:
                         self._set(SourceState.FAILED, str(exc))
                         return
                     reason = str(exc)
-                attempt = self.attempts = attempt + 1
+                self.attempts += 1
+                attempt = self.attempts
                 delay = self.backoff.delay(attempt)
                 # Never given up: the state says why and how often, until an operator acts.
                 self._set(SourceState.RECONNECTING, f"{reason} (attempt {attempt})")
@@ -274,15 +290,88 @@ class SourceWorker:
                 if self._stop.wait(delay):
                     break
                 self.on_reconnect()
-                fresh = True  # a new connection starts new face tracks
+                self._fresh = True  # a new connection starts new face tracks
         except Exception as exc:  # a bug must not pass silently, nor take other streams down
             self._crashed(exc)
             return
         finally:
             if finished:  # the last frames of a file are worked before it says stopped
                 lane.finish()  # stop() closes the lane, which ends the wait
+            if self._packets is not None:
+                self._packets.close(timeout=5.0)
             self._close(lane)
         self._set(SourceState.STOPPED)
+
+    def _running(self) -> None:
+        if self.state != SourceState.RUNNING:
+            self._set(SourceState.RUNNING)
+            self.attempts = 0
+
+    def _read_frames(self, lane: Lane[_Taken]) -> None:
+        """One connection, decoded here: its frames to the frame pool until it ends."""
+        frames = self.opener.open()
+        while True:
+            t0 = time.thread_time()
+            frame = next(frames, None)
+            self.cpu_s["decode"] += time.thread_time() - t0
+            if frame is None or self._stop.is_set():
+                return
+            self._running()
+            if not self._offer(frame, lane):
+                return  # closed: stopped, or the frame work failed
+
+    def _read_packets(self, packets: Lane[_Packet]) -> None:
+        """One connection, demuxed here and decoded in the decode pool, until it ends; its
+        last packets are decoded before this returns (or raises what ended it)."""
+        feed = self.opener.demux()
+        demuxed = feed.packets(realtime=self.opener.realtime)
+        try:
+            t0 = time.thread_time()
+            for packet in demuxed:
+                self.cpu_s["decode"] += time.thread_time() - t0
+                if self._stop.is_set():
+                    return
+                if feed.decoded:
+                    self._running()
+                if not packets.put(_Packet(feed, packet)):
+                    return  # closed: stopped, or the frame work failed
+                t0 = time.thread_time()
+            if not packets.put(_Packet(feed, None)) or not packets.finish():
+                return
+        finally:
+            demuxed.close()
+            # No packet of it may reach a worker once its container is closed.
+            if packets.drain(timeout=5.0):
+                feed.close()
+            else:
+                log.warning("stream %s: its decode worker is still busy; leaving it",
+                            self.stream_id)  # fmt: skip
+        if self._stop.is_set():
+            return
+        if feed.decoded:
+            self._running()
+        feed.check()
+        self.opener.demuxed(feed)
+
+    def _offer(self, frame: VideoFrame, lane: Lane[_Taken]) -> bool:
+        """Pass a frame to the frame pool unless the stride sheds it; False once the lane
+        is closed. Called by the reader, or for a demuxing source by its decode worker."""
+        if frame.restart:
+            # A discontinuity: the faces seen before it are not these.
+            self._restart = self._fresh = True
+        if frame.picture.marks:  # taken with the picture's first tick
+            self._marks.extend(frame.picture.marks)
+            frame.picture.marks = ()
+        stride = self.stride()
+        if not self._pacer.take(stride):
+            self.on_shed()  # overload: skipped before faces and RGB
+            return True
+        taken = _Taken(frame, time.monotonic(), stride, self._restart, self._fresh, self._marks)
+        if not lane.put(taken):
+            return False
+        self._restart = self._fresh = False
+        self._marks = []
+        return True
 
     def _close(self, lane: Lane[_Taken]) -> None:
         """Take the lane off the pool; once its worker is done with it, end the tracker."""
@@ -303,6 +392,40 @@ class SourceWorker:
         log.error("stream %s: source worker crashed: %s", self.stream_id, self.scrub(repr(exc)))
         self._set(SourceState.FAILED, f"internal error: {type(exc).__name__}: {exc}")
         self._stop.set()
+
+    # -- in the decode pool's worker thread -----------------------------------------------
+    def _lost(self, lost: _Packet, heir: _Packet) -> None:
+        """The decode lane lost its oldest packet: decoding resumes at a keyframe."""
+        heir.gap = True
+        self.on_drop()
+
+    def _decode(self, unit: _Packet) -> None:
+        """One packet's frames, on to the frame pool; after lost packets, nothing until
+        the next keyframe (each packet skipped counts as a dropped frame)."""
+        feed, packet = unit.feed, unit.packet
+        lane = self._lane
+        assert lane is not None
+        try:
+            gap = False
+            if unit.gap:
+                feed.resync = True
+            if feed.resync and packet is not None:
+                if not packet.is_keyframe:
+                    self.on_drop()
+                    return
+                feed.resync, gap = False, True
+            t0 = time.thread_time()
+            frames = feed.decode(packet, gap=gap)
+            self._decode_s += time.thread_time() - t0
+            for frame in frames:
+                if not self._offer(frame, lane):
+                    feed.failed = feed.failed or "the stream stopped"
+                    return
+        except Exception as exc:  # a bug in one stream's decoding ends that stream only
+            self._crashed(exc)
+            lane.close(timeout=0)
+            if self._packets is not None:
+                self._packets.close(timeout=0)
 
     # -- in the pool's worker thread ------------------------------------------------------
     def _dropped(self, lost: _Taken, heir: _Taken) -> None:

@@ -13,7 +13,7 @@ import math
 import socket
 import ssl
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -244,6 +244,136 @@ def decode_pictures(
         container.close()
 
 
+class PacketFeed:
+    """One connection's video split where its work is: the reader thread demuxes
+    (``packets``, which waits on the network), a decode pool worker decodes and resamples
+    (``decode``, which costs CPU), one packet at a time and in order.
+
+    Together they do what :func:`decode_pictures` and :func:`resample` do in one thread,
+    with the same errors: a failure before any frame raises :class:`SourceError` (from
+    ``check``, in the reader), one after some frames ends the connection with a warning.
+    The decoder's side only records what went wrong (``failed``, ``error``); the reader
+    stops demuxing when it sees it.
+    """
+
+    def __init__(
+        self,
+        source: SourceUrl,
+        fps: float,
+        *,
+        offset: float = 0.0,
+        timeout_s: float = 10.0,
+        limits: DecodeLimits | None = None,
+        max_gap_s: float | None = None,
+    ) -> None:
+        self.limits = limits or DecodeLimits()
+        self.container = open_video(source, timeout_s=timeout_s, limits=self.limits)
+        self.name = source.redacted
+        self.stream = self.container.streams.video[0]
+        self.stream.thread_type = "AUTO"
+        # One thread unless asked: the pool's workers are the parallelism.
+        self.stream.thread_count = self.limits.threads or 1
+        self.rate = float(self.stream.average_rate or self.stream.guessed_rate or 30)
+        self.fps = fps
+        self.offset = offset  # stream time of this connection's first tick
+        self.clock = Resampler(fps, max_gap_s=max_gap_s)
+        self.first: float | None = None  # the first decoded frame's time
+        self.decoded = 0  # pictures decoded
+        self.last: float | None = None  # the last tick's time, from this connection's start
+        self.failed: str | None = None  # why demuxing or decoding stopped early
+        self.error: SourceError | None = None  # an error the reader raises as it is
+        self.fresh = True  # face tracks start afresh at this connection's first frame
+        self.resync = False  # packets were lost: skip to the next keyframe (the worker's)
+        self._closed = False
+
+    def packets(self, *, realtime: bool = False) -> Iterator[av.Packet]:
+        """The reader's side: the stream's packets in decode order, paced by their
+        decode times when ``realtime`` (a file played as if live). Ends early, with
+        ``failed`` set, when the demuxer fails or the decoder has."""
+        start = time.monotonic()
+        origin: float | None = None
+        try:
+            for packet in self.container.demux(self.stream):
+                if self.failed is not None:
+                    return
+                if packet.size == 0:  # the demuxer's own end: the reader flushes instead
+                    continue
+                # Decode times, which rise packet by packet; presentation times jump
+                # ahead at each reference frame that B-frames follow (bursts of frames).
+                stamp = packet.dts if packet.dts is not None else packet.pts
+                if realtime and stamp is not None and packet.time_base is not None:
+                    t = float(stamp * packet.time_base)
+                    origin = t if origin is None else origin
+                    wait = start + (t - origin) - time.monotonic()
+                    if wait > 0:
+                        time.sleep(min(wait, 1.0))
+                yield packet
+        except (av.error.FFmpegError, OSError) as exc:
+            self.failed = self.failed or redact(_reason(exc))
+
+    def decode(self, packet: av.Packet | None, *, gap: bool = False) -> list[VideoFrame]:
+        """The decode worker's side: the ticks ``packet`` completes (None: the end, which
+        flushes the decoder and the clock); ``gap``: packets before it were lost."""
+        if self._closed:
+            return []
+        out: list[VideoFrame] = []
+        if self.failed is None:  # after a failure only the clock's last ticks are left
+            try:
+                pictures = self.stream.codec_context.decode(packet)
+            except (av.error.FFmpegError, OSError) as exc:
+                self.failed, pictures = redact(_reason(exc)), []
+            for frame in pictures:
+                if frame.width * frame.height > self.limits.max_pixels:
+                    self.error = FrameTooLarge(
+                        _too_large(self.name, frame.width, frame.height, self.limits.max_pixels)
+                    )
+                    self.failed = "frame too large"
+                    break
+                t = self._seconds(frame)
+                if not math.isfinite(t):
+                    continue
+                if self.first is None:
+                    self.first = t
+                self.decoded += 1
+                out.extend(self.clock.push(t - self.first, Picture(frame), gap=gap))
+                gap = False
+        if packet is None:
+            out.extend(self.clock.end())
+        return [self._shift(frame) for frame in out]
+
+    def check(self) -> None:
+        """The reader's side, once every packet is decoded: raise what ended the
+        connection before any frame; warn about what ended it after some."""
+        if self.error is not None:
+            raise self.error
+        if self.decoded == 0:
+            if self.failed is not None:
+                raise SourceError(f"could not decode any frame of {self.name}: {self.failed}")
+            raise SourceError(
+                f"{self.name} holds no decodable video frame; the file may be truncated"
+            )
+        if self.failed is not None:
+            log.warning("%s: decoding stopped after %d frames: %s", self.name, self.decoded,
+                        self.failed)  # fmt: skip
+
+    def close(self) -> None:
+        """Only once no worker decodes for it any more."""
+        self._closed = True
+        self.container.close()
+
+    def _seconds(self, frame: av.VideoFrame) -> float:
+        """A decoded frame's time. The frames a flush (``decode(None)``) returns have no
+        time base of their own, so their ``time`` is NaN: the stream's is used."""
+        time_base = frame.time_base or self.stream.time_base
+        if frame.pts is not None and time_base is not None:
+            return float(frame.pts * time_base)
+        return self.decoded / self.rate
+
+    def _shift(self, frame: VideoFrame) -> VideoFrame:
+        self.last = frame.pts_s
+        return VideoFrame(frame.index, self.offset + frame.pts_s, frame.picture, frame.restart)
+
+
 def resample(
     frames: Iterable[tuple[float, Picture | np.ndarray]],
     fps: float,
@@ -257,36 +387,58 @@ def resample(
     by more than a tick is a discontinuity: nothing is filled in, the clock restarts at
     the new frame (output times keep running), and that frame says ``restart``.
     """
-    step = 1.0 / fps
-    eps = step * 1e-3
-    k = 0  # output ticks so far
-    base_k, base_t = 0, 0.0  # the tick that input time base_t maps to
-    prev: tuple[float, Picture] | None = None
-    restart = False
+    clock = Resampler(fps, max_gap_s=max_gap_s)
     for t, pixels in frames:
+        yield from clock.push(t, pixels)
+    yield from clock.end()
+
+
+class Resampler:
+    """:func:`resample` one frame at a time, for a decoder fed packet by packet (the
+    decode pool, ``streamer/sources/base.py``): ``push`` each decoded frame, ``end`` once."""
+
+    def __init__(self, fps: float, *, max_gap_s: float | None = None) -> None:
+        self.step = 1.0 / fps
+        self.eps = self.step * 1e-3
+        self.max_gap_s = max_gap_s
+        self.k = 0  # output ticks so far
+        self.base_k, self.base_t = 0, 0.0  # the tick that input time base_t maps to
+        self.prev: tuple[float, Picture] | None = None
+        self.restart = False  # the next tick out starts a new segment
+
+    def push(
+        self, t: float, pixels: Picture | np.ndarray, *, gap: bool = False
+    ) -> Iterator[VideoFrame]:
+        """The ticks that end before frame ``t``; ``gap``: frames before it were lost, so
+        it starts a new segment whatever its time (nothing is filled in)."""
         picture = pixels if isinstance(pixels, Picture) else Picture(pixels)
+        step, eps, prev = self.step, self.eps, self.prev
         if prev is not None:
-            gap = t - prev[0]
-            if max_gap_s is not None and (gap > max_gap_s or gap < -step):
+            since = t - prev[0]
+            if gap or (self.max_gap_s is not None and (since > self.max_gap_s or since < -step)):
                 # Close the segment with its last frame, then start a new one at t.
-                while (k - base_k) * step + base_t <= prev[0] + eps:
-                    yield VideoFrame(k, k * step, prev[1], restart)
-                    restart = False
-                    k += 1
-                base_k, base_t, restart = k, t, True
+                yield from self._until(prev, lambda when: when <= prev[0] + eps)
+                self.base_k, self.base_t, self.restart = self.k, t, True
             else:
-                while (k - base_k) * step + base_t < t - eps:
-                    yield VideoFrame(k, k * step, prev[1], restart)
-                    restart = False
-                    k += 1
+                yield from self._until(prev, lambda when: when < t - eps)
         else:
-            base_t = t
-        prev = (t, picture)
-    if prev is not None:
-        while (k - base_k) * step + base_t <= prev[0] + eps:
-            yield VideoFrame(k, k * step, prev[1], restart)
-            restart = False
-            k += 1
+            self.base_t = t
+            self.restart = self.restart or gap
+        self.prev = (t, picture)
+
+    def end(self) -> Iterator[VideoFrame]:
+        """The last frame's ticks."""
+        prev = self.prev
+        if prev is not None:
+            yield from self._until(prev, lambda when: when <= prev[0] + self.eps)
+
+    def _until(
+        self, prev: tuple[float, Picture], more: Callable[[float], bool]
+    ) -> Iterator[VideoFrame]:
+        while more((self.k - self.base_k) * self.step + self.base_t):
+            yield VideoFrame(self.k, self.k * self.step, prev[1], self.restart)
+            self.restart = False
+            self.k += 1
 
 
 def check_rtsp_redirect(source: SourceUrl, timeout_s: float) -> None:

@@ -6,11 +6,19 @@ import time
 from collections.abc import Iterator
 
 from streamer.sources.base import Opener
-from streamer.sources.decode import DecodeLimits, VideoFrame, decode_pictures, resample
+from streamer.sources.decode import (
+    DecodeLimits,
+    PacketFeed,
+    VideoFrame,
+    decode_pictures,
+    resample,
+)
 from streamer.urls import SourceUrl
 
 
 class FileOpener(Opener):
+    packets = True
+
     def __init__(
         self,
         source: SourceUrl,
@@ -42,4 +50,17 @@ class FileOpener(Opener):
                 if wait > 0:
                     time.sleep(wait)
             yield VideoFrame(frame.index, self._offset + frame.pts_s, frame.picture, frame.restart)
+        self._offset += last + 1.0 / self.fps
+
+    def demux(self) -> PacketFeed:
+        return PacketFeed(
+            self.source,
+            self.fps,
+            offset=self._offset,
+            limits=self.limits,
+            max_gap_s=self.max_gap_s,
+        )
+
+    def demuxed(self, feed: PacketFeed) -> None:
+        last = feed.last if feed.last is not None else -1.0 / self.fps
         self._offset += last + 1.0 / self.fps

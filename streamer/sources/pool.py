@@ -17,6 +17,10 @@ must not be lost with it, such as a discontinuity, to the frame now first; the s
 counts it as backpressure); a source whose frames wait for us (Kafka) makes its reader wait
 instead. A lane whose consumer has no room (``ready`` false) is passed over, so one
 stalled stream never holds up the others of its worker.
+
+The node's decode pool is a second pool of this kind (``DFM_DECODE_WORKERS``, lanes named
+``packet_lane``): a file or RTSP stream's reader only demuxes, and its packets are decoded
+there, in order, by one worker (``streamer/sources/base.py``).
 """
 
 from __future__ import annotations
@@ -34,14 +38,15 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 LANE_FRAMES = 2  # frames a lane holds for its worker (decoded pictures: ~0.5-1.4 MB each)
+# Packets a decode lane holds (streamer/sources/base.py): two seconds of 30-fps video, a
+# few kB a packet; what is lost past that costs the packets up to the next keyframe.
+LANE_PACKETS = 60
 NOT_READY_POLL_S = 0.01  # a worker with frames only for lanes without room looks again
 
 
 class Lane(Generic[T]):
     """One stream's frames on their way from its reader to its pool worker (queue
-    ``frame_lane`` in ``deepfake_queue_*``)."""
-
-    name = "frame_lane"
+    ``frame_lane`` in ``deepfake_queue_*``; ``packet_lane`` in the decode pool)."""
 
     def __init__(
         self,
@@ -55,6 +60,7 @@ class Lane(Generic[T]):
         on_drop: Callable[[T, T], None],
     ) -> None:
         self._pool = pool
+        self.name = pool.name
         self._worker = worker
         self.work = work  # called in the worker's thread, one frame at a time, in order
         self.waits = waits
@@ -96,6 +102,14 @@ class Lane(Generic[T]):
                 lambda: self._closed or not (self._items or self._busy), timeout
             )
 
+    def drain(self, timeout: float | None = None) -> bool:
+        """From the reader: drop what is queued (not counted as lost) and wait (up to
+        ``timeout``) for the item being worked; True once the worker is done with them."""
+        with self._pool.lock:
+            self._items.clear()
+            self._idle.notify_all()
+            return self._idle.wait_for(lambda: not self._busy, timeout)
+
     def close(self, timeout: float | None = None) -> bool:
         """Drop what is queued, take the lane off its worker, and wait (up to ``timeout``)
         for the frame being worked; True once the worker no longer touches the lane."""
@@ -128,7 +142,7 @@ class _Worker:
         self.lanes: list[Lane[object]] = []
         self.wake = threading.Condition(pool.lock)
         self.thread = threading.Thread(
-            target=pool._serve, args=(self,), name=f"frames-{index}", daemon=True
+            target=pool._serve, args=(self,), name=f"{pool.thread_name}-{index}", daemon=True
         )
         self.next = 0  # the lane to look at first: each lane gets its turn
 
@@ -138,11 +152,19 @@ class FramePool:
     every stream's lane."""
 
     def __init__(
-        self, workers: int, *, lane_frames: int = LANE_FRAMES, metrics: QueueMetrics | None = None
+        self,
+        workers: int,
+        *,
+        lane_frames: int = LANE_FRAMES,
+        metrics: QueueMetrics | None = None,
+        name: str = "frame_lane",
+        thread_name: str = "frames",
     ) -> None:
         if workers < 1:
             raise ValueError(f"the frame pool needs at least 1 worker, not {workers}")
         self.workers = workers
+        self.name = name  # the lanes' queue in deepfake_queue_*
+        self.thread_name = thread_name
         self.metrics = metrics
         self.lane_frames = lane_frames
         self.lock = threading.Lock()

@@ -9,13 +9,20 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from streamer.sources.base import Opener
-from streamer.sources.decode import DecodeLimits, VideoFrame, decode_pictures, resample
+from streamer.sources.decode import (
+    DecodeLimits,
+    PacketFeed,
+    VideoFrame,
+    decode_pictures,
+    resample,
+)
 from streamer.urls import SourceUrl
 
 
 class RtspOpener(Opener):
     ends = False
     network = True
+    packets = True
 
     def __init__(
         self,
@@ -40,3 +47,16 @@ class RtspOpener(Opener):
             last = frame.pts_s
             yield VideoFrame(frame.index, self._offset + frame.pts_s, frame.picture, frame.restart)
         self._offset += last + 1.0 / self.fps
+
+    def demux(self) -> PacketFeed:
+        return PacketFeed(
+            self.url,
+            self.fps,
+            offset=self._offset,
+            timeout_s=self.stall_timeout_s,
+            limits=self.limits,
+            max_gap_s=self.max_gap_s,
+        )
+
+    def demuxed(self, feed: PacketFeed) -> None:
+        self._offset += (feed.last if feed.last is not None else 0.0) + 1.0 / self.fps
