@@ -13,7 +13,7 @@ import math
 import socket
 import ssl
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -286,7 +286,7 @@ class PacketFeed:
         self.resync = False  # packets were lost: skip to the next keyframe (the worker's)
         self._closed = False
 
-    def packets(self, *, realtime: bool = False) -> Iterator[av.Packet]:
+    def packets(self, *, realtime: bool = False) -> Generator[av.Packet, None, None]:
         """The reader's side: the stream's packets in decode order, paced by their
         decode times when ``realtime`` (a file played as if live). Ends early, with
         ``failed`` set, when the demuxer fails or the decoder has."""
