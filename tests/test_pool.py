@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -318,3 +319,33 @@ def test_a_file_played_as_if_live_gives_its_frames_evenly_though_it_has_b_frames
     assert np.median(gaps) > 0.02 and (gaps < 0.005).mean() < 0.1, np.round(gaps * 1000)
     pool.stop()
     decoders.stop()
+
+
+def test_a_file_of_undecodable_packets_fails_with_the_readers_own_words(tmp_path):
+    """Decoding moved to the pool, a file none of whose packets decode still ends
+    ``failed``, saying what decoding in the reader says."""
+    path = tmp_path / "garbage.mkv"
+    rng = np.random.default_rng(0)
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("h264", rate=30)
+        stream.width, stream.height = 64, 48
+        for i in range(30):
+            packet = av.Packet(rng.integers(0, 256, 500, dtype=np.uint8).tobytes())
+            packet.stream, packet.pts, packet.dts = stream, i, i
+            packet.time_base, packet.is_keyframe = Fraction(1, 30), i == 0
+            out.mux(packet)
+    source = parse_source_url(str(path), kind="scan")
+    reasons = {}
+    for way, decoders in (("reader", None), ("pool", FramePool(1, name="packet_lane"))):
+        pool = FramePool(1)
+        opener = FileOpener(source, 30.0, loop=False, realtime=False)
+        worker, states = _decoding_worker(way, opener, pool, decoders, [])
+        worker.start()
+        assert worker.join(10.0)
+        assert states[-1] == SourceState.FAILED
+        reasons[way] = worker.reason
+        pool.stop()
+        if decoders is not None:
+            decoders.stop()
+    assert reasons["pool"] == reasons["reader"]
+    assert "holds no decodable video frame" in reasons["pool"]
