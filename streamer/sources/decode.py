@@ -205,98 +205,58 @@ def decode_pictures(
     A stream that breaks off after some frames ends with a warning (what was decoded is
     kept, as a player would show it); one that yields no frame at all raises.
     """
-    limits = limits or DecodeLimits()
-    container = open_video(source, timeout_s=timeout_s, limits=limits)
-    name = source.redacted if isinstance(source, SourceUrl) else redact(source)
+    video = Demuxed(source, timeout_s=timeout_s, limits=limits)
     try:
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        # FFmpeg's default is the node's cores, for each stream's decoder: a node with a
-        # thousand streams would run tens of thousands of decoder threads.
-        stream.thread_count = limits.threads or cpu_budget()
-        rate = float(stream.average_rate or stream.guessed_rate or 30)
-        first: float | None = None
-        count = 0
-        try:
-            for frame in container.decode(stream):
-                if frame.width * frame.height > limits.max_pixels:
-                    raise FrameTooLarge(
-                        _too_large(name, frame.width, frame.height, limits.max_pixels)
-                    )
-                t = frame.time if frame.time is not None else count / rate
-                if not math.isfinite(t):
-                    continue
-                if first is None:
-                    first = t
-                count += 1
-                yield t - first, Picture(frame)
-        except (av.error.FFmpegError, OSError) as exc:
-            if count == 0:
-                raise SourceError(
-                    f"could not decode any frame of {name}: {redact(_reason(exc))}"
-                ) from None
-            log.warning(
-                "%s: decoding stopped after %d frames: %s", name, count, redact(_reason(exc))
-            )
-        if count == 0:
-            raise SourceError(f"{name} holds no decodable video frame; the file may be truncated")
+        for packet in video.packets():
+            yield from video.pictures(packet)
+        yield from video.pictures(None)
+        video.check()
     finally:
-        container.close()
+        video.close()
 
 
-class PacketFeed:
-    """One connection's video split where its work is: the reader thread demuxes
-    (``packets``, which waits on the network), a decode pool worker decodes and resamples
-    (``decode``, which costs CPU), one packet at a time and in order.
+class Demuxed:
+    """One opened video, demuxed and decoded a packet at a time: ``packets`` (the demuxer,
+    which waits on the network) and ``pictures`` (the decoder, which costs CPU) may run
+    in different threads, one packet after another (:class:`PacketFeed`).
 
-    Together they do what :func:`decode_pictures` and :func:`resample` do in one thread,
-    with the same errors: a failure before any frame raises :class:`SourceError` (from
-    ``check``, in the reader), one after some frames ends the connection with a warning.
-    The decoder's side only records what went wrong (``failed``, ``error``); the reader
-    stops demuxing when it sees it.
+    A failure of either only stops the video and is kept (``failed``, and ``error`` for
+    one that is raised as it is); ``check`` at the end raises what ended it before any
+    frame, and warns about what ended it after some.
     """
 
     def __init__(
         self,
-        source: SourceUrl,
-        fps: float,
+        source: SourceUrl | str,
         *,
-        offset: float = 0.0,
         timeout_s: float = 10.0,
         limits: DecodeLimits | None = None,
-        max_gap_s: float | None = None,
     ) -> None:
         self.limits = limits or DecodeLimits()
         self.container = open_video(source, timeout_s=timeout_s, limits=self.limits)
-        self.name = source.redacted
+        self.name = source.redacted if isinstance(source, SourceUrl) else redact(source)
         self.stream = self.container.streams.video[0]
         self.stream.thread_type = "AUTO"
-        # One thread unless asked: the pool's workers are the parallelism.
-        self.stream.thread_count = self.limits.threads or 1
+        # FFmpeg's default is the node's cores, for each stream's decoder: a node with a
+        # thousand streams would run tens of thousands of decoder threads.
+        self.stream.thread_count = self.limits.threads or cpu_budget()
         self.rate = float(self.stream.average_rate or self.stream.guessed_rate or 30)
-        self.fps = fps
-        self.offset = offset  # stream time of this connection's first tick
-        self.clock = Resampler(fps, max_gap_s=max_gap_s)
         self.first: float | None = None  # the first decoded frame's time
         self.decoded = 0  # pictures decoded
-        self.last: float | None = None  # the last tick's time, from this connection's start
         self.failed: str | None = None  # why demuxing or decoding stopped early
-        self.error: SourceError | None = None  # an error the reader raises as it is
-        self.fresh = True  # face tracks start afresh at this connection's first frame
-        self.resync = False  # packets were lost: skip to the next keyframe (the worker's)
-        self._closed = False
+        self.error: SourceError | None = None  # an error ``check`` raises as it is
 
     def packets(self, *, realtime: bool = False) -> Generator[av.Packet, None, None]:
-        """The reader's side: the stream's packets in decode order, paced by their
-        decode times when ``realtime`` (a file played as if live). Ends early, with
-        ``failed`` set, when the demuxer fails or the decoder has."""
+        """The stream's packets in decode order, paced by their decode times when
+        ``realtime`` (a file played as if live). Ends early, with ``failed`` set, when the
+        demuxer fails or the decoder has."""
         start = time.monotonic()
         origin: float | None = None
         try:
             for packet in self.container.demux(self.stream):
                 if self.failed is not None:
                     return
-                if packet.size == 0:  # the demuxer's own end: the reader flushes instead
+                if packet.size == 0:  # the demuxer's own end: ``pictures(None)`` flushes
                     continue
                 # Decode times, which rise packet by packet; presentation times jump
                 # ahead at each reference frame that B-frames follow (bursts of frames).
@@ -311,39 +271,36 @@ class PacketFeed:
         except (av.error.FFmpegError, OSError) as exc:
             self.failed = self.failed or redact(_reason(exc))
 
-    def decode(self, packet: av.Packet | None, *, gap: bool = False) -> list[VideoFrame]:
-        """The decode worker's side: the ticks ``packet`` completes (None: the end, which
-        flushes the decoder and the clock); ``gap``: packets before it were lost."""
-        if self._closed:
+    def pictures(self, packet: av.Packet | None) -> list[tuple[float, Picture]]:
+        """(seconds from the first frame, picture) for each frame ``packet`` completes;
+        None flushes the decoder at the end. Nothing once it has failed."""
+        if self.failed is not None:
             return []
-        out: list[VideoFrame] = []
-        if self.failed is None:  # after a failure only the clock's last ticks are left
-            try:
-                pictures = self.stream.codec_context.decode(packet)
-            except (av.error.FFmpegError, OSError) as exc:
-                self.failed, pictures = redact(_reason(exc)), []
-            for frame in pictures:
-                if frame.width * frame.height > self.limits.max_pixels:
-                    self.error = FrameTooLarge(
-                        _too_large(self.name, frame.width, frame.height, self.limits.max_pixels)
-                    )
-                    self.failed = "frame too large"
-                    break
-                t = self._seconds(frame)
-                if not math.isfinite(t):
-                    continue
-                if self.first is None:
-                    self.first = t
-                self.decoded += 1
-                out.extend(self.clock.push(t - self.first, Picture(frame), gap=gap))
-                gap = False
-        if packet is None:
-            out.extend(self.clock.end())
-        return [self._shift(frame) for frame in out]
+        try:
+            frames = self.stream.codec_context.decode(packet)
+        except (av.error.FFmpegError, OSError) as exc:
+            self.failed = redact(_reason(exc))
+            return []
+        out = []
+        for frame in frames:
+            if frame.width * frame.height > self.limits.max_pixels:
+                self.error = FrameTooLarge(
+                    _too_large(self.name, frame.width, frame.height, self.limits.max_pixels)
+                )
+                self.failed = "frame too large"
+                break
+            t = self._seconds(frame)
+            if not math.isfinite(t):
+                continue
+            if self.first is None:
+                self.first = t
+            self.decoded += 1
+            out.append((t - self.first, Picture(frame)))
+        return out
 
     def check(self) -> None:
-        """The reader's side, once every packet is decoded: raise what ended the
-        connection before any frame; warn about what ended it after some."""
+        """Once every packet is decoded: raise what ended the video before any frame;
+        warn about what ended it after some."""
         if self.error is not None:
             raise self.error
         if self.decoded == 0:
@@ -357,8 +314,7 @@ class PacketFeed:
                         self.failed)  # fmt: skip
 
     def close(self) -> None:
-        """Only once no worker decodes for it any more."""
-        self._closed = True
+        """Only once no thread decodes for it any more."""
         self.container.close()
 
     def _seconds(self, frame: av.VideoFrame) -> float:
@@ -369,9 +325,52 @@ class PacketFeed:
             return float(frame.pts * time_base)
         return self.decoded / self.rate
 
-    def _shift(self, frame: VideoFrame) -> VideoFrame:
-        self.last = frame.pts_s
-        return VideoFrame(frame.index, self.offset + frame.pts_s, frame.picture, frame.restart)
+
+class PacketFeed(Demuxed):
+    """One connection's video split where its work is: the reader thread demuxes
+    (``packets``), a decode pool worker decodes and resamples (``decode``), one packet at
+    a time and in order; together what :func:`decode_pictures` and :func:`resample` do in
+    one thread, with the same errors (``check``, in the reader)."""
+
+    def __init__(
+        self,
+        source: SourceUrl,
+        fps: float,
+        *,
+        offset: float = 0.0,
+        timeout_s: float = 10.0,
+        limits: DecodeLimits | None = None,
+        max_gap_s: float | None = None,
+    ) -> None:
+        super().__init__(source, timeout_s=timeout_s, limits=limits)
+        self.offset = offset  # stream time of this connection's first tick
+        self.clock = Resampler(fps, max_gap_s=max_gap_s)
+        self.last: float | None = None  # the last tick's time, from this connection's start
+        self.resync = False  # packets were lost: skip to the next keyframe (the worker's)
+        # Packets were lost before the picture at this time (None: the next one): a
+        # decoder of several threads hands back pictures of packets before the gap later.
+        self._gap_at: float | None = None
+        self._gap = False
+
+    def decode(self, packet: av.Packet | None, *, gap: bool = False) -> list[VideoFrame]:
+        """The decode worker's side: the ticks ``packet`` completes (None: the end, which
+        flushes the decoder and the clock); ``gap``: packets before it were lost."""
+        if gap and packet is not None:
+            self._gap = True
+            stamp, base, first = packet.pts, packet.time_base, self.first
+            self._gap_at = None
+            if stamp is not None and base is not None and first is not None:
+                self._gap_at = float(stamp * base) - first
+        out: list[VideoFrame] = []
+        for t, picture in self.pictures(packet):
+            starts = self._gap and (self._gap_at is None or t >= self._gap_at - 1e-6)
+            out += self.clock.push(t, picture, gap=starts)
+            self._gap = self._gap and not starts
+        if packet is None:
+            out += self.clock.end()
+        if out:
+            self.last = out[-1].pts_s
+        return [VideoFrame(f.index, self.offset + f.pts_s, f.picture, f.restart) for f in out]
 
 
 def resample(
@@ -408,37 +407,42 @@ class Resampler:
 
     def push(
         self, t: float, pixels: Picture | np.ndarray, *, gap: bool = False
-    ) -> Iterator[VideoFrame]:
+    ) -> list[VideoFrame]:
         """The ticks that end before frame ``t``; ``gap``: frames before it were lost, so
         it starts a new segment whatever its time (nothing is filled in)."""
         picture = pixels if isinstance(pixels, Picture) else Picture(pixels)
-        step, eps, prev = self.step, self.eps, self.prev
+        prev, out = self.prev, []
         if prev is not None:
             since = t - prev[0]
-            if gap or (self.max_gap_s is not None and (since > self.max_gap_s or since < -step)):
+            max_gap = self.max_gap_s
+            if gap or (max_gap is not None and (since > max_gap or since < -self.step)):
                 # Close the segment with its last frame, then start a new one at t.
-                yield from self._until(prev, lambda when: when <= prev[0] + eps)
+                out = self._until(prev, lambda when: when <= prev[0] + self.eps)
                 self.base_k, self.base_t, self.restart = self.k, t, True
             else:
-                yield from self._until(prev, lambda when: when < t - eps)
+                out = self._until(prev, lambda when: when < t - self.eps)
         else:
             self.base_t = t
             self.restart = self.restart or gap
         self.prev = (t, picture)
+        return out
 
-    def end(self) -> Iterator[VideoFrame]:
+    def end(self) -> list[VideoFrame]:
         """The last frame's ticks."""
         prev = self.prev
-        if prev is not None:
-            yield from self._until(prev, lambda when: when <= prev[0] + self.eps)
+        if prev is None:
+            return []
+        return self._until(prev, lambda when: when <= prev[0] + self.eps)
 
     def _until(
         self, prev: tuple[float, Picture], more: Callable[[float], bool]
-    ) -> Iterator[VideoFrame]:
+    ) -> list[VideoFrame]:
+        out = []
         while more((self.k - self.base_k) * self.step + self.base_t):
-            yield VideoFrame(self.k, self.k * self.step, prev[1], self.restart)
+            out.append(VideoFrame(self.k, self.k * self.step, prev[1], self.restart))
             self.restart = False
             self.k += 1
+        return out
 
 
 def check_rtsp_redirect(source: SourceUrl, timeout_s: float) -> None:
