@@ -10,7 +10,14 @@ import pytest
 from streamer.config import load_settings
 from streamer.cpus import cpu_budget
 from streamer.errors import SourceError
-from streamer.sources.decode import DecodeLimits, decode, decode_pictures, media_seconds, resample
+from streamer.sources.decode import (
+    DecodeLimits,
+    Picture,
+    decode,
+    decode_pictures,
+    media_seconds,
+    resample,
+)
 from streamer.urls import parse_source_url
 from tests.servers import thread_count
 
@@ -33,6 +40,25 @@ def test_resample_shows_the_latest_frame_at_each_tick():
     out = list(resample(frames_at(15, 1.0), 30.0))
     # 15 fps source: every source frame is shown twice, except the last.
     assert [int(f.rgb[0, 0, 0]) for f in out[:6]] == [0, 0, 1, 1, 2, 2]
+
+
+@pytest.mark.parametrize("src_fps", [60, 45, 30, 15])
+def test_a_frame_the_clock_skips_hands_its_delivery_marks_to_the_next_one_shown(src_fps):
+    """A Kafka message's offset is committed once the frame carrying it is analysed; a
+    frame a faster source's clock never shows must not take its marks with it (the
+    commit would wait for the stream's end), nor may a gap's last frame."""
+    frames = []
+    for i, (t, rgb) in enumerate(frames_at(src_fps, 2.0)):
+        picture = Picture(rgb)
+        picture.marks = (i,)
+        # A gap after frame 20: the segment before it ends without a tick for frame 20.
+        frames.append((t + (5.0 if i > 20 else 0.0) + (0.5 / 30 if i == 20 else 0.0), picture))
+    seen: list[object] = []
+    for frame in resample(frames, 30.0, max_gap_s=1.0):
+        seen += frame.picture.marks
+        frame.picture.marks = ()  # taken with the picture's first tick (SourceWorker._offer)
+    # The last frame's, when no tick shows it, are done when its stream ends.
+    assert seen[: len(frames) - 1] == list(range(len(frames) - 1))
 
 
 def test_decode_reads_every_frame_of_a_synthetic_clip(synth_clips):

@@ -403,6 +403,7 @@ class Resampler:
         self.k = 0  # output ticks so far
         self.base_k, self.base_t = 0, 0.0  # the tick that input time base_t maps to
         self.prev: tuple[float, Picture] | None = None
+        self.shown = False  # prev has had a tick
         self.restart = False  # the next tick out starts a new segment
 
     def push(
@@ -424,7 +425,12 @@ class Resampler:
         else:
             self.base_t = t
             self.restart = self.restart or gap
-        self.prev = (t, picture)
+        if prev is not None and not self.shown and prev[1].marks:
+            # Never shown (a faster source, or a gap right after it): its delivery marks
+            # ride on the next picture, or its input would never be done.
+            picture.marks = prev[1].marks + picture.marks
+            prev[1].marks = ()
+        self.prev, self.shown = (t, picture), False
         return out
 
     def end(self) -> list[VideoFrame]:
@@ -440,7 +446,7 @@ class Resampler:
         out = []
         while more((self.k - self.base_k) * self.step + self.base_t):
             out.append(VideoFrame(self.k, self.k * self.step, prev[1], self.restart))
-            self.restart = False
+            self.restart, self.shown = False, True
             self.k += 1
         return out
 
