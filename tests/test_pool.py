@@ -23,6 +23,7 @@ from streamer.sources.decode import (
     resample,
 )
 from streamer.sources.file import FileOpener
+from streamer.sources.kafka import TS, KafkaOpener, Message
 from streamer.sources.pool import FramePool
 from streamer.tasks import Backoff
 from streamer.urls import parse_source_url
@@ -166,6 +167,7 @@ def _worker(
     items: list[FrameItem],
     decoders: FramePool | None = None,
     on_drop=lambda: None,
+    ready=lambda: True,
 ):
     states: list[SourceState] = []
     worker = SourceWorker(
@@ -179,6 +181,7 @@ def _worker(
         pool=pool,
         decoders=decoders,
         on_drop=on_drop,
+        ready=ready,
     )
     return worker, states
 
@@ -363,3 +366,70 @@ def test_a_file_of_undecodable_packets_fails_with_the_readers_own_words(tmp_path
             decoders.stop()
     assert reasons["pool"] == reasons["reader"]
     assert "holds no decodable video frame" in reasons["pool"]
+
+
+# -- Kafka MPEG-TS through the decode pool --------------------------------------------------
+
+
+def _ts_messages(tmp_path, chunk: int = 188 * 4) -> list[Message]:
+    """A 90-frame MPEG-TS clip (see _gop_clip) cut into messages of ``chunk`` bytes."""
+    data = _gop_clip(tmp_path / "a.ts", frames=90, gop=10).read_bytes()
+    return [Message(0, k, data[i : i + chunk]) for k, i in enumerate(range(0, len(data), chunk))]
+
+
+def _kafka(messages: list[Message]) -> KafkaOpener:
+    """A key's opener with every message already read from the topic, and no more to come."""
+    opener = KafkaOpener(TS, 30.0, 5.0, on_bad=lambda _m, why: pytest.fail(why), threads=1)
+    for msg in messages:
+        assert opener.push(msg)
+    opener.close()
+    return opener
+
+
+def test_kafka_video_decoded_in_the_pool_gives_the_readers_frames_and_delivery_marks(tmp_path):
+    """A Kafka key's MPEG-TS is demuxed by its reader and decoded by a pool worker: the
+    same frames as decoding it in the reader, and the same messages handed back as done
+    (each once, in order, each only with a frame its pictures are all before)."""
+    messages = _ts_messages(tmp_path)
+    got = {}
+    for way, decoders in (("reader", None), ("pool", FramePool(2, name="packet_lane"))):
+        pool = FramePool(1)
+        items: list[FrameItem] = []
+        worker, states = _worker(way, _kafka(messages), pool, items, decoders)
+        worker.start()
+        assert worker.join(20.0) and states[-1] == SourceState.STOPPED, worker.reason
+        assert (worker._decode_s > 0) == (decoders is not None)  # where it was decoded
+        marks = [msg.offset for x in items for msg in x.marks]
+        got[way] = ([x.pts_s for x in items], marks)
+        assert np.abs(_levels(items) - np.arange(90)).max() <= 1
+        pool.stop()
+        if decoders is not None:
+            decoders.stop()
+    assert got["pool"] == got["reader"]
+    frames, marks = got["pool"]
+    assert len(frames) == 90
+    # Every message but the last few (done when the stream ends), in order.
+    assert marks == list(range(len(marks))) and len(marks) >= len(messages) - 40
+
+
+def test_a_kafka_stream_without_room_holds_up_no_other_stream_of_its_decode_worker(tmp_path):
+    """A Kafka key's frames wait for room rather than being dropped; its decode worker
+    must not wait with them, or every stream it decodes stalls behind the full one."""
+    messages = _ts_messages(tmp_path)
+    pool = FramePool(1)
+    decoders = FramePool(1, name="packet_lane", thread_name="decode")
+    room = threading.Event()
+    stuck: list[FrameItem] = []
+    moving: list[FrameItem] = []
+    a, a_states = _worker("a", _kafka(messages), pool, stuck, decoders, ready=room.is_set)
+    b, b_states = _worker("b", _kafka(messages), pool, moving, decoders)
+    a.start()
+    time.sleep(0.2)  # its lanes fill up
+    b.start()
+    assert b.join(20.0) and b_states[-1] == SourceState.STOPPED, b.reason
+    assert len(moving) == 90 and stuck == []
+    room.set()
+    assert a.join(20.0) and a_states[-1] == SourceState.STOPPED, a.reason
+    assert len(stuck) == 90
+    pool.stop()
+    decoders.stop()

@@ -1,9 +1,9 @@
 """What every live source shares: an explicit state, a reader thread, reconnect backoff.
 
 A :class:`SourceWorker` reads in its own thread: it opens the source, decodes and
-resamples to the model fps (a file or RTSP source only demuxes there: its packets are
-decoded and resampled in the node's decode pool, and after packets lost to a full lane,
-from the next keyframe on); the node's frame pool (``streamer/sources/pool.py``) runs the
+resamples to the model fps (a file, RTSP or Kafka MPEG-TS source only demuxes there: its
+packets are decoded and resampled in the node's decode pool, and after packets lost to a
+full lane, from the next keyframe on); the node's frame pool (``streamer/sources/pool.py``) runs the
 stream's face tracker on each frame and hands its faces to the event loop through
 ``on_item`` (called in the pool's thread; the receiver must be thread-safe). On failure
 the reader reconnects with capped exponential backoff and jitter, for ever: a camera
@@ -86,8 +86,8 @@ class Opener:
     #: of losing its oldest frame.
     waits: bool = False
 
-    #: Whether ``demux`` gives its packets to the node's decode pool (file and RTSP
-    #: sources); the others decode in their reader thread (``open``).
+    #: Whether ``demux`` gives its packets to the node's decode pool (file, RTSP and
+    #: Kafka MPEG-TS sources); the others decode in their reader thread (``open``).
     packets: bool = False
     #: Whether packets are paced by their timestamps (a file played as if live).
     realtime: bool = False
@@ -206,8 +206,21 @@ class SourceWorker:
             self._work, waits=self.opener.waits, ready=self._ready, on_drop=self._dropped
         )
         if self.decoders is not None:
-            self._packets = self.decoders.lane(self._decode, on_drop=self._lost)
+            waits = self.opener.waits
+            self._packets = self.decoders.lane(
+                self._decode,
+                waits=waits,
+                ready=self._room if waits else lambda: True,
+                on_drop=self._lost,
+            )
         self._thread.start()
+
+    def _room(self) -> bool:
+        """For a source that waits: its decode worker takes a packet only when the
+        packet's frames will fit (the stream's frame lane is empty and it has room), so
+        waiting for room never holds up the other streams that worker decodes."""
+        lane = self._lane
+        return lane is not None and len(lane) == 0 and self._ready()
 
     def stop(self) -> None:
         """Ask the thread to end (frames not yet worked are let go); safe to call twice."""

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import av
 import numpy as np
@@ -163,8 +163,6 @@ def open_video(
     if width * height > limits.max_pixels:
         container.close()
         raise FrameTooLarge(_too_large(name, width, height, limits.max_pixels))
-    # The decoder refuses larger pictures too (a stream can change size mid-way).
-    stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
     return container
 
 
@@ -205,7 +203,7 @@ def decode_pictures(
     A stream that breaks off after some frames ends with a warning (what was decoded is
     kept, as a player would show it); one that yields no frame at all raises.
     """
-    video = Demuxed(source, timeout_s=timeout_s, limits=limits)
+    video = Demuxed.open(source, timeout_s=timeout_s, limits=limits)
     try:
         for packet in video.packets():
             yield from video.pictures(packet)
@@ -225,26 +223,38 @@ class Demuxed:
     frame, and warns about what ended it after some.
     """
 
-    def __init__(
-        self,
-        source: SourceUrl | str,
-        *,
-        timeout_s: float = 10.0,
-        limits: DecodeLimits | None = None,
-    ) -> None:
-        self.limits = limits or DecodeLimits()
-        self.container = open_video(source, timeout_s=timeout_s, limits=self.limits)
-        self.name = source.redacted if isinstance(source, SourceUrl) else redact(source)
+    def __init__(self, container: Any, name: str, limits: DecodeLimits) -> None:
+        self.limits = limits
+        self.container = container  # with a video stream
+        self.name = name  # the source as shown in errors
         self.stream = self.container.streams.video[0]
+        # The decoder refuses larger pictures too (a stream can change size mid-way).
+        self.stream.codec_context.options = {"max_pixels": str(limits.max_pixels)}
         self.stream.thread_type = "AUTO"
         # FFmpeg's default is the node's cores, for each stream's decoder: a node with a
         # thousand streams would run tens of thousands of decoder threads.
         self.stream.thread_count = self.limits.threads or cpu_budget()
         self.rate = float(self.stream.average_rate or self.stream.guessed_rate or 30)
         self.first: float | None = None  # the first decoded frame's time
+        self.demuxed = 0  # packets demuxed
         self.decoded = 0  # pictures decoded
         self.failed: str | None = None  # why demuxing or decoding stopped early
         self.error: SourceError | None = None  # an error ``check`` raises as it is
+
+    @classmethod
+    def open(
+        cls,
+        source: SourceUrl | str,
+        *,
+        timeout_s: float = 10.0,
+        limits: DecodeLimits | None = None,
+        **more: Any,
+    ) -> Self:
+        """Open a file or URL (:func:`open_video`); ``more`` goes to the constructor."""
+        limits = limits or DecodeLimits()
+        container = open_video(source, timeout_s=timeout_s, limits=limits)
+        name = source.redacted if isinstance(source, SourceUrl) else redact(source)
+        return cls(container, name, limits, **more)
 
     def packets(self, *, realtime: bool = False) -> Generator[av.Packet, None, None]:
         """The stream's packets in decode order, paced by their decode times when
@@ -267,6 +277,7 @@ class Demuxed:
                     wait = start + (t - origin) - time.monotonic()
                     if wait > 0:
                         time.sleep(min(wait, 1.0))
+                self.demuxed += 1
                 yield packet
         except (av.error.FFmpegError, OSError) as exc:
             self.failed = self.failed or redact(_reason(exc))
@@ -334,15 +345,15 @@ class PacketFeed(Demuxed):
 
     def __init__(
         self,
-        source: SourceUrl,
-        fps: float,
+        container: Any,
+        name: str,
+        limits: DecodeLimits,
         *,
+        fps: float,
         offset: float = 0.0,
-        timeout_s: float = 10.0,
-        limits: DecodeLimits | None = None,
         max_gap_s: float | None = None,
     ) -> None:
-        super().__init__(source, timeout_s=timeout_s, limits=limits)
+        super().__init__(container, name, limits)
         self.offset = offset  # stream time of this connection's first tick
         self.clock = Resampler(fps, max_gap_s=max_gap_s)
         self.last: float | None = None  # the last tick's time, from this connection's start

@@ -53,9 +53,9 @@ class FileOpener(Opener):
         self._offset += last + 1.0 / self.fps
 
     def demux(self) -> PacketFeed:
-        return PacketFeed(
+        return PacketFeed.open(
             self.source,
-            self.fps,
+            fps=self.fps,
             offset=self._offset,
             limits=self.limits,
             max_gap_s=self.max_gap_s,

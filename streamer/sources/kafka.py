@@ -3,7 +3,8 @@
 Header ``content-type`` says what a message holds:
 
 * ``video/mp2t``: the next piece of one continuous MPEG-TS byte stream (whole 188-byte
-  packets), demuxed and decoded incrementally by PyAV in the stream's worker thread;
+  packets), demuxed incrementally by PyAV in the stream's reader thread and decoded in the
+  node's decode pool (``DFM_DECODE_WORKERS``; with ``0``, in the reader too);
 * ``image/jpeg``: one frame, its stream time in header ``pts`` (seconds).
 
 A key becomes a stream with its first message and ends after ``kafka_idle_s`` without
@@ -50,7 +51,7 @@ from streamer.kafka_common import (
 )
 from streamer.metrics import Metrics
 from streamer.sources.base import Opener, SourceState
-from streamer.sources.decode import Picture, VideoFrame, resample
+from streamer.sources.decode import DecodeLimits, PacketFeed, Picture, VideoFrame, resample
 from streamer.tasks import Backoff
 
 log = logging.getLogger(__name__)
@@ -163,13 +164,70 @@ class _ChunkReader(io.RawIOBase):
         return n
 
 
+class _TsFeed(PacketFeed):
+    """One key's MPEG-TS byte stream, read from its chunks as they arrive: demuxed in the
+    reader thread, decoded where its :class:`PacketFeed` is (the decode pool, or the
+    reader).
+
+    A chunk the demuxer has read to its end is wholly before the pictures of packets
+    demuxed ``TS_DELAY`` packets later (a decoder may hold that many pictures back): the
+    first picture decoded after that packet carries it as a delivery mark.
+    """
+
+    def __init__(
+        self,
+        chunks: BoundedBuffer[Message],
+        idle_s: float,
+        limits: DecodeLimits,
+        *,
+        fps: float,
+        max_gap_s: float | None,
+    ) -> None:
+        # (packets demuxed when the demuxer finished a chunk, the chunk): the reader
+        # appends, the decoding thread takes from the left.
+        self.finished: deque[tuple[int, Message]] = deque()
+        self.fed = 0  # packets decoded so far
+        reader = _ChunkReader(chunks, idle_s, lambda m: self.finished.append((self.demuxed, m)))
+        self.demuxed = 0  # the reader counts (Demuxed.packets); set before probing reads
+        try:
+            container = av.open(
+                io.BufferedReader(reader), format="mpegts", mode="r", metadata_errors="replace"
+            )
+        except av.error.FFmpegError as exc:
+            raise SourceError(f"cannot demux the MPEG-TS stream: {exc}") from None
+        if not container.streams.video:
+            container.close()
+            raise SourceError("cannot demux the MPEG-TS stream: it has no video stream")
+        super().__init__(container, "the MPEG-TS stream", limits, fps=fps, max_gap_s=max_gap_s)
+
+    def pictures(self, packet: av.Packet | None) -> list[tuple[float, Picture]]:
+        if packet is not None:
+            self.fed += 1
+        out = super().pictures(packet)
+        if out:
+            marks = []
+            while self.finished and self.finished[0][0] + TS_DELAY <= self.fed:
+                marks.append(self.finished.popleft()[1])
+            out[0][1].marks = tuple(marks)
+        return out
+
+    def check(self) -> None:
+        """A key that sent nothing decodable ends like one that went idle (the messages
+        it sent are done with its stream); a frame too large fails it."""
+        if self.error is None and self.decoded == 0:
+            log.warning("%s: no decodable frame (%s)", self.name, self.failed or "no picture")
+            return
+        super().check()
+
+
 class KafkaOpener(Opener):
-    """Frames of one key, decoded in the stream's worker thread.
+    """Frames of one key: JPEGs decoded in the stream's reader thread, MPEG-TS demuxed
+    there and decoded in the node's decode pool (``packets``).
 
     Each picture carries, as delivery marks, the messages wholly before it: for JPEG the
     message before (one message, one picture), for MPEG-TS the chunks the demuxer finished
-    ``TS_DELAY`` decoded pictures earlier (a decoder may hold that many back). Its stream
-    hands them back to :meth:`release` once the windows over them are acknowledged.
+    ``TS_DELAY`` packets earlier (:class:`_TsFeed`). Its stream hands them back to
+    :meth:`release` once the windows over them are acknowledged.
     """
 
     ends = True
@@ -191,6 +249,7 @@ class KafkaOpener(Opener):
         threads: int = 1,
     ) -> None:
         self.kind = kind
+        self.packets = kind == TS  # decoded in the decode pool
         self.threads = threads  # FFmpeg threads of the MPEG-TS decoder
         self.partition = partition
         self.max_pixels = max_pixels
@@ -220,8 +279,24 @@ class KafkaOpener(Opener):
         self.items.end()
 
     def open(self) -> Iterator[VideoFrame]:
-        frames = self._ts() if self.kind == TS else self._jpeg()
-        return resample(frames, self.fps, max_gap_s=self.max_gap_s)
+        if self.kind == TS:
+            return self._ts()
+        return resample(self._jpeg(), self.fps, max_gap_s=self.max_gap_s)
+
+    def demux(self) -> PacketFeed:
+        limits = DecodeLimits(max_pixels=self.max_pixels, threads=self.threads)
+        return _TsFeed(self.items, self.idle_s, limits, fps=self.fps, max_gap_s=self.max_gap_s)
+
+    def _ts(self) -> Iterator[VideoFrame]:
+        """Without a decode pool: demuxed and decoded here."""
+        feed = self.demux()
+        try:
+            for packet in feed.packets():
+                yield from feed.decode(packet)
+            yield from feed.decode(None)
+            feed.check()
+        finally:
+            feed.close()
 
     def _jpeg(self) -> Iterator[tuple[float, Picture | np.ndarray]]:
         first: float | None = None
@@ -242,44 +317,6 @@ class KafkaOpener(Opener):
                 picture.marks = (before,)
             before = item
             yield item.pts_s - first, picture
-
-    def _ts(self) -> Iterator[tuple[float, Picture]]:
-        finished: deque[tuple[int, Message]] = deque()  # (pictures decoded then, chunk)
-        decoded = 0
-        reader = _ChunkReader(self.items, self.idle_s, lambda m: finished.append((decoded, m)))
-        try:
-            container = av.open(
-                io.BufferedReader(reader), format="mpegts", mode="r", metadata_errors="replace"
-            )
-            video = container.streams.video[0]
-            video.codec_context.options = {"max_pixels": str(self.max_pixels)}
-            video.thread_type, video.thread_count = "AUTO", self.threads
-        except (av.error.FFmpegError, IndexError) as exc:
-            raise SourceError(f"cannot demux the MPEG-TS stream: {exc}") from None
-        try:
-            stream = container.streams.video[0]
-            first: float | None = None
-            try:
-                for frame in container.decode(stream):
-                    if frame.time is None or not math.isfinite(frame.time):
-                        continue
-                    if frame.width * frame.height > self.max_pixels:
-                        raise SourceError(
-                            f"MPEG-TS frames of {frame.width}x{frame.height} are larger than "
-                            f"{self.max_pixels} pixels (DFM_MAX_FRAME_PIXELS)"
-                        )
-                    first = frame.time if first is None else first
-                    decoded += 1
-                    picture = Picture(frame)
-                    marks = []
-                    while finished and finished[0][0] + TS_DELAY <= decoded:
-                        marks.append(finished.popleft()[1])
-                    picture.marks = tuple(marks)
-                    yield frame.time - first, picture
-            except av.error.FFmpegError as exc:
-                log.warning("MPEG-TS decoding stopped: %s", exc)
-        finally:
-            container.close()
 
 
 class _Rebalance(ConsumerRebalanceListener):

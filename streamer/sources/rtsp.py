@@ -49,9 +49,9 @@ class RtspOpener(Opener):
         self._offset += last + 1.0 / self.fps
 
     def demux(self) -> PacketFeed:
-        return PacketFeed(
+        return PacketFeed.open(
             self.url,
-            self.fps,
+            fps=self.fps,
             offset=self._offset,
             timeout_s=self.stall_timeout_s,
             limits=self.limits,
