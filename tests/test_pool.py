@@ -168,12 +168,13 @@ def _worker(
     decoders: FramePool | None = None,
     on_drop=lambda: None,
     ready=lambda: True,
+    detector=None,
 ):
     states: list[SourceState] = []
     worker = SourceWorker(
         name,
         opener,
-        lambda: FaceTracker(_OneFace(), detect_every=1),
+        lambda: FaceTracker(detector or _OneFace(), detect_every=1),
         on_item=items.append,
         on_state=lambda state, _reason: states.append(state),
         on_reconnect=lambda: None,
@@ -206,12 +207,12 @@ def test_streams_sharing_two_workers_get_every_frame_and_a_bug_fails_only_its_st
 # -- the decode pool: file and RTSP streams' packets decoded by a few threads ---------------
 
 
-def _gop_clip(path, frames: int = 90, gop: int = 10, bframes: int = 0):
-    """An H.264 clip of ``frames`` 64x48 frames at 30 fps, a keyframe every ``gop``
+def _gop_clip(path, frames: int = 90, gop: int = 10, bframes: int = 0, rate: int = 30):
+    """An H.264 clip of ``frames`` 64x48 frames at ``rate`` fps, a keyframe every ``gop``
     frames, no B-frames unless asked (then decode order is not display order); frame i
     is filled with 2 * i."""
     with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=30)
+        stream = out.add_stream("libx264", rate=rate)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
         stream.codec_context.gop_size = gop
         stream.codec_context.options = {
@@ -371,9 +372,9 @@ def test_a_file_of_undecodable_packets_fails_with_the_readers_own_words(tmp_path
 # -- Kafka MPEG-TS through the decode pool --------------------------------------------------
 
 
-def _ts_messages(tmp_path, chunk: int = 188 * 4) -> list[Message]:
+def _ts_messages(tmp_path, chunk: int = 188 * 4, rate: int = 30) -> list[Message]:
     """A 90-frame MPEG-TS clip (see _gop_clip) cut into messages of ``chunk`` bytes."""
-    data = _gop_clip(tmp_path / "a.ts", frames=90, gop=10).read_bytes()
+    data = _gop_clip(tmp_path / "a.ts", frames=90, gop=10, rate=rate).read_bytes()
     return [Message(0, k, data[i : i + chunk]) for k, i in enumerate(range(0, len(data), chunk))]
 
 
@@ -431,5 +432,37 @@ def test_a_kafka_stream_without_room_holds_up_no_other_stream_of_its_decode_work
     room.set()
     assert a.join(20.0) and a_states[-1] == SourceState.STOPPED, a.reason
     assert len(stuck) == 90
+    pool.stop()
+    decoders.stop()
+
+
+def test_a_kafka_stream_whose_packet_gives_more_frames_than_its_lane_holds_stalls_no_other(
+    tmp_path,
+):
+    """A 6-fps key gives five frames for each packet at the model's 30 fps: while its
+    frame worker is busy, they are queued past the lane's two, not waited for by the
+    decode worker that also decodes another stream."""
+    messages = _ts_messages(tmp_path, rate=6)
+    pool = FramePool(2)  # a frame worker for each stream
+    decoders = FramePool(1, name="packet_lane", thread_name="decode")
+    go = threading.Event()
+
+    class Busy(_OneFace):
+        def detect(self, rgb: np.ndarray) -> list[Detection]:
+            assert go.wait(20.0)
+            return super().detect(rgb)
+
+    stuck: list[FrameItem] = []
+    moving: list[FrameItem] = []
+    a, a_states = _worker("a", _kafka(messages), pool, stuck, decoders, detector=Busy())
+    b, b_states = _worker("b", _kafka(messages), pool, moving, decoders)
+    a.start()
+    time.sleep(0.2)  # its frame worker is stuck in its first frame
+    b.start()
+    assert b.join(20.0) and b_states[-1] == SourceState.STOPPED, b.reason
+    assert len(moving) == 446 and stuck == []  # 90 frames at 6 fps: 446 ticks at 30
+    go.set()
+    assert a.join(20.0) and a_states[-1] == SourceState.STOPPED, a.reason
+    assert [x.pts_s for x in stuck] == [x.pts_s for x in moving]
     pool.stop()
     decoders.stop()

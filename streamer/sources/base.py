@@ -217,8 +217,10 @@ class SourceWorker:
 
     def _room(self) -> bool:
         """For a source that waits: its decode worker takes a packet only when the
-        packet's frames will fit (the stream's frame lane is empty and it has room), so
-        waiting for room never holds up the other streams that worker decodes."""
+        stream's frame lane is empty and the stream has room, and queues the packet's
+        frames without waiting (past the lane's capacity when a slow source's packet
+        gives more ticks), so waiting for room never holds up the other streams that
+        worker decodes."""
         lane = self._lane
         return lane is not None and len(lane) == 0 and self._ready()
 
@@ -366,9 +368,10 @@ class SourceWorker:
         feed.check()
         self.opener.demuxed(feed)
 
-    def _offer(self, frame: VideoFrame, lane: Lane[_Taken]) -> bool:
+    def _offer(self, frame: VideoFrame, lane: Lane[_Taken], *, wait: bool = True) -> bool:
         """Pass a frame to the frame pool unless the stride sheds it; False once the lane
-        is closed. Called by the reader, or for a demuxing source by its decode worker."""
+        is closed. Called by the reader, or for a demuxing source by its decode worker
+        (which never waits for room: ``wait``, see :meth:`_room`)."""
         if frame.restart:
             # A discontinuity: the faces seen before it are not these.
             self._restart = self._fresh = True
@@ -380,7 +383,7 @@ class SourceWorker:
             self.on_shed()  # overload: skipped before faces and RGB
             return True
         taken = _Taken(frame, time.monotonic(), stride, self._restart, self._fresh, self._marks)
-        if not lane.put(taken):
+        if not lane.put(taken, wait=wait):
             return False
         self._restart = self._fresh = False
         self._marks = []
@@ -431,7 +434,7 @@ class SourceWorker:
             frames = feed.decode(packet, gap=gap)
             self._decode_s += time.thread_time() - t0
             for frame in frames:
-                if not self._offer(frame, lane):
+                if not self._offer(frame, lane, wait=False):
                     feed.failed = feed.failed or "the stream stopped"
                     return
         except Exception as exc:  # a bug in one stream's decoding ends that stream only
