@@ -3,13 +3,13 @@
 A :class:`SourceWorker` reads in its own thread: it opens the source, decodes and
 resamples to the model fps (a file, RTSP or Kafka MPEG-TS source only demuxes there: its
 packets are decoded and resampled in the node's decode pool, and after packets lost to a
-full lane, from the next keyframe on); the node's frame pool (``streamer/sources/pool.py``) runs the
-stream's face tracker on each frame and hands its faces to the event loop through
-``on_item`` (called in the pool's thread; the receiver must be thread-safe). On failure
-the reader reconnects with capped exponential backoff and jitter, for ever: a camera
-that is down during a rolling update is watched again once it is back. Only a local file
-that is not a video goes ``failed`` (no retry can change it); an operator removes a
-stream, the service does not.
+full lane, from the next keyframe on); the node's frame pool
+(``streamer/sources/pool.py``) runs the stream's face tracker on each frame and hands its
+faces to the event loop through ``on_item`` (called in the pool's thread; the receiver
+must be thread-safe). On failure the reader reconnects with capped exponential backoff
+and jitter, for ever: a camera that is down during a rolling update is watched again once
+it is back. Only a local file that is not a video goes ``failed`` (no retry can change
+it); an operator removes a stream, the service does not.
 """
 
 from __future__ import annotations
