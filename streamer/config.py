@@ -166,8 +166,8 @@ class Settings(WindowSchedule, BaseSettings):
         None,
         ge=0,
         le=1024,
-        description="threads decoding the video of every file, RTSP and Kafka MPEG-TS "
-        "stream, from packets their reader threads demux (streamer/sources/base.py); 0: each "
+        description="threads decoding the video of every file, RTSP and Kafka stream, "
+        "from packets their reader threads demux (streamer/sources/base.py); 0: each "
         "stream decodes in its own reader thread; unset: the CPUs",
     )
     frame_workers: int | None = Field(

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from fractions import Fraction
 
 import av
+import cv2
 import numpy as np
 import pytest
 
@@ -23,7 +24,7 @@ from streamer.sources.decode import (
     resample,
 )
 from streamer.sources.file import FileOpener
-from streamer.sources.kafka import TS, KafkaOpener, Message
+from streamer.sources.kafka import JPEG, TS, KafkaOpener, Message
 from streamer.sources.pool import FramePool
 from streamer.tasks import Backoff
 from streamer.urls import parse_source_url
@@ -378,9 +379,10 @@ def _ts_messages(tmp_path, chunk: int = 188 * 4, rate: int = 30) -> list[Message
     return [Message(0, k, data[i : i + chunk]) for k, i in enumerate(range(0, len(data), chunk))]
 
 
-def _kafka(messages: list[Message]) -> KafkaOpener:
+def _kafka(messages: list[Message], kind: str = TS, on_bad=None) -> KafkaOpener:
     """A key's opener with every message already read from the topic, and no more to come."""
-    opener = KafkaOpener(TS, 30.0, 5.0, on_bad=lambda _m, why: pytest.fail(why), threads=1)
+    on_bad = on_bad or (lambda _m, why: pytest.fail(why))
+    opener = KafkaOpener(kind, 30.0, 5.0, on_bad=on_bad, threads=1)
     for msg in messages:
         assert opener.push(msg)
     opener.close()
@@ -466,3 +468,39 @@ def test_a_kafka_stream_whose_packet_gives_more_frames_than_its_lane_holds_stall
     assert [x.pts_s for x in stuck] == [x.pts_s for x in moving]
     pool.stop()
     decoders.stop()
+
+
+def test_kafka_jpeg_frames_decoded_in_the_pool_are_the_readers_and_a_bad_one_is_skipped():
+    """A key's JPEG messages are read by its reader and decoded by a pool worker: the same
+    frames and delivery marks as decoding them in the reader, a bad one handed to on_bad."""
+    messages = []
+    for i in range(40):
+        ok, data = cv2.imencode(".jpg", np.full((48, 64, 3), 2 * i, np.uint8))
+        assert ok
+        messages.append(Message(0, len(messages), data.tobytes(), pts_s=100 + i / 30))
+        if i == 20:
+            messages.append(Message(0, len(messages), b"not a JPEG", pts_s=100 + i / 30))
+    got = {}
+    for way, decoders in (("reader", None), ("pool", FramePool(1, name="packet_lane"))):
+        pool = FramePool(1)
+        items: list[FrameItem] = []
+        bad: list[tuple[int, str]] = []
+        opener = _kafka(messages, JPEG, on_bad=lambda m, why, bad=bad: bad.append((m.offset, why)))
+        worker, states = _worker(way, opener, pool, items, decoders)
+        worker.start()
+        assert worker.join(20.0) and states[-1] == SourceState.STOPPED, worker.reason
+        assert (worker._decode_s > 0) == (decoders is not None)  # where it was decoded
+        assert bad == [(21, "not a decodable JPEG")]
+        got[way] = (
+            [x.pts_s for x in items],
+            [msg.offset for x in items for msg in x.marks],
+            list(np.round(_levels(items)).astype(int)),
+        )
+        pool.stop()
+        if decoders is not None:
+            decoders.stop()
+    assert got["pool"] == got["reader"]
+    frames, marks, levels = got["pool"]
+    assert levels == list(range(40))
+    # Each message once the next is shown; the last one's is done when the stream ends.
+    assert marks == [k for k in range(41) if k not in (21, 40)]

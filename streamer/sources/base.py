@@ -1,7 +1,7 @@
 """What every live source shares: an explicit state, a reader thread, reconnect backoff.
 
 A :class:`SourceWorker` reads in its own thread: it opens the source, decodes and
-resamples to the model fps (a file, RTSP or Kafka MPEG-TS source only demuxes there: its
+resamples to the model fps (a file, RTSP or Kafka source only demuxes there: its
 packets are decoded and resampled in the node's decode pool, and after packets lost to a
 full lane, from the next keyframe on); the node's frame pool
 (``streamer/sources/pool.py``) runs the stream's face tracker on each frame and hands its
@@ -20,14 +20,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import av
 import numpy as np
 
 from analyzer.faces import FaceTracker, FrameFaces
 from streamer.errors import SourceError, UrlRejected
 from streamer.shedding import Pacer
-from streamer.sources.decode import PacketFeed, VideoFrame
+from streamer.sources.decode import Feed, VideoFrame
 from streamer.sources.pool import FramePool, Lane
 from streamer.tasks import Backoff
 
@@ -87,7 +87,7 @@ class Opener:
     waits: bool = False
 
     #: Whether ``demux`` gives its packets to the node's decode pool (file, RTSP and
-    #: Kafka MPEG-TS sources); the others decode in their reader thread (``open``).
+    #: Kafka sources); the others decode in their reader thread (``open``).
     packets: bool = False
     #: Whether packets are paced by their timestamps (a file played as if live).
     realtime: bool = False
@@ -95,11 +95,11 @@ class Opener:
     def open(self) -> Iterator[VideoFrame]:
         raise NotImplementedError
 
-    def demux(self) -> PacketFeed:
+    def demux(self) -> Feed:
         """Opens a connection whose packets a decode pool worker decodes (``packets``)."""
         raise NotImplementedError
 
-    def demuxed(self, feed: PacketFeed) -> None:
+    def demuxed(self, feed: Feed) -> None:
         """The connection behind ``feed`` ended as it should: stream time goes on after it."""
 
     def release(self, marks: Sequence[object]) -> None:
@@ -122,8 +122,8 @@ class _Taken:
 class _Packet:
     """A packet the reader demuxed, on its way to the decode pool."""
 
-    feed: PacketFeed
-    packet: av.Packet | None  # None: the connection's end, which flushes the decoder
+    feed: Feed
+    packet: Any  # what the feed reads (av.Packet, Kafka Message); None: the end, a flush
     gap: bool = False  # packets before it were lost (the lane was full)
 
 
@@ -426,7 +426,7 @@ class SourceWorker:
             if unit.gap:
                 feed.resync = True
             if feed.resync and packet is not None:
-                if not packet.is_keyframe:
+                if not feed.keyframe(packet):
                     self.on_drop()
                     return
                 feed.resync, gap = False, True

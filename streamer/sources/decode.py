@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, Protocol, Self
 
 import av
 import numpy as np
@@ -337,6 +337,28 @@ class Demuxed:
         return self.decoded / self.rate
 
 
+class Feed(Protocol):
+    """One connection's input split where its work is: the reader thread reads it
+    (``packets``), a decode pool worker decodes and resamples it (``decode``), one item at a
+    time and in order; ``check`` in the reader at the end. :class:`PacketFeed` is a
+    video's; a Kafka key's JPEG messages have one of their own."""
+
+    decoded: int  # pictures decoded so far
+    failed: str | None  # why it stopped early
+    resync: bool  # items were lost: decode nothing until the next keyframe
+    last: float | None  # the last tick's time, from the connection's start
+
+    def packets(self, *, realtime: bool = False) -> Generator[Any, None, None]: ...
+
+    def keyframe(self, packet: Any) -> bool: ...
+
+    def decode(self, packet: Any, *, gap: bool = False) -> list[VideoFrame]: ...
+
+    def check(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class PacketFeed(Demuxed):
     """One connection's video split where its work is: the reader thread demuxes
     (``packets``), a decode pool worker decodes and resamples (``decode``), one packet at
@@ -362,6 +384,9 @@ class PacketFeed(Demuxed):
         # decoder of several threads hands back pictures of packets before the gap later.
         self._gap_at: float | None = None
         self._gap = False
+
+    def keyframe(self, packet: av.Packet) -> bool:
+        return bool(packet.is_keyframe)
 
     def decode(self, packet: av.Packet | None, *, gap: bool = False) -> list[VideoFrame]:
         """The decode worker's side: the ticks ``packet`` completes (None: the end, which

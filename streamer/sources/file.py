@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from streamer.sources.base import Opener
 from streamer.sources.decode import (
     DecodeLimits,
+    Feed,
     PacketFeed,
     VideoFrame,
     decode_pictures,
@@ -61,6 +62,6 @@ class FileOpener(Opener):
             max_gap_s=self.max_gap_s,
         )
 
-    def demuxed(self, feed: PacketFeed) -> None:
+    def demuxed(self, feed: Feed) -> None:
         last = feed.last if feed.last is not None else -1.0 / self.fps
         self._offset += last + 1.0 / self.fps

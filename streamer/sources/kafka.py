@@ -5,7 +5,8 @@ Header ``content-type`` says what a message holds:
 * ``video/mp2t``: the next piece of one continuous MPEG-TS byte stream (whole 188-byte
   packets), demuxed incrementally by PyAV in the stream's reader thread and decoded in the
   node's decode pool (``DFM_DECODE_WORKERS``; with ``0``, in the reader too);
-* ``image/jpeg``: one frame, its stream time in header ``pts`` (seconds).
+* ``image/jpeg``: one frame, its stream time in header ``pts`` (seconds), decoded in the
+  decode pool too.
 
 A key becomes a stream with its first message and ends after ``kafka_idle_s`` without
 one. A message that is not what its header says (empty, not whole TS packets, not a
@@ -24,7 +25,7 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,7 +52,14 @@ from streamer.kafka_common import (
 )
 from streamer.metrics import Metrics
 from streamer.sources.base import Opener, SourceState
-from streamer.sources.decode import DecodeLimits, PacketFeed, Picture, VideoFrame, resample
+from streamer.sources.decode import (
+    DecodeLimits,
+    Feed,
+    PacketFeed,
+    Picture,
+    Resampler,
+    VideoFrame,
+)
 from streamer.tasks import Backoff
 
 log = logging.getLogger(__name__)
@@ -220,9 +228,72 @@ class _TsFeed(PacketFeed):
         super().check()
 
 
+class _JpegFeed:
+    """One key's JPEG messages, a picture each: read in the reader thread, decoded where
+    the feed is decoded (the decode pool, or the reader). A message that does not decode
+    goes to ``on_bad``; each picture carries the message shown before it as its delivery
+    mark (one message, one picture)."""
+
+    def __init__(
+        self,
+        items: BoundedBuffer[Message],
+        idle_s: float,
+        on_bad: Callable[[Message, str], None],
+        *,
+        fps: float,
+        max_gap_s: float | None,
+    ) -> None:
+        self.items = items
+        self.idle_s = idle_s
+        self.on_bad = on_bad
+        self.clock = Resampler(fps, max_gap_s=max_gap_s)
+        self.first: float | None = None  # the first picture's pts
+        self.before: Message | None = None  # the last message shown: wholly before the next
+        self.decoded = 0
+        self.failed: str | None = None  # never: a bad message is skipped
+        self.resync = False
+        self.last: float | None = None
+
+    def packets(self, *, realtime: bool = False) -> Generator[Message, None, None]:
+        while True:
+            try:
+                yield self.items.get(timeout=self.idle_s)
+            except (Empty, Ended):
+                return
+
+    def keyframe(self, packet: Message) -> bool:
+        return True
+
+    def decode(self, packet: Message | None, *, gap: bool = False) -> list[VideoFrame]:
+        if packet is None:
+            out = self.clock.end()
+        else:
+            bgr = cv2.imdecode(np.frombuffer(packet.payload, np.uint8), cv2.IMREAD_COLOR)
+            if bgr is None:
+                self.on_bad(packet, "not a decodable JPEG")
+                return []
+            assert packet.pts_s is not None
+            self.first = packet.pts_s if self.first is None else self.first
+            picture = Picture(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+            if self.before is not None:
+                picture.marks = (self.before,)
+            self.before = packet
+            self.decoded += 1
+            out = self.clock.push(packet.pts_s - self.first, picture, gap=gap)
+        if out:
+            self.last = out[-1].pts_s
+        return out
+
+    def check(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class KafkaOpener(Opener):
-    """Frames of one key: JPEGs decoded in the stream's reader thread, MPEG-TS demuxed
-    there and decoded in the node's decode pool (``packets``).
+    """Frames of one key, read in its reader thread and decoded in the node's decode
+    pool (``packets``): MPEG-TS demuxed in the reader, JPEG messages read there.
 
     Each picture carries, as delivery marks, the messages wholly before it: for JPEG the
     message before (one message, one picture), for MPEG-TS the chunks the demuxer finished
@@ -249,7 +320,7 @@ class KafkaOpener(Opener):
         threads: int = 1,
     ) -> None:
         self.kind = kind
-        self.packets = kind == TS  # decoded in the decode pool
+        self.packets = True  # decoded in the decode pool
         self.threads = threads  # FFmpeg threads of the MPEG-TS decoder
         self.partition = partition
         self.max_pixels = max_pixels
@@ -279,16 +350,7 @@ class KafkaOpener(Opener):
         self.items.end()
 
     def open(self) -> Iterator[VideoFrame]:
-        if self.kind == TS:
-            return self._ts()
-        return resample(self._jpeg(), self.fps, max_gap_s=self.max_gap_s)
-
-    def demux(self) -> PacketFeed:
-        limits = DecodeLimits(max_pixels=self.max_pixels, threads=self.threads)
-        return _TsFeed(self.items, self.idle_s, limits, fps=self.fps, max_gap_s=self.max_gap_s)
-
-    def _ts(self) -> Iterator[VideoFrame]:
-        """Without a decode pool: demuxed and decoded here."""
+        """Without a decode pool: read and decoded here."""
         feed = self.demux()
         try:
             for packet in feed.packets():
@@ -298,25 +360,13 @@ class KafkaOpener(Opener):
         finally:
             feed.close()
 
-    def _jpeg(self) -> Iterator[tuple[float, Picture | np.ndarray]]:
-        first: float | None = None
-        before: Message | None = None  # the last message shown: wholly before the next
-        while True:
-            try:
-                item = self.items.get(timeout=self.idle_s)
-            except (Empty, Ended):
-                return
-            bgr = cv2.imdecode(np.frombuffer(item.payload, np.uint8), cv2.IMREAD_COLOR)
-            if bgr is None:
-                self.on_bad(item, "not a decodable JPEG")
-                continue
-            assert item.pts_s is not None
-            first = item.pts_s if first is None else first
-            picture = Picture(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
-            if before is not None:
-                picture.marks = (before,)
-            before = item
-            yield item.pts_s - first, picture
+    def demux(self) -> Feed:
+        if self.kind == JPEG:
+            return _JpegFeed(
+                self.items, self.idle_s, self.on_bad, fps=self.fps, max_gap_s=self.max_gap_s
+            )
+        limits = DecodeLimits(max_pixels=self.max_pixels, threads=self.threads)
+        return _TsFeed(self.items, self.idle_s, limits, fps=self.fps, max_gap_s=self.max_gap_s)
 
 
 class _Rebalance(ConsumerRebalanceListener):

@@ -19,8 +19,8 @@ instead. A lane whose consumer has no room (``ready`` false) is passed over, so 
 stalled stream never holds up the others of its worker.
 
 The node's decode pool is a second pool of this kind (``DFM_DECODE_WORKERS``, lanes named
-``packet_lane``): a file, RTSP or Kafka MPEG-TS stream's reader only demuxes, and its
-packets are decoded there, in order, by one worker (``streamer/sources/base.py``).
+``packet_lane``): a file, RTSP or Kafka stream's reader only demuxes, and its packets are
+decoded there, in order, by one worker (``streamer/sources/base.py``).
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from streamer.sources.base import Opener
 from streamer.sources.decode import (
     DecodeLimits,
+    Feed,
     PacketFeed,
     VideoFrame,
     decode_pictures,
@@ -58,5 +59,5 @@ class RtspOpener(Opener):
             max_gap_s=self.max_gap_s,
         )
 
-    def demuxed(self, feed: PacketFeed) -> None:
+    def demuxed(self, feed: Feed) -> None:
         self._offset += (feed.last if feed.last is not None else 0.0) + 1.0 / self.fps
