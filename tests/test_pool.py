@@ -504,3 +504,23 @@ def test_kafka_jpeg_frames_decoded_in_the_pool_are_the_readers_and_a_bad_one_is_
     assert levels == list(range(40))
     # Each message once the next is shown; the last one's is done when the stream ends.
     assert marks == [k for k in range(41) if k not in (21, 40)]
+
+
+def test_a_kafka_streams_decode_worker_is_woken_as_soon_as_its_frame_lane_empties(
+    tmp_path, monkeypatch
+):
+    """The decode worker takes a Kafka key's packet only once the key's frame lane is
+    empty; the frame pool taking that frame must wake it, not leave it to look again
+    after its poll (made 2 s here: 90 frames would take minutes)."""
+    monkeypatch.setattr("streamer.sources.pool.NOT_READY_POLL_S", 2.0)
+    pool = FramePool(1)
+    decoders = FramePool(1, name="packet_lane", thread_name="decode")
+    items: list[FrameItem] = []
+    worker, states = _worker("a", _kafka(_ts_messages(tmp_path)), pool, items, decoders)
+    started = time.monotonic()
+    worker.start()
+    assert worker.join(30.0) and states[-1] == SourceState.STOPPED, worker.reason
+    assert len(items) == 90
+    assert time.monotonic() - started < 5.0
+    pool.stop()
+    decoders.stop()

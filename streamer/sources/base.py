@@ -213,6 +213,8 @@ class SourceWorker:
                 ready=self._room if waits else lambda: True,
                 on_drop=self._lost,
             )
+            if waits:  # its decode worker waits for the frame lane to empty: wake it
+                self._lane.on_take = self._packets.poke
         self._thread.start()
 
     def _room(self) -> bool:

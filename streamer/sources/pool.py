@@ -67,6 +67,9 @@ class Lane(Generic[T]):
         self.capacity = capacity
         self.ready = ready
         self.on_drop = on_drop  # (lost, heir), the pool's lock held: keep it short
+        # Called in the worker's thread as it takes an item (no lock held): what waits for
+        # this lane to have room elsewhere is told at once (SourceWorker._room).
+        self.on_take: Callable[[], None] | None = None
         self._items: deque[T] = deque()
         self._metrics = pool.metrics
         if self._metrics is not None:
@@ -111,6 +114,12 @@ class Lane(Generic[T]):
             self._items.clear()
             self._idle.notify_all()
             return self._idle.wait_for(lambda: not self._busy, timeout)
+
+    def poke(self) -> None:
+        """Another thread made room for this lane's work (its ``ready`` may be true now):
+        its worker looks at once, not after its poll."""
+        with self._pool.lock:
+            self._worker.wake.notify()
 
     def close(self, timeout: float | None = None) -> bool:
         """Drop what is queued, take the lane off its worker, and wait (up to ``timeout``)
@@ -238,6 +247,8 @@ class FramePool:
                 if lane is None:
                     return
             try:
+                if lane.on_take is not None:
+                    lane.on_take()
                 lane.work(item)
             except Exception:  # the lane's own work reports its errors; this is a bug
                 log.exception("frame worker: a stream's frame work failed")
