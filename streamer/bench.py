@@ -14,6 +14,9 @@ The frontend part runs N streams with the per-frame work (RGB, faces, crops) in 
 of one thread per stream, one per CPU and one for all (``DFM_FRAME_WORKERS``), side by
 side, and reports frames/s taken, drops, latency, CPU per frame and threads.
 
+The decode part runs N Kafka keys' video (MPEG-TS chunks, JPEG messages) decoded in their
+reader threads and in the decode pool, side by side, and reports frames/s and CPU per frame.
+
 The stages part costs one stream's path stage by stage on one clip: decode, face
 detection on every frame, tracking with crops, backbone per crop, head per window.
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import io
 import logging
 import os
 import time
@@ -34,14 +38,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import av
+import cv2
 import numpy as np
 import torch
 
+from analyzer.faces import Detection, FaceTracker
 from analyzer.synthetic import synthesize
 from streamer.config import StreamSpec, load_settings
 from streamer.cpus import cpu_budget
 from streamer.service import Service
 from streamer.sinks.base import Ack, InMemorySink
+from streamer.sources.base import SourceState, SourceWorker
+from streamer.sources.decode import decode
+from streamer.sources.kafka import JPEG, TS, KafkaOpener, Message
+from streamer.sources.pool import FramePool
+from streamer.tasks import Backoff
 from streamer.verdict import Verdict
 
 log = logging.getLogger(__name__)
@@ -485,6 +497,112 @@ def bench_verdict(stream: int, seq: int) -> Verdict:
     )
 
 
+class _FixedFace:
+    """A "detector" that finds one face at a fixed box: costs nothing, so what differs
+    between two ways of decoding is the decoding."""
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        return [Detection((0.3, 0.2, 0.7, 0.8), 0.9)]
+
+
+def _kafka_messages(clip: Path, kind: str, chunk: int = 188 * 40) -> list[Message]:
+    """``clip`` as a Kafka key's messages: remuxed into MPEG-TS cut every ``chunk`` bytes,
+    or one JPEG per frame."""
+    if kind == JPEG:
+        out: list[Message] = []
+        for t, rgb in decode(str(clip)):
+            ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
+            assert ok
+            out.append(Message(0, len(out), jpeg.tobytes(), pts_s=t))
+        return out
+    buf = io.BytesIO()
+    with av.open(str(clip)) as src, av.open(buf, "w", format="mpegts") as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
+    data = buf.getvalue()
+    return [Message(0, k, data[i : i + chunk]) for k, i in enumerate(range(0, len(data), chunk))]
+
+
+def _decode_run(
+    kind: str, messages: list[Message], keys: int, decode_workers: int
+) -> dict[str, Any]:
+    """``keys`` Kafka keys of the same messages, every one already read (the ingest's
+    buffer holds them all), through their source workers until each has ended."""
+    cpus = cpu_budget()
+    pool = FramePool(cpus)
+    decoders = FramePool(decode_workers, name="packet_lane") if decode_workers else None
+    taken = [0] * keys
+    workers = []
+    for k in range(keys):
+        opener = KafkaOpener(
+            kind, 30.0, 1.0, lambda _m, _why: None, size=len(messages) + 1, threads=1
+        )
+        for msg in messages:
+            opener.push(msg)
+        opener.close()
+
+        def on_item(_item: Any, k: int = k) -> None:
+            taken[k] += 1
+
+        workers.append(
+            SourceWorker(
+                f"k{k}", opener, lambda: FaceTracker(_FixedFace(), detect_every=1), on_item,
+                lambda _s, _r: None, lambda: None, Backoff(0.1, 0.1), pool=pool,
+                decoders=decoders,
+            )
+        )  # fmt: skip
+    cpu0, start = time.process_time(), time.monotonic()
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    wall, cpu = time.monotonic() - start, time.process_time() - cpu0
+    pool.stop()
+    if decoders is not None:
+        decoders.stop()
+    frames = max(sum(taken), 1)
+    return {
+        "frames": sum(taken),
+        "frames_per_s": frames / wall,
+        "process_ms_per_frame": 1000 * cpu / frames,
+        "failed": sum(w.state == SourceState.FAILED for w in workers),
+    }
+
+
+def decode_bench(folder: Path, *, keys: int, repeats: int) -> dict[str, Any]:
+    """Kafka keys' video decoded in their reader threads against the decode pool
+    (``DFM_DECODE_WORKERS`` one per CPU), side by side in one run, alternating: the 480p
+    one-face clip as each key's MPEG-TS chunks or JPEG messages, pushed into its opener
+    as the ingest does (no broker), as fast as the node takes them; faces at a fixed box
+    (no detector), frame workers one per CPU."""
+    folder.mkdir(parents=True, exist_ok=True)
+    clip = make_clip(folder, "480p", 1)
+    cpus = cpu_budget()
+    rows = []
+    for kind in (TS, JPEG):
+        messages = _kafka_messages(clip, kind)
+        for repeat in range(repeats):
+            for workers in (0, cpus):
+                r = _decode_run(kind, messages, keys, workers)
+                rows.append({"kind": kind, "decode_workers": workers, "repeat": repeat, **r})
+                log.info("decode: %s, decode workers %d: %s", kind, workers, r)
+    ratios = {}
+    for kind in (TS, JPEG):
+        pool = [r["frames_per_s"] for r in rows if r["kind"] == kind and r["decode_workers"]]
+        own = [r["frames_per_s"] for r in rows if r["kind"] == kind and not r["decode_workers"]]
+        ratios[kind] = float(np.mean(pool) / np.mean(own))
+    return {
+        "device": f"cpu ({cpus} usable cores)",
+        "keys": keys,
+        "clip": "480p one-face clip (300 frames at 30 fps)",
+        "rows": rows,
+        "ratio_pool_over_readers": ratios,
+    }
+
+
 def sink_bench(bootstrap: str, *, verdicts: int, streams: int = 100) -> dict[str, Any]:
     """Verdicts/s through :class:`KafkaSink` to ``bootstrap``: one at a time vs pipelined."""
     import uuid
@@ -911,6 +1029,23 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(
             f"  one heat map (Grad-CAM of 8 crops): {ev['heatmap_s'] * 1000:.0f} ms, "
             f"{ev['heatmaps_per_min']:.0f} a minute on an otherwise idle engine"
+        )
+    dec = result.get("decode")
+    if dec:
+        lines += [
+            f"decode on {dec['device']}: {dec['keys']} Kafka keys of the {dec['clip']}, "
+            "messages pushed as the ingest does (no broker), faces at a fixed box",
+            "  content     decoding          | frames/s | process CPU ms/frame",
+        ]
+        for r in dec["rows"]:
+            way = f"pool of {r['decode_workers']}" if r["decode_workers"] else "in each reader"
+            lines.append(
+                f"  {r['kind']:<11} {way:<17} | {r['frames_per_s']:>8.1f}"
+                f" | {r['process_ms_per_frame']:>20.2f}"
+            )
+        lines.append(
+            "  -> pool / readers: "
+            + ", ".join(f"{k} {v:.2f}x" for k, v in dec["ratio_pool_over_readers"].items())
         )
     sink = result.get("sink")
     if sink:

@@ -44,7 +44,8 @@ SCHEDULE_OPTIONS = {
 # Every benchmark is a part of `deepfake-monitor bench`: the model side's measurements are
 # in analyzer/bench.py, the service's in streamer/bench.py.
 BENCH_PARTS = (
-    "engine", "baseline", "pipeline", "overload", "frontend", "stages", "evidence", "sink",
+    "engine", "baseline", "pipeline", "overload", "frontend", "decode", "stages", "evidence",
+    "sink",
 )  # fmt: skip
 
 
@@ -124,7 +125,10 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--p99-ms", type=float, default=2000.0, help="pipeline latency bound")
     bench.add_argument("--max-streams", type=positive_int, default=64)
     bench.add_argument(
-        "--streams", type=positive_int, default=8, help="frontend part: streams run at once"
+        "--streams",
+        type=positive_int,
+        default=8,
+        help="frontend and decode parts: streams (Kafka keys) run at once",
     )
     bench.add_argument(
         "--capacity",
@@ -250,6 +254,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     from analyzer.bench import baseline_bench, engine_bench
     from streamer.bench import (
         SIZES,
+        decode_bench,
         evidence_bench,
         format_report,
         frontend_bench,
@@ -333,6 +338,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             seconds=1.5 if args.quick else args.seconds,
             warmup=1.0 if args.quick else args.warmup,
             decoders=not args.quick,
+        )
+    if "decode" in parts:
+        result["decode"] = decode_bench(
+            work, keys=2 if args.quick else args.streams, repeats=1 if args.quick else 2
         )
     if "stages" in parts:
         result["stages"] = stage_bench(work, device=args.device, quick=args.quick)

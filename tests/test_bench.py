@@ -12,14 +12,14 @@ from tests.conftest import cache_folder, run_cli
 @pytest.mark.slow
 def test_bench_quick_measures_every_part(tmp_path, photos_dir):
     out = tmp_path / "bench.json"
-    parts = "engine,baseline,pipeline,overload,frontend,stages,evidence"
+    parts = "engine,baseline,pipeline,overload,frontend,decode,stages,evidence"
     # The bench's clips are made once and kept across runs, as the other tests' are.
     work = cache_folder({"bench-clips": True})
     args = ("--parts", parts, "--capacity", "1", "--out", str(out), "--work", str(work))
     result = run_cli("bench", "--quick", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     for heading in ("engine on", "baseline on", "pipeline on", "overload on", "frame pool on",
-                    "stages on", "evidence on"):  # fmt: skip
+                    "decode on", "stages on", "evidence on"):  # fmt: skip
         assert heading in result.stdout
     data = json.loads(out.read_text())
     engine = data["engine"]
@@ -44,6 +44,14 @@ def test_bench_quick_measures_every_part(tmp_path, photos_dir):
     front = data["frontend"]["rows"]
     assert [(r["frame_workers"], r["decode_workers"]) for r in front] == [(2, 0), (1, 0), (2, 2)]
     assert all(r["frames_per_s"] > 0 and r["threads"] > 0 for r in front)
+    # Kafka keys' video decoded in their readers and in the decode pool: every frame of
+    # both keys, each way, for each kind of message.
+    dec = data["decode"]
+    assert [(r["kind"], r["decode_workers"] > 0) for r in dec["rows"]] == [
+        ("video/mp2t", False), ("video/mp2t", True), ("image/jpeg", False), ("image/jpeg", True)
+    ]  # fmt: skip
+    assert all(r["frames"] == 2 * 300 and r["failed"] == 0 for r in dec["rows"])
+    assert set(dec["ratio_pool_over_readers"]) == {"video/mp2t", "image/jpeg"}
     stages = data["stages"]
     assert stages["clip"]["faces_per_frame"] > 1.5  # the two-face clip: both found
     assert all(ms > 0 for ms in stages["ms"].values())
