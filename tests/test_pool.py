@@ -25,7 +25,7 @@ from streamer.sources.decode import (
 )
 from streamer.sources.file import FileOpener
 from streamer.sources.kafka import JPEG, TS, KafkaOpener, Message
-from streamer.sources.pool import FramePool
+from streamer.sources.pool import LANE_PACKETS, FramePool
 from streamer.tasks import Backoff
 from streamer.urls import parse_source_url
 from tests.servers import metric_in, registry_text, wait_until
@@ -522,5 +522,30 @@ def test_a_kafka_streams_decode_worker_is_woken_as_soon_as_its_frame_lane_emptie
     assert worker.join(30.0) and states[-1] == SourceState.STOPPED, worker.reason
     assert len(items) == 90
     assert time.monotonic() - started < 5.0
+    pool.stop()
+    decoders.stop()
+
+
+def test_a_kafka_key_without_room_leaves_its_messages_in_its_buffer():
+    """A key whose stream has no room takes no more than a few messages out of its
+    buffer (the rest wait there, or in the topic, not in the decode pool's lane)."""
+    messages = []
+    for i in range(100):
+        ok, data = cv2.imencode(".jpg", np.full((48, 64, 3), i, np.uint8))
+        messages.append(Message(0, i, data.tobytes(), pts_s=i / 30))
+    pool = FramePool(1)
+    # As the service makes it: lanes of 60 packets for the live sources that drop.
+    decoders = FramePool(1, lane_frames=LANE_PACKETS, name="packet_lane", thread_name="decode")
+    room = threading.Event()
+    items: list[FrameItem] = []
+    opener = _kafka(messages, JPEG)
+    worker, states = _worker("a", opener, pool, items, decoders, ready=room.is_set)
+    worker.start()
+    wait_until(lambda: len(opener.items) < 100, 5.0, "the reader to start", 0.01)
+    time.sleep(0.3)
+    assert len(opener.items) >= 100 - 10  # 8 in the lane, one in the reader's hand
+    room.set()
+    assert worker.join(20.0) and states[-1] == SourceState.STOPPED, worker.reason
+    assert len(items) == 100
     pool.stop()
     decoders.stop()

@@ -28,7 +28,7 @@ from analyzer.faces import FaceTracker, FrameFaces
 from streamer.errors import SourceError, UrlRejected
 from streamer.shedding import Pacer
 from streamer.sources.decode import Feed, VideoFrame
-from streamer.sources.pool import FramePool, Lane
+from streamer.sources.pool import LANE_PACKETS_WAITING, FramePool, Lane
 from streamer.tasks import Backoff
 
 log = logging.getLogger(__name__)
@@ -212,6 +212,7 @@ class SourceWorker:
                 waits=waits,
                 ready=self._room if waits else lambda: True,
                 on_drop=self._lost,
+                capacity=LANE_PACKETS_WAITING if waits else None,
             )
             if waits:  # its decode worker waits for the frame lane to empty: wake it
                 self._lane.on_take = self._packets.poke

@@ -41,6 +41,9 @@ LANE_FRAMES = 2  # frames a lane holds for its worker (decoded pictures: ~0.5-1.
 # Packets a decode lane holds (streamer/sources/base.py): two seconds of 30-fps video, a
 # few kB a packet; what is lost past that costs the packets up to the next keyframe.
 LANE_PACKETS = 60
+# Packets (or JPEG messages) a decode lane of a source that waits holds (Kafka): its reader
+# waits for room, so a few keep the worker fed; the topic holds the rest.
+LANE_PACKETS_WAITING = 8
 NOT_READY_POLL_S = 0.01  # a worker with frames only for lanes without room looks again
 
 
@@ -194,8 +197,10 @@ class FramePool:
         waits: bool = False,
         ready: Callable[[], bool] = lambda: True,
         on_drop: Callable[[T, T], None] = lambda _lost, _heir: None,
+        capacity: int | None = None,
     ) -> Lane[T]:
-        """A new stream's lane, served by the worker with the fewest lanes."""
+        """A new stream's lane, served by the worker with the fewest lanes; it holds
+        ``capacity`` items (default: the pool's ``lane_frames``)."""
         with self.lock:
             if self._stopped:
                 raise RuntimeError("the frame pool has stopped")
@@ -210,7 +215,7 @@ class FramePool:
                 worker,
                 work,
                 waits=waits,
-                capacity=self.lane_frames,
+                capacity=capacity or self.lane_frames,
                 ready=ready,
                 on_drop=on_drop,
             )
