@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import logging
 import os
 import time
@@ -505,12 +506,13 @@ class _FixedFace:
         return [Detection((0.3, 0.2, 0.7, 0.8), 0.9)]
 
 
-def _kafka_messages(clip: Path, kind: str, chunk: int = 188 * 40) -> list[Message]:
-    """``clip`` as a Kafka key's messages: remuxed into MPEG-TS cut every ``chunk`` bytes,
-    or one JPEG per frame."""
+def _kafka_messages(clip: Path, kind: str, frames: int, chunk: int = 188 * 40) -> list[Message]:
+    """The first ``frames`` frames of ``clip`` as a Kafka key's messages: one JPEG per
+    frame, or its first ``frames`` packets remuxed into MPEG-TS and cut every ``chunk``
+    bytes (with B-frames, a picture or two more or fewer)."""
     if kind == JPEG:
         out: list[Message] = []
-        for t, rgb in decode(str(clip)):
+        for t, rgb in itertools.islice(decode(str(clip)), frames):
             ok, jpeg = cv2.imencode(".jpg", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))
             assert ok
             out.append(Message(0, len(out), jpeg.tobytes(), pts_s=t))
@@ -518,10 +520,10 @@ def _kafka_messages(clip: Path, kind: str, chunk: int = 188 * 40) -> list[Messag
     buf = io.BytesIO()
     with av.open(str(clip)) as src, av.open(buf, "w", format="mpegts") as dst:
         stream = dst.add_stream_from_template(src.streams.video[0])
-        for packet in src.demux(src.streams.video[0]):
-            if packet.dts is not None:
-                packet.stream = stream
-                dst.mux(packet)
+        packets = (p for p in src.demux(src.streams.video[0]) if p.dts is not None)
+        for packet in itertools.islice(packets, frames):  # a packet a frame, in decode order
+            packet.stream = stream
+            dst.mux(packet)
     data = buf.getvalue()
     return [Message(0, k, data[i : i + chunk]) for k, i in enumerate(range(0, len(data), chunk))]
 
@@ -572,7 +574,7 @@ def _decode_run(
     }
 
 
-def decode_bench(folder: Path, *, keys: int, repeats: int) -> dict[str, Any]:
+def decode_bench(folder: Path, *, keys: int, repeats: int, frames: int = 300) -> dict[str, Any]:
     """Kafka keys' video decoded in their reader threads against the decode pool
     (``DFM_DECODE_WORKERS`` one per CPU), side by side in one run, alternating: the 480p
     one-face clip as each key's MPEG-TS chunks or JPEG messages, pushed into its opener
@@ -583,7 +585,7 @@ def decode_bench(folder: Path, *, keys: int, repeats: int) -> dict[str, Any]:
     cpus = cpu_budget()
     rows = []
     for kind in (TS, JPEG):
-        messages = _kafka_messages(clip, kind)
+        messages = _kafka_messages(clip, kind, frames)
         for repeat in range(repeats):
             for workers in (0, cpus):
                 r = _decode_run(kind, messages, keys, workers)
@@ -597,7 +599,7 @@ def decode_bench(folder: Path, *, keys: int, repeats: int) -> dict[str, Any]:
     return {
         "device": f"cpu ({cpus} usable cores)",
         "keys": keys,
-        "clip": "480p one-face clip (300 frames at 30 fps)",
+        "clip": f"480p one-face clip ({frames} frames at 30 fps)",
         "rows": rows,
         "ratio_pool_over_readers": ratios,
     }

@@ -341,7 +341,10 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         )
     if "decode" in parts:
         result["decode"] = decode_bench(
-            work, keys=2 if args.quick else args.streams, repeats=1 if args.quick else 2
+            work,
+            keys=2 if args.quick else args.streams,
+            repeats=1 if args.quick else 2,
+            frames=60 if args.quick else 300,
         )
     if "stages" in parts:
         result["stages"] = stage_bench(work, device=args.device, quick=args.quick)

@@ -50,7 +50,8 @@ def test_bench_quick_measures_every_part(tmp_path, photos_dir):
     assert [(r["kind"], r["decode_workers"] > 0) for r in dec["rows"]] == [
         ("video/mp2t", False), ("video/mp2t", True), ("image/jpeg", False), ("image/jpeg", True)
     ]  # fmt: skip
-    assert all(r["frames"] == 2 * 300 and r["failed"] == 0 for r in dec["rows"])
+    assert all(abs(r["frames"] - 2 * 60) <= 4 and r["failed"] == 0 for r in dec["rows"])
+    assert dec["rows"][0]["frames"] == dec["rows"][1]["frames"]  # the pool: every frame
     assert set(dec["ratio_pool_over_readers"]) == {"video/mp2t", "image/jpeg"}
     stages = data["stages"]
     assert stages["clip"]["faces_per_frame"] > 1.5  # the two-face clip: both found
