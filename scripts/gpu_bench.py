@@ -9,11 +9,12 @@ Parts, in this order, each written as soon as it ends (so a run cut short keeps 
 measured): the engine table (backbone and head; fp32, bf16, channels_last; batches up to
 512), the stages (MediaPipe on the host against the PyTorch BlazeFace batched on the GPU;
 host against device crops), the frame pool with 64 streams, the pipeline with N one-face
-480p streams doubling from 1 up to 1,024, stopping at the first N that drops a frame or
-misses p99 <= 1 s, and last the backbone at batches 32 and 256 eager against torch.compile
-and torch.compile with CUDA graphs (compiling takes longest, so a run cut off there keeps
-the rest). OUT_DIR/NAME.json holds each part's figures, OUT_DIR/bench.txt the tables,
-which are printed too. Not part of `make test`: it needs a GPU.
+480p streams (replaying one clip's packets, demuxed once) doubling from 1 up to 1,024,
+stopping at the first N that drops a frame or misses p99 <= 1 s, and last the backbone at
+batches 32 and 256 eager against torch.compile and torch.compile with CUDA graphs
+(compiling takes longest, so a run cut off there keeps the rest). OUT_DIR/NAME.json holds
+each part's figures, OUT_DIR/bench.txt the tables, which are printed too. Not part of
+`make test`: it needs a GPU.
 """
 
 from __future__ import annotations
@@ -28,13 +29,13 @@ import torch
 
 from streamer.cli import main as cli
 
-PIPELINE = "--configs 480p:1 --max-streams 1024 --p99-ms 1000 --seconds 6 --warmup 4"
+PIPELINE = "--configs 480p:1 --max-streams 1024 --p99-ms 1000 --seconds 6 --warmup 4 --replay"
 # name: (bench part, its options on CUDA, its options with --quick)
 PARTS = {
     "engine": ("engine", "--batches 1,8,32,64,128,256,512", "--quick"),
     "stages": ("stages", "", "--quick"),
     "frontend": ("frontend", "--streams 64 --seconds 8 --warmup 3", "--quick"),
-    "pipeline": ("pipeline", PIPELINE, "--quick"),
+    "pipeline": ("pipeline", PIPELINE, "--quick --replay"),
     "compiled": ("engine", "--batches 32,256 --compile 32,256", "--quick --compile 1"),
 }
 

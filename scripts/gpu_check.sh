@@ -17,8 +17,9 @@
 # against crops cut on the GPU; the frame pool with 64 streams; the pipeline with N
 # one-face 480p streams doubling from 1 up to 1,024, stopping at the first N that drops
 # frames or misses p99 <= 1 s; and last the backbone eager against torch.compile and
-# torch.compile with CUDA graphs at batches 32 and 256. Streams are looped files demuxed
-# and decoded on the host (a reader thread each), so at some N it is the node's CPUs, not
+# torch.compile with CUDA graphs at batches 32 and 256. The pipeline's streams replay one
+# clip's packets, demuxed once (streamer/sources/replay.py), decoded on the host by the
+# decode pool (a reader thread each paces them), so at some N it is the node's CPUs, not
 # the GPU, that stop it; the pipeline table's CPU seconds per stage say which.
 # Not in it: TensorRT (torch-tensorrt and TensorRT's libraries are far over 64 MiB) and
 # NVDEC's frames/s (there is no DFM_DECODE=nvdec yet).

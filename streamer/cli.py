@@ -125,6 +125,12 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--p99-ms", type=float, default=2000.0, help="pipeline latency bound")
     bench.add_argument("--max-streams", type=positive_int, default=64)
     bench.add_argument(
+        "--replay",
+        action="store_true",
+        help="pipeline part: streams replay the clip's packets, demuxed once, instead of each "
+        "looping the file (the load generator then costs the node nothing to speak of)",
+    )
+    bench.add_argument(
         "--streams",
         type=positive_int,
         default=8,
@@ -319,6 +325,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             max_streams=1 if args.quick else args.max_streams,
             window=30 if args.quick else 150,
             hop=15 if args.quick else 30,
+            replay=args.replay,
         )
     if "overload" in parts:
         result["overload"] = overload_bench(

@@ -15,7 +15,9 @@ def test_bench_quick_measures_every_part(tmp_path, photos_dir):
     parts = "engine,baseline,pipeline,overload,frontend,decode,stages,evidence"
     # The bench's clips are made once and kept across runs, as the other tests' are.
     work = cache_folder({"bench-clips": True})
-    args = ("--parts", parts, "--capacity", "1", "--out", str(out), "--work", str(work))
+    # The pipeline's streams replay one clip's packets, as the GPU check's do.
+    args = ("--parts", parts, "--capacity", "1", "--out", str(out), "--work", str(work),
+            "--replay")  # fmt: skip
     result = run_cli("bench", "--quick", *args)
     assert result.returncode == 0, result.stderr[-3000:]
     for heading in ("engine on", "baseline on", "pipeline on", "overload on", "frame pool on",
@@ -30,6 +32,7 @@ def test_bench_quick_measures_every_part(tmp_path, photos_dir):
     assert base["naive_backbone_frames_per_verdict"] == 150
     assert base["ours_backbone_frames_per_verdict"] == base["hop"]
     assert base["ratio_ours_over_naive"] > 1
+    assert data["pipeline"]["sources"] == "replayed packets"
     run = data["pipeline"]["configs"][0]["runs"][0]
     assert run["frames_per_s"] > 0 and run["verdicts_per_s"] > 0
     assert set(run["cpu_s_per_s"]) >= {"decode", "faces", "crop", "backbone_wall", "head_wall"}

@@ -26,6 +26,7 @@ from streamer.sources.decode import (
 from streamer.sources.file import FileOpener
 from streamer.sources.kafka import JPEG, TS, KafkaOpener, Message
 from streamer.sources.pool import LANE_PACKETS, FramePool
+from streamer.sources.replay import Recording, ReplayOpener
 from streamer.tasks import Backoff
 from streamer.urls import parse_source_url
 from tests.servers import metric_in, registry_text, wait_until
@@ -549,3 +550,33 @@ def test_a_kafka_key_without_room_leaves_its_messages_in_its_buffer():
     assert len(items) == 100
     pool.stop()
     decoders.stop()
+
+
+# -- replayed video: the benchmarks' load generator ----------------------------------------
+
+
+@pytest.mark.parametrize("bframes", [0, 3])
+def test_a_replayed_clip_is_one_endless_stream_of_the_files_frames(tmp_path, bframes):
+    """A clip demuxed once and replayed twice with fresh timestamps: its frames twice
+    over, on one unbroken clock (no restart at the loop), in the decode pool as in the
+    reader."""
+    clip = _gop_clip(tmp_path / "a.mp4", frames=45, gop=15, bframes=bframes)
+    recording = Recording(clip)
+    got = {}
+    decoding = FramePool(1, lane_frames=1000, name="packet_lane")
+    for way, decoders in (("reader", None), ("pool", decoding)):
+        pool = FramePool(1, lane_frames=1000)  # as fast as it decodes: nothing dropped
+        items: list[FrameItem] = []
+        opener = ReplayOpener(recording, 30.0, limits=DecodeLimits(threads=1), realtime=False,
+                              loops=2)  # fmt: skip
+        worker, states = _worker(way, opener, pool, items, decoders)
+        worker.start()
+        assert worker.join(20.0) and states[-1] == SourceState.STOPPED, worker.reason
+        got[way] = [x.pts_s for x in items]
+        assert np.abs(_levels(items) - np.r_[np.arange(45), np.arange(45)]).max() <= 1
+        assert [k for k, x in enumerate(items) if x.restart] == []
+        pool.stop()
+        if decoders is not None:
+            decoders.stop()
+    assert got["pool"] == got["reader"]
+    assert np.allclose(got["pool"], np.arange(90) / 30)

@@ -213,6 +213,26 @@ def decode_pictures(
         video.close()
 
 
+class LivePace:
+    """Packets handed on as if live: each once its decode time has come, counted from the
+    first packet's (decode times rise packet by packet; presentation times jump ahead at
+    each reference frame that B-frames follow, which would give bursts of frames)."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+        self.origin: float | None = None
+
+    def wait(self, packet: av.Packet) -> None:
+        stamp = packet.dts if packet.dts is not None else packet.pts
+        if stamp is None or packet.time_base is None:
+            return
+        t = float(stamp * packet.time_base)
+        self.origin = t if self.origin is None else self.origin
+        wait = self.start + (t - self.origin) - time.monotonic()
+        if wait > 0:
+            time.sleep(min(wait, 1.0))
+
+
 class Demuxed:
     """One opened video, demuxed and decoded a packet at a time: ``packets`` (the demuxer,
     which waits on the network) and ``pictures`` (the decoder, which costs CPU) may run
@@ -260,23 +280,15 @@ class Demuxed:
         """The stream's packets in decode order, paced by their decode times when
         ``realtime`` (a file played as if live). Ends early, with ``failed`` set, when the
         demuxer fails or the decoder has."""
-        start = time.monotonic()
-        origin: float | None = None
+        live = LivePace()
         try:
             for packet in self.container.demux(self.stream):
                 if self.failed is not None:
                     return
                 if packet.size == 0:  # the demuxer's own end: ``pictures(None)`` flushes
                     continue
-                # Decode times, which rise packet by packet; presentation times jump
-                # ahead at each reference frame that B-frames follow (bursts of frames).
-                stamp = packet.dts if packet.dts is not None else packet.pts
-                if realtime and stamp is not None and packet.time_base is not None:
-                    t = float(stamp * packet.time_base)
-                    origin = t if origin is None else origin
-                    wait = start + (t - origin) - time.monotonic()
-                    if wait > 0:
-                        time.sleep(min(wait, 1.0))
+                if realtime:
+                    live.wait(packet)
                 self.demuxed += 1
                 yield packet
         except (av.error.FFmpegError, OSError) as exc:
@@ -357,6 +369,17 @@ class Feed(Protocol):
     def check(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+def run_feed(feed: Feed, *, realtime: bool = False) -> Iterator[VideoFrame]:
+    """A feed read and decoded in one thread (without a decode pool): its frames."""
+    try:
+        for packet in feed.packets(realtime=realtime):
+            yield from feed.decode(packet)
+        yield from feed.decode(None)
+        feed.check()
+    finally:
+        feed.close()
 
 
 class PacketFeed(Demuxed):

@@ -59,6 +59,7 @@ from streamer.sources.decode import (
     Picture,
     Resampler,
     VideoFrame,
+    run_feed,
 )
 from streamer.tasks import Backoff
 
@@ -351,14 +352,7 @@ class KafkaOpener(Opener):
 
     def open(self) -> Iterator[VideoFrame]:
         """Without a decode pool: read and decoded here."""
-        feed = self.demux()
-        try:
-            for packet in feed.packets():
-                yield from feed.decode(packet)
-            yield from feed.decode(None)
-            feed.check()
-        finally:
-            feed.close()
+        return run_feed(self.demux())
 
     def demux(self) -> Feed:
         if self.kind == JPEG:
