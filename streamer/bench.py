@@ -51,7 +51,7 @@ from streamer.cpus import cpu_budget
 from streamer.service import Service
 from streamer.sinks.base import Ack, InMemorySink
 from streamer.sources.base import SourceState, SourceWorker
-from streamer.sources.decode import DecodeLimits, decode
+from streamer.sources.decode import decode
 from streamer.sources.kafka import JPEG, TS, KafkaOpener, Message
 from streamer.sources.pool import FramePool
 from streamer.sources.replay import Recording, ReplayOpener
@@ -147,15 +147,15 @@ async def run_pipeline(
         rss0 = _rss_bytes()
         gpu = torch.cuda.is_available() and service.settings.device != "cpu"
         gpu0 = torch.cuda.memory_allocated() if gpu else 0
-        recording = Recording(clip) if replay else None
+        limits = service.manager.decode_limits()
+        recording = Recording(clip, limits=limits) if replay else None
         for i in range(config.streams):
             spec = StreamSpec(id=f"s{i}", url=f"file://{clip}", options={"loop": True})
             if recording is None:
                 await service.manager.add(spec)
-                continue
-            limits = DecodeLimits(threads=service.settings.decoder_threads())
-            opener = ReplayOpener(recording, service.settings.fps, limits=limits)
-            await service.manager.add_with_opener(spec, opener)
+            else:
+                opener = ReplayOpener(recording, service.settings.fps, limits=limits)
+                await service.manager.add_with_opener(spec, opener)
         asker = None
         if request_evidence:
 

@@ -120,11 +120,16 @@ class StreamManager:
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
 
-    def opener_for(self, source: SourceUrl, options: StreamOptions) -> Opener:
+    def decode_limits(self) -> DecodeLimits:
+        """What a stream's decoder may do: frame size, destinations, FFmpeg threads."""
         s = self.settings
-        limits = DecodeLimits(
+        return DecodeLimits(
             max_pixels=s.max_frame_pixels, policy=self.policy, threads=s.decoder_threads()
         )
+
+    def opener_for(self, source: SourceUrl, options: StreamOptions) -> Opener:
+        s = self.settings
+        limits = self.decode_limits()
         if source.scheme == "file":
             return FileOpener(
                 source,
@@ -148,7 +153,8 @@ class StreamManager:
         return await self._start(spec, options, self.opener_for(source, options), source)
 
     async def add_with_opener(self, spec: StreamSpec, opener: Opener) -> StreamRunner:
-        """Watch a stream whose frames arrive another way (a WHIP session)."""
+        """Watch a stream whose frames arrive another way (a WHIP session, a replayed
+        recording)."""
         return await self._start(spec, StreamOptions(), opener)
 
     async def _start(

@@ -34,9 +34,9 @@ from streamer.urls import parse_source_url
 class Recording:
     """A clip's video packets in decode order, read once."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        with av.open(str(path)) as container:
+    def __init__(self, path: Path, *, limits: DecodeLimits | None = None) -> None:
+        self.source = parse_source_url(str(path), kind="scan")
+        with open_video(self.source, limits=limits) as container:
             stream = container.streams.video[0]
             self.time_base = stream.time_base or Fraction(1, 90000)
             rate = stream.average_rate or stream.guessed_rate or 30
@@ -47,14 +47,10 @@ class Recording:
             ]
         stamps = [pts for _data, pts, _dts, _key in self.packets if pts is not None]
         if not stamps:
-            raise SourceError(f"{path.name} has no video packets with times to replay")
+            raise SourceError(f"{self.source.redacted} has no video packets with times to replay")
         # One loop's length in time-base units: the first frame to one frame past the last.
         frame = max(1, round(1 / (float(rate) * self.time_base)))
         self.span = max(stamps) - min(stamps) + frame
-
-    @property
-    def nbytes(self) -> int:
-        return sum(len(data) for data, *_rest in self.packets)
 
 
 class _ReplayFeed(PacketFeed):
@@ -64,9 +60,8 @@ class _ReplayFeed(PacketFeed):
     def __init__(
         self, recording: Recording, loops: int | None, limits: DecodeLimits, *, fps: float
     ) -> None:
-        source = parse_source_url(str(recording.path), kind="scan")
-        container = open_video(source, limits=limits)
-        super().__init__(container, source.redacted, limits, fps=fps)
+        container = open_video(recording.source, limits=limits)
+        super().__init__(container, recording.source.redacted, limits, fps=fps)
         self.recording = recording
         self.loops = loops
 
