@@ -238,6 +238,13 @@ class FaceTracker:
     def track_ids(self) -> list[int]:
         return [t.id for t in self._tracks]
 
+    def reset(self) -> None:
+        """Forget every track (a new connection, a discontinuity): as a new tracker would
+        be, with the same detector (building one can take a third of a second)."""
+        self._tracks = []
+        self._next_id = 1
+        self._frame = 0
+
     def update(self, rgb: np.ndarray) -> FrameFaces:
         ended: list[int] = []
         t0 = time.thread_time()

@@ -171,12 +171,13 @@ def _worker(
     on_drop=lambda: None,
     ready=lambda: True,
     detector=None,
+    tracker_factory=None,
 ):
     states: list[SourceState] = []
     worker = SourceWorker(
         name,
         opener,
-        lambda: FaceTracker(detector or _OneFace(), detect_every=1),
+        tracker_factory or (lambda: FaceTracker(detector or _OneFace(), detect_every=1)),
         on_item=items.append,
         on_state=lambda state, _reason: states.append(state),
         on_reconnect=lambda: None,
@@ -580,3 +581,84 @@ def test_a_replayed_clip_is_one_endless_stream_of_the_files_frames(tmp_path, bfr
             decoders.stop()
     assert got["pool"] == got["reader"]
     assert np.allclose(got["pool"], np.arange(90) / 30)
+
+
+class _SlowFace(_OneFace):
+    """A detector that takes as long as MediaPipe's does on a 480p frame."""
+
+    def detect(self, rgb: np.ndarray) -> list[Detection]:
+        time.sleep(0.004)
+        return super().detect(rgb)
+
+
+@pytest.mark.parametrize(("rate", "bframes"), [(10, 0), (15, 0), (30, 3)])
+def test_a_live_file_decoded_in_the_pool_loses_no_frame_on_an_idle_node(tmp_path, rate, bframes):
+    """The service's lane sizes, one stream, nothing else to do. Before: a camera slower
+    than the model's 30 fps gave each picture's ticks at once (three at 10 fps), and a
+    lane of two frames dropped a third of them (10 of every 30 frames at 10 fps); the
+    frames a file's decoder gives back at its end (B-frames held for reordering) came at
+    once too, and two of them were dropped at every loop of a looped file."""
+    clip = _gop_clip(tmp_path / "c.mp4", frames=rate * 2, gop=rate, bframes=bframes, rate=rate)
+    source = parse_source_url(str(clip), kind="scan")
+    expected = len(list(resample(decode_pictures(source), 30.0)))
+    pool = FramePool(1)  # LANE_FRAMES, as served
+    decoders = FramePool(1, lane_frames=LANE_PACKETS, name="packet_lane", thread_name="decode")
+    items: list[FrameItem] = []
+    drops: list[int] = []
+    opener = FileOpener(source, 30.0, loop=False, realtime=True)
+    worker, states = _worker(
+        "s", opener, pool, items, decoders, on_drop=lambda: drops.append(1), detector=_SlowFace()
+    )
+    worker.start()
+    assert worker.join(10.0) and states[-1] == SourceState.STOPPED, worker.reason
+    assert (len(drops), len(items)) == (0, expected)
+    pool.stop()
+    decoders.stop()
+
+
+class _Live(Opener):
+    """A live camera: a frame every 1/30 s until stopped (or ``n`` frames)."""
+
+    ends = True
+
+    def __init__(self, n: int | None = None) -> None:
+        self.stop = threading.Event()
+        self.n = n
+
+    def open(self) -> Iterator[VideoFrame]:
+        i = 0
+        while i != self.n and not self.stop.wait(1 / 30):
+            yield VideoFrame(i, i / 30, Picture(np.full((8, 8, 3), 9, np.uint8)))
+            i += 1
+
+
+def test_a_stream_joining_a_frame_worker_costs_the_streams_it_serves_no_frame():
+    """A stream's face tracker is built (MediaPipe's runtime loads its model: a third of
+    a second and more) by its own reader thread. Before: the pool worker built it on the
+    stream's first frame, and every other stream that worker served lost that long of
+    frames (about ten each)."""
+    pool = FramePool(1)  # LANE_FRAMES, as served
+    live = _Live()
+    drops: list[int] = []
+    seen: list[FrameItem] = []
+    first, _ = _worker("live", live, pool, seen, on_drop=lambda: drops.append(1))
+    first.start()
+    wait_until(lambda: len(seen) >= 5, 5.0, "the live stream's frames", 0.01)
+
+    def slow_tracker() -> FaceTracker:
+        time.sleep(0.4)
+        return FaceTracker(_OneFace(), detect_every=1)
+
+    joined: list[FrameItem] = []
+    second, states = _worker(
+        "new", _Live(10), pool, joined, on_drop=lambda: drops.append(2),
+        tracker_factory=slow_tracker,
+    )  # fmt: skip
+    second.start()
+    assert second.join(5.0) and states[-1] == SourceState.STOPPED, second.reason
+    time.sleep(0.1)
+    live.stop.set()
+    assert first.join(5.0)
+    assert drops == []  # neither stream lost a frame while the new one got ready
+    assert len(joined) == 10
+    pool.stop()

@@ -188,7 +188,8 @@ class SourceWorker:
         # (the pool worker, in the tracker).
         self.cpu_s = {"decode": 0.0, "faces": 0.0, "crop": 0.0}
         self._decode_s = 0.0  # the decode pool worker's, for this stream
-        self.tracker: FaceTracker | None = None  # the pool worker's (None until a frame)
+        self._burst = 0  # frames the decode worker's last packet gave (see _decode)
+        self.tracker: FaceTracker | None = None  # built by the reader, used by the pool worker
         self._since_context = 1 << 30  # the first frame with faces gives a context at once
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"source-{stream_id}", daemon=True)
@@ -273,6 +274,11 @@ class SourceWorker:
         lane = self._lane
         assert lane is not None  # start() opens it
         try:
+            # Built here, not by the pool's worker on the first frame: a detector takes a
+            # third of a second and more to load, which every other stream that worker
+            # serves would lose frames to. A new connection only resets it (_work).
+            if self.tracker is None:
+                self.tracker = self.tracker_factory()
             while not self._stop.is_set():
                 try:
                     if self._packets is not None:
@@ -371,10 +377,13 @@ class SourceWorker:
         feed.check()
         self.opener.demuxed(feed)
 
-    def _offer(self, frame: VideoFrame, lane: Lane[_Taken], *, wait: bool = True) -> bool:
+    def _offer(
+        self, frame: VideoFrame, lane: Lane[_Taken], *, wait: bool = True, burst: int = 0
+    ) -> bool:
         """Pass a frame to the frame pool unless the stride sheds it; False once the lane
         is closed. Called by the reader, or for a demuxing source by its decode worker
-        (which never waits for room: ``wait``, see :meth:`_room`)."""
+        (which never waits for room: ``wait``, see :meth:`_room`; ``burst``: the frames
+        of the same packet put just before this one, see :meth:`Lane.put`)."""
         if frame.restart:
             # A discontinuity: the faces seen before it are not these.
             self._restart = self._fresh = True
@@ -386,7 +395,7 @@ class SourceWorker:
             self.on_shed()  # overload: skipped before faces and RGB
             return True
         taken = _Taken(frame, time.monotonic(), stride, self._restart, self._fresh, self._marks)
-        if not lane.put(taken, wait=wait):
+        if not lane.put(taken, wait=wait, burst=burst):
             return False
         self._restart = self._fresh = False
         self._marks = []
@@ -436,8 +445,16 @@ class SourceWorker:
             t0 = time.thread_time()
             frames = feed.decode(packet, gap=gap)
             self._decode_s += time.thread_time() - t0
-            for frame in frames:
-                if not self._offer(frame, lane, wait=False):
+            # One packet's frames come at once: the ticks of a source slower than the
+            # model's fps (three of one picture at 10 fps), or what a decoder holds back
+            # (for reordering, for its threads) until its flush, which follows the last
+            # packet at once and so continues its burst. The lane keeps a burst whole
+            # (``burst``): what it drops to make room is frames queued before it.
+            first = self._burst if packet is None else 0
+            self._burst = first
+            for burst, frame in enumerate(frames, first):
+                self._burst = burst + 1
+                if not self._offer(frame, lane, wait=False, burst=burst):
                     feed.failed = feed.failed or "the stream stopped"
                     return
         except Exception as exc:  # a bug in one stream's decoding ends that stream only
@@ -457,11 +474,12 @@ class SourceWorker:
     def _work(self, taken: _Taken) -> None:
         """One frame's faces, and its item to the stream."""
         try:
-            if taken.fresh or self.tracker is None:
-                if self.tracker is not None:
-                    self._end_tracker(self.tracker)
-                self.tracker = self.tracker_factory()
-            faces = self.tracker.update(taken.frame.rgb)
+            tracker = self.tracker
+            if tracker is None:  # the reader builds it before its first frame
+                tracker = self.tracker = self.tracker_factory()
+            elif taken.fresh:
+                tracker.reset()
+            faces = tracker.update(taken.frame.rgb)
             context = None
             if self.context is not None and faces.crops:
                 self._since_context += 1

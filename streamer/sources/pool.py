@@ -84,18 +84,21 @@ class Lane(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def put(self, item: T, *, wait: bool = True) -> bool:
+    def put(self, item: T, *, wait: bool = True, burst: int = 0) -> bool:
         """From the reader: queue a frame. A full lane drops its oldest, or (``waits``)
         blocks until there is room; with ``wait`` false (a thread that serves other
         streams too), a lane that waits takes it past its capacity: the caller bounds what
-        it adds. False once the lane is closed."""
+        it adds. ``burst``: the items put just before this one that came with it (one
+        packet's frames, handed on at once): a lane that drops keeps them past its
+        capacity and drops only what was queued before them, or it would lose part of
+        every burst however idle its worker. False once the lane is closed."""
         with self._pool.lock:
             if self.waits and wait:
                 self._idle.wait_for(lambda: self._closed or len(self._items) < self.capacity)
             if self._closed:
                 return False
             self._items.append(item)
-            if len(self._items) > self.capacity and not self.waits:
+            while len(self._items) > self.capacity + burst and not self.waits:
                 lost = self._items.popleft()
                 self.on_drop(lost, self._items[0])
                 if self._metrics is not None:
