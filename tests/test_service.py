@@ -71,13 +71,13 @@ def test_three_rtsp_streams_give_gapless_verdicts_and_metrics(live_clip, tmp_pat
         assert svc.metric("deepfake_inference_batch_size_count", stage="backbone") > 0
         assert svc.metric("deepfake_inference_batch_size_count", stage="head") > 0
         assert svc.metric("deepfake_streams_active") == 3
-        assert svc.metric("deepfake_queue_capacity", queue="frame_lane") == 3 * 2
+        assert svc.metric("deepfake_queue_capacity", queue="frame_lane") == 3 * 4
 
         assert svc.client.delete("/v1/streams/cam-2").status_code == 204
         assert svc.client.get("/v1/streams/cam-2").status_code == 404
         assert svc.metric("deepfake_frames_decoded_total", stream="cam-2") is None
         assert svc.metric("deepfake_streams_active") == 2
-        assert svc.metric("deepfake_queue_capacity", queue="frame_lane") == 2 * 2
+        assert svc.metric("deepfake_queue_capacity", queue="frame_lane") == 2 * 4
         assert svc.terminate() == 0
 
 

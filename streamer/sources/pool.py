@@ -37,7 +37,10 @@ from streamer.buffers import QueueMetrics
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-LANE_FRAMES = 2  # frames a lane holds for its worker (decoded pictures: ~0.5-1.4 MB each)
+# Frames a lane holds for its worker (decoded pictures: 0.6 MB at 480p, 3.1 MB at 1080p):
+# 133 ms at 30 fps, so a worker that serves many streams may be late for one of them by a
+# tenth of a second (another stream's slow frame, an interpreter pause) without a loss.
+LANE_FRAMES = 4
 # Packets a decode lane holds (streamer/sources/base.py): two seconds of 30-fps video, a
 # few kB a packet; what is lost past that costs the packets up to the next keyframe.
 LANE_PACKETS = 60
