@@ -228,8 +228,7 @@ class FaceTracker:
         self.crop_size = crop_size
         self.max_misses = max_misses
         self._tracks: list[_Track] = []
-        self._next_id = 1
-        self._frame = 0
+        self.reset()
         # CPU seconds of this thread spent detecting and cropping (for benchmarks).
         self.detect_s = 0.0
         self.crop_s = 0.0

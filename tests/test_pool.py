@@ -632,36 +632,42 @@ class _Live(Opener):
             i += 1
 
 
+def _drops_beside_a_live_stream(name: str, opener: Opener, items: list, **kwargs) -> list[str]:
+    """A live 30-fps stream alone on one frame worker (the service's lane size); once its
+    frames flow, another stream joins that worker and plays to its end: whose frames were
+    lost, one name a frame."""
+    pool = FramePool(1)  # LANE_FRAMES, as served
+    live = _Live()
+    drops: list[str] = []
+    seen: list[FrameItem] = []
+    first, _ = _worker("live", live, pool, seen, on_drop=lambda: drops.append("live"))
+    first.start()
+    wait_until(lambda: len(seen) >= 5, 5.0, "the live stream's frames", 0.01)
+    other, states = _worker(name, opener, pool, items, on_drop=lambda: drops.append(name),
+                            **kwargs)  # fmt: skip
+    other.start()
+    assert other.join(5.0) and states[-1] == SourceState.STOPPED, other.reason
+    time.sleep(0.1)
+    live.stop.set()
+    assert first.join(5.0)
+    pool.stop()
+    return drops
+
+
 def test_a_stream_joining_a_frame_worker_costs_the_streams_it_serves_no_frame():
     """A stream's face tracker is built (MediaPipe's runtime loads its model: a third of
     a second and more) by its own reader thread. Before: the pool worker built it on the
     stream's first frame, and every other stream that worker served lost that long of
     frames (about ten each)."""
-    pool = FramePool(1)  # LANE_FRAMES, as served
-    live = _Live()
-    drops: list[int] = []
-    seen: list[FrameItem] = []
-    first, _ = _worker("live", live, pool, seen, on_drop=lambda: drops.append(1))
-    first.start()
-    wait_until(lambda: len(seen) >= 5, 5.0, "the live stream's frames", 0.01)
 
     def slow_tracker() -> FaceTracker:
         time.sleep(0.4)
         return FaceTracker(_OneFace(), detect_every=1)
 
     joined: list[FrameItem] = []
-    second, states = _worker(
-        "new", _Live(10), pool, joined, on_drop=lambda: drops.append(2),
-        tracker_factory=slow_tracker,
-    )  # fmt: skip
-    second.start()
-    assert second.join(5.0) and states[-1] == SourceState.STOPPED, second.reason
-    time.sleep(0.1)
-    live.stop.set()
-    assert first.join(5.0)
+    drops = _drops_beside_a_live_stream("new", _Live(10), joined, tracker_factory=slow_tracker)
     assert drops == []  # neither stream lost a frame while the new one got ready
     assert len(joined) == 10
-    pool.stop()
 
 
 class _StallsOnce(_OneFace):
@@ -682,18 +688,6 @@ def test_a_frame_worker_held_up_a_tenth_of_a_second_costs_a_live_stream_no_frame
     stream's frame took long, or the interpreter paused. Before: a lane of two frames (66 ms
     at 30 fps) lost frames to every such tenth of a second (at 14 streams on this machine,
     24 and 46 frames in 15 s; with lanes of four, 1 and 7)."""
-    pool = FramePool(1)  # LANE_FRAMES, as served
-    live = _Live()
-    drops: list[int] = []
-    seen: list[FrameItem] = []
-    first, _ = _worker("live", live, pool, seen, on_drop=lambda: drops.append(1))
-    first.start()
-    wait_until(lambda: len(seen) >= 5, 5.0, "the live stream's frames", 0.01)
-    other, states = _worker("other", _Live(3), pool, [], detector=_StallsOnce())
-    other.start()
-    assert other.join(5.0) and states[-1] == SourceState.STOPPED, other.reason
-    time.sleep(0.1)
-    live.stop.set()
-    assert first.join(5.0)
-    assert drops == []
-    pool.stop()
+    stalled: list[FrameItem] = []
+    assert _drops_beside_a_live_stream("other", _Live(3), stalled, detector=_StallsOnce()) == []
+    assert len(stalled) == 3

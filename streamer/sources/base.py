@@ -450,13 +450,13 @@ class SourceWorker:
             # (for reordering, for its threads) until its flush, which follows the last
             # packet at once and so continues its burst. The lane keeps a burst whole
             # (``burst``): what it drops to make room is frames queued before it.
-            first = self._burst if packet is None else 0
-            self._burst = first
-            for burst, frame in enumerate(frames, first):
-                self._burst = burst + 1
+            burst = self._burst if packet is None else 0
+            for frame in frames:
                 if not self._offer(frame, lane, wait=False, burst=burst):
                     feed.failed = feed.failed or "the stream stopped"
                     return
+                burst += 1
+            self._burst = burst
         except Exception as exc:  # a bug in one stream's decoding ends that stream only
             self._crashed(exc)
             lane.close(timeout=0)
@@ -475,9 +475,8 @@ class SourceWorker:
         """One frame's faces, and its item to the stream."""
         try:
             tracker = self.tracker
-            if tracker is None:  # the reader builds it before its first frame
-                tracker = self.tracker = self.tracker_factory()
-            elif taken.fresh:
+            assert tracker is not None  # the reader builds it before its first frame
+            if taken.fresh:
                 tracker.reset()
             faces = tracker.update(taken.frame.rgb)
             context = None
