@@ -1,0 +1,127 @@
+"""Streams sustained by two or more builds of this repository, side by side in one run.
+
+Each revision's ``analyzer`` and ``streamer`` are exported (``git archive``) to a folder of
+their own, and a child process of this virtualenv runs ``streamer.bench.run_pipeline`` from
+that folder: N looped 480p one-face clips (or ``--clip``) paced as live, scored by the
+bundled demo model (trained on synthetic data only), shedding off. The revisions take turns
+at every N, so the drift of a shared machine falls on all of them alike, and ``--passes``
+repeats the whole round. It prints one JSON line a run and, at the end, a Markdown table of
+frames dropped (one figure a pass) and frames taken per second (the first pass).
+
+    .venv/bin/python scripts/sustained.py --revs e8e17df,HEAD --streams 10,12,14,16
+    .venv/bin/python scripts/sustained.py --revs e8e17df,HEAD --streams 4 --fps 10
+
+``--fps 10`` re-encodes the clip at 10 frames a second first (a camera slower than the
+model's 30): each picture then stands for three of the model's frames. A revision must have
+``run_pipeline(clip, PipelineConfig, seconds=, warmup=, device=, random_weights=,
+max_stride=)``, as every build since the overload work has.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import av
+
+ROOT = Path(__file__).resolve().parent.parent
+
+CHILD = """
+import asyncio, json, sys
+from pathlib import Path
+from streamer.bench import PipelineConfig, run_pipeline
+clip, n = Path(sys.argv[1]), int(sys.argv[2])
+seconds, warmup = float(sys.argv[3]), float(sys.argv[4])
+r = asyncio.run(run_pipeline(clip, PipelineConfig("480p", 1, n), seconds=seconds, warmup=warmup,
+                             device="cpu", random_weights=False, max_stride=1))
+print(json.dumps({"frames_per_s": r["frames_per_s"], "dropped": r["dropped"],
+                  "p99_ms": r["latency_ms"]["p99"], "cpu_s_per_s": r["process_cpu_s_per_s"]}))
+"""
+
+
+def export(rev: str, into: Path) -> str:
+    """``rev``'s code in ``into``; returns its short hash."""
+    sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev],
+                         check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
+    into.mkdir(parents=True)
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", sha, "analyzer", "streamer"],
+                             check=True, capture_output=True).stdout  # fmt: skip
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
+    return sha
+
+
+def slower(src: Path, dst: Path, fps: int) -> Path:
+    """``src`` (30 fps) re-encoded keeping every (30 / fps)-th picture."""
+    step = 30 // fps
+    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
+        stream = out.add_stream("libx264", rate=Fraction(30, step))
+        stream.time_base = Fraction(step, 30)
+        first = inp.streams.video[0]
+        stream.width, stream.height, stream.pix_fmt = first.width, first.height, "yuv420p"
+        for n, frame in enumerate(inp.decode(video=0)):
+            if n % step == 0:
+                frame = frame.reformat(format="yuv420p")
+                frame.pts, frame.time_base = n // step, Fraction(step, 30)
+                for packet in stream.encode(frame):
+                    out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return dst
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--revs", default="e8e17df,HEAD", help="comma-separated revisions")
+    parser.add_argument("--streams", default="10,12,14,16", help="comma-separated stream counts")
+    parser.add_argument("--passes", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--warmup", type=float, default=8.0)
+    parser.add_argument("--fps", type=int, choices=[5, 10, 15, 30], default=30)
+    parser.add_argument("--clip", type=Path, help="default: the bench's 480p one-face clip")
+    args = parser.parse_args()
+    counts = [int(n) for n in args.streams.split(",")]
+    with tempfile.TemporaryDirectory(prefix="sustained-") as tmp:
+        work = Path(tmp)
+        sys.path.insert(0, str(ROOT))
+        from streamer.bench import make_clip
+
+        clip = args.clip or make_clip(work / "clips", "480p", 1)
+        if args.fps != 30:
+            clip = slower(clip, work / f"clip-{args.fps}fps.mp4", args.fps)
+        builds = {rev: export(rev, work / f"rev{i}") for i, rev in enumerate(args.revs.split(","))}
+        results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for p in range(args.passes):
+            for n in counts:
+                for i, rev in enumerate(builds):
+                    code = work / f"rev{i}"
+                    out = subprocess.run(
+                        [sys.executable, "-c", CHILD, str(clip), str(n), str(args.seconds),
+                         str(args.warmup)],
+                        cwd=code, env={**os.environ, "PYTHONPATH": str(code)},
+                        check=True, capture_output=True, text=True,
+                    ).stdout  # fmt: skip
+                    row = json.loads(out.strip().splitlines()[-1])
+                    results.setdefault((rev, n), []).append(row)
+                    print(json.dumps({"rev": builds[rev], "pass": p + 1, "streams": n, **row}),
+                          flush=True)  # fmt: skip
+    names = [rev if rev.startswith(sha) else f"{rev} ({sha})" for rev, sha in builds.items()]
+    print(f"\n{args.fps}-fps clip, {args.seconds:.0f} s after {args.warmup:.0f} s; "
+          "frames dropped (each pass), then frames/s taken (first pass)\n")  # fmt: skip
+    print("| streams | " + " | ".join(f"dropped, {n}" for n in names) + " | frames/s |")
+    print("| --- " * (len(names) + 2) + "|")
+    for n in counts:
+        drops = [" / ".join(f"{r['dropped']:.0f}" for r in results[(rev, n)]) for rev in builds]
+        fps = " / ".join(f"{results[(rev, n)][0]['frames_per_s']:.1f}" for rev in builds)
+        print(f"| {n} | " + " | ".join(drops) + f" | {fps} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
