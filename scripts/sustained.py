@@ -95,11 +95,13 @@ def main() -> int:
         clip = args.clip or make_clip(work / "clips", "480p", 1)
         if args.fps != 30:
             clip = slower(clip, work / f"clip-{args.fps}fps.mp4", args.fps)
-        builds = {rev: export(rev, work / f"rev{i}") for i, rev in enumerate(args.revs.split(","))}
-        results: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        revs = args.revs.split(",")
+        shas = [export(rev, work / f"rev{i}") for i, rev in enumerate(revs)]
+        # results[i][n]: build i's runs with n streams, one a pass
+        results: list[dict[int, list[dict[str, Any]]]] = [{} for _ in revs]
         for p in range(args.passes):
             for n in counts:
-                for i, rev in enumerate(builds):
+                for i, sha in enumerate(shas):
                     code = work / f"rev{i}"
                     out = subprocess.run(
                         [sys.executable, "-c", CHILD, str(clip), str(n), str(args.seconds),
@@ -108,17 +110,19 @@ def main() -> int:
                         check=True, capture_output=True, text=True,
                     ).stdout  # fmt: skip
                     row = json.loads(out.strip().splitlines()[-1])
-                    results.setdefault((rev, n), []).append(row)
-                    print(json.dumps({"rev": builds[rev], "pass": p + 1, "streams": n, **row}),
-                          flush=True)  # fmt: skip
-    names = [rev if rev.startswith(sha) else f"{rev} ({sha})" for rev, sha in builds.items()]
+                    results[i].setdefault(n, []).append(row)
+                    print(json.dumps({"rev": sha, "pass": p + 1, "streams": n, **row}), flush=True)
+    names = [
+        rev if rev.startswith(sha) else f"{rev} ({sha})"
+        for rev, sha in zip(revs, shas, strict=True)
+    ]
     print(f"\n{args.fps}-fps clip, {args.seconds:.0f} s after {args.warmup:.0f} s; "
           "frames dropped (each pass), then frames/s taken (first pass)\n")  # fmt: skip
     print("| streams | " + " | ".join(f"dropped, {n}" for n in names) + " | frames/s |")
     print("| --- " * (len(names) + 2) + "|")
     for n in counts:
-        drops = [" / ".join(f"{r['dropped']:.0f}" for r in results[(rev, n)]) for rev in builds]
-        fps = " / ".join(f"{results[(rev, n)][0]['frames_per_s']:.1f}" for rev in builds)
+        drops = [" / ".join(f"{r['dropped']:.0f}" for r in runs[n]) for runs in results]
+        fps = " / ".join(f"{runs[n][0]['frames_per_s']:.1f}" for runs in results)
         print(f"| {n} | " + " | ".join(drops) + f" | {fps} |")
     return 0
 

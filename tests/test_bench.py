@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import pytest
 
-from tests.conftest import cache_folder, run_cli
+from streamer.bench import make_clip
+from tests.conftest import REPO, cache_folder, run_cli
 
 
 @pytest.mark.slow
@@ -85,3 +88,21 @@ def test_bench_quick_measures_every_part(tmp_path, photos_dir):
     assert rows[("full", True, 600)]["evidence_records_per_s"] > 0
     assert all(r["verdicts_per_s"] > 0 for r in rows.values())
     assert evidence["heatmaps_per_min"] > 0
+
+
+@pytest.mark.slow
+def test_sustained_runs_each_revision_in_turn_and_tables_the_drops(photos_dir):
+    """scripts/sustained.py (docs/performance.md's streams-sustained table): each revision's
+    code exported and run from its own folder, one JSON line a run, a Markdown row per N."""
+    clip = make_clip(cache_folder({"bench-clips": True}), "480p", 1)
+    args = ("--revs", "HEAD,HEAD", "--streams", "1", "--passes", "1", "--seconds", "2",
+            "--warmup", "2", "--fps", "10", "--clip", str(clip))  # fmt: skip
+    result = subprocess.run([sys.executable, str(REPO / "scripts" / "sustained.py"), *args],
+                            capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [(r["pass"], r["streams"]) for r in runs] == [(1, 1), (1, 1)]
+    assert all(r["frames_per_s"] > 5 for r in runs)  # a 10-fps camera gives 30 frames/s
+    assert "10-fps clip" in result.stdout
+    row = next(line for line in result.stdout.splitlines() if line.startswith("| 1 |"))
+    assert row.count("|") == 5  # streams, two builds' drops, frames/s
