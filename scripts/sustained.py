@@ -1,12 +1,13 @@
 """Streams sustained by two or more builds of this repository, side by side in one run.
 
-Each revision's ``analyzer`` and ``streamer`` are exported (``git archive``) to a folder of
-their own, and a child process of this virtualenv runs ``streamer.bench.run_pipeline`` from
-that folder: N looped 480p one-face clips (or ``--clip``) paced as live, scored by the
-bundled demo model (trained on synthetic data only), shedding off. The revisions take turns
-at every N, so the drift of a shared machine falls on all of them alike, and ``--passes``
-repeats the whole round. It prints one JSON line a run and, at the end, a Markdown table of
-frames dropped (one figure a pass) and frames taken per second (the first pass).
+Each revision's ``analyzer`` and ``streamer`` are exported (``git archive``; a folder given
+instead, such as ``.``, is copied as it is) to a folder of their own, and a child process
+of this virtualenv runs ``streamer.bench.run_pipeline`` from that folder: N looped 480p
+one-face clips (or ``--clip``) paced as live, scored by the bundled demo model (trained on
+synthetic data only), shedding off. The builds take turns at every N, so the drift of a
+shared machine falls on all of them alike, and ``--passes`` repeats the whole round. It
+prints one JSON line a run and, at the end, a Markdown table of frames dropped (one figure
+a pass) and frames taken per second (the first pass).
 
     .venv/bin/python scripts/sustained.py --revs e8e17df,HEAD --streams 10,12,14,16
     .venv/bin/python scripts/sustained.py --revs e8e17df,HEAD --streams 4 --fps 10
@@ -22,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -47,7 +49,13 @@ print(json.dumps({"frames_per_s": r["frames_per_s"], "dropped": r["dropped"],
 
 
 def export(rev: str, into: Path) -> str:
-    """``rev``'s code in ``into``; returns its short hash."""
+    """``rev``'s code in ``into``; returns its short hash. A folder (``.``: this working
+    tree, uncommitted changes and all) is copied as it is and named by its path."""
+    if Path(rev).is_dir():
+        for room in ("analyzer", "streamer"):
+            shutil.copytree(Path(rev) / room, into / room,
+                            ignore=shutil.ignore_patterns("__pycache__"))  # fmt: skip
+        return rev
     sha = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", rev],
                          check=True, capture_output=True, text=True).stdout.strip()  # fmt: skip
     into.mkdir(parents=True)
@@ -78,7 +86,11 @@ def slower(src: Path, dst: Path, fps: int) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--revs", default="e8e17df,HEAD", help="comma-separated revisions")
+    parser.add_argument(
+        "--revs",
+        default="e8e17df,HEAD",
+        help="comma-separated revisions or folders (.: this working tree)",
+    )
     parser.add_argument("--streams", default="10,12,14,16", help="comma-separated stream counts")
     parser.add_argument("--passes", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=15.0)

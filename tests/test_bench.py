@@ -93,9 +93,10 @@ def test_bench_quick_measures_every_part(tmp_path, photos_dir):
 @pytest.mark.slow
 def test_sustained_runs_each_revision_in_turn_and_tables_the_drops(photos_dir):
     """scripts/sustained.py (docs/performance.md's streams-sustained table): each revision's
-    code exported and run from its own folder, one JSON line a run, a Markdown row per N."""
+    code copied and run from its own folder (this checkout twice: CI's need not be a
+    git repository), one JSON line a run, a Markdown row per N."""
     clip = make_clip(cache_folder({"bench-clips": True}), "480p", 1)
-    args = ("--revs", "HEAD,HEAD", "--streams", "1", "--passes", "1", "--seconds", "2",
+    args = ("--revs", f"{REPO},{REPO}", "--streams", "1", "--passes", "1", "--seconds", "2",
             "--warmup", "2", "--fps", "10", "--clip", str(clip))  # fmt: skip
     result = subprocess.run([sys.executable, str(REPO / "scripts" / "sustained.py"), *args],
                             capture_output=True, text=True, timeout=300)  # fmt: skip
