@@ -27,11 +27,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import av
+
+from analyzer.h264 import write_h264
+from streamer.bench import make_clip
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,19 +70,14 @@ def export(rev: str, into: Path) -> str:
 def slower(src: Path, dst: Path, fps: int) -> Path:
     """``src`` (30 fps) re-encoded keeping every (30 / fps)-th picture."""
     step = 30 // fps
-    with av.open(str(src)) as inp, av.open(str(dst), "w") as out:
-        stream = out.add_stream("libx264", rate=Fraction(30, step))
-        stream.time_base = Fraction(step, 30)
-        first = inp.streams.video[0]
-        stream.width, stream.height, stream.pix_fmt = first.width, first.height, "yuv420p"
-        for n, frame in enumerate(inp.decode(video=0)):
-            if n % step == 0:
-                frame = frame.reformat(format="yuv420p")
-                frame.pts, frame.time_base = n // step, Fraction(step, 30)
-                for packet in stream.encode(frame):
-                    out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+    with av.open(str(src)) as inp:
+        video = inp.streams.video[0]
+        kept = (
+            frame.to_ndarray(format="rgb24")
+            for n, frame in enumerate(inp.decode(video))
+            if n % step == 0
+        )
+        write_h264(dst, kept, (video.width, video.height), fps)
     return dst
 
 
@@ -101,9 +98,6 @@ def main() -> int:
     counts = [int(n) for n in args.streams.split(",")]
     with tempfile.TemporaryDirectory(prefix="sustained-") as tmp:
         work = Path(tmp)
-        sys.path.insert(0, str(ROOT))
-        from streamer.bench import make_clip
-
         clip = args.clip or make_clip(work / "clips", "480p", 1)
         if args.fps != 30:
             clip = slower(clip, work / f"clip-{args.fps}fps.mp4", args.fps)

@@ -103,7 +103,10 @@ def test_sustained_runs_each_revision_in_turn_and_tables_the_drops(photos_dir):
     assert result.returncode == 0, result.stderr[-3000:]
     runs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
     assert [(r["pass"], r["streams"]) for r in runs] == [(1, 1), (1, 1)]
-    assert all(r["frames_per_s"] > 5 for r in runs)  # a 10-fps camera gives 30 frames/s
+    # Each picture of a 10-fps camera is three of the model's 30 frames a second.
+    assert all(r["frames_per_s"] > 25 for r in runs), runs
     assert "10-fps clip" in result.stdout
     row = next(line for line in result.stdout.splitlines() if line.startswith("| 1 |"))
-    assert row.count("|") == 5  # streams, two builds' drops, frames/s
+    drops = " | ".join(f"{r['dropped']:.0f}" for r in runs)
+    fps = " / ".join(f"{r['frames_per_s']:.1f}" for r in runs)
+    assert row == f"| 1 | {drops} | {fps} |"
