@@ -7,7 +7,10 @@ one-face clips (or ``--clip``) paced as live, scored by the bundled demo model (
 synthetic data only), shedding off. The builds take turns at every N, so the drift of a
 shared machine falls on all of them alike, and ``--passes`` repeats the whole round. It
 prints one JSON line a run and, at the end, a Markdown table of frames dropped (one figure
-a pass) and frames taken per second (the first pass).
+a pass), frames taken per second, the process's CPU milliseconds per frame taken (the
+model's included; 1000 / it is frames per core) and the crops per backbone call, the last
+three from the first pass. On a CPU the backbone's batch decides much of the CPU per frame
+at a light load, and it depends on how the streams' frame clocks happen to line up.
 
     .venv/bin/python scripts/sustained.py --revs e8e17df,HEAD --streams 10,12,14,16
     .venv/bin/python scripts/sustained.py --revs e8e17df,HEAD --streams 4 --fps 10
@@ -40,13 +43,23 @@ ROOT = Path(__file__).resolve().parent.parent
 CHILD = """
 import asyncio, json, sys
 from pathlib import Path
+from analyzer.engine import Engine
 from streamer.bench import PipelineConfig, run_pipeline
+calls = []  # crops per backbone call, warm-up included
+def counted(f):
+    def backbone(self, crops):
+        calls.append(len(crops))
+        return f(self, crops)
+    return backbone
+Engine.backbone = counted(Engine.backbone)
 clip, n = Path(sys.argv[1]), int(sys.argv[2])
 seconds, warmup = float(sys.argv[3]), float(sys.argv[4])
 r = asyncio.run(run_pipeline(clip, PipelineConfig("480p", 1, n), seconds=seconds, warmup=warmup,
                              device="cpu", random_weights=False, max_stride=1))
 print(json.dumps({"frames_per_s": r["frames_per_s"], "dropped": r["dropped"],
-                  "p99_ms": r["latency_ms"]["p99"], "cpu_s_per_s": r["process_cpu_s_per_s"]}))
+                  "p99_ms": r["latency_ms"]["p99"], "cpu_s_per_s": r["process_cpu_s_per_s"],
+                  "cpu_ms_per_frame": 1000 * r["process_cpu_s_per_s"] / r["frames_per_s"],
+                  "backbone_batch": sum(calls) / max(len(calls), 1)}))
 """
 
 
@@ -123,13 +136,17 @@ def main() -> int:
         for rev, sha in zip(revs, shas, strict=True)
     ]
     print(f"\n{args.fps}-fps clip, {args.seconds:.0f} s after {args.warmup:.0f} s; "
-          "frames dropped (each pass), then frames/s taken (first pass)\n")  # fmt: skip
-    print("| streams | " + " | ".join(f"dropped, {n}" for n in names) + " | frames/s |")
-    print("| --- " * (len(names) + 2) + "|")
+          "frames dropped (each pass), then frames/s taken and the process's CPU ms per "
+          "frame, crops per backbone call (first pass)\n")  # fmt: skip
+    print("| streams | " + " | ".join(f"dropped, {n}" for n in names)
+          + " | frames/s | CPU ms/frame | backbone batch |")  # fmt: skip
+    print("| --- " * (len(names) + 4) + "|")
     for n in counts:
         drops = [" / ".join(f"{r['dropped']:.0f}" for r in runs[n]) for runs in results]
         fps = " / ".join(f"{runs[n][0]['frames_per_s']:.1f}" for runs in results)
-        print(f"| {n} | " + " | ".join(drops) + f" | {fps} |")
+        cpu = " / ".join(f"{runs[n][0]['cpu_ms_per_frame']:.2f}" for runs in results)
+        batch = " / ".join(f"{runs[n][0]['backbone_batch']:.2f}" for runs in results)
+        print(f"| {n} | " + " | ".join(drops) + f" | {fps} | {cpu} | {batch} |")
     return 0
 
 

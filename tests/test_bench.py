@@ -109,4 +109,14 @@ def test_sustained_runs_each_revision_in_turn_and_tables_the_drops(photos_dir):
     row = next(line for line in result.stdout.splitlines() if line.startswith("| 1 |"))
     drops = " | ".join(f"{r['dropped']:.0f}" for r in runs)
     fps = " / ".join(f"{r['frames_per_s']:.1f}" for r in runs)
-    assert row == f"| 1 | {drops} | {fps} |"
+    # The process's CPU per frame taken, the model's included: frames per core is 1000 / it.
+    assert all(0 < r["cpu_ms_per_frame"] < 1000 for r in runs), runs
+    assert all(
+        abs(r["cpu_ms_per_frame"] - 1000 * r["cpu_s_per_s"] / r["frames_per_s"]) < 1e-6
+        for r in runs
+    ), runs
+    cpu = " / ".join(f"{r['cpu_ms_per_frame']:.2f}" for r in runs)
+    # One face: a call holds one crop, or the few of a 10-fps picture's burst.
+    assert all(1 <= r["backbone_batch"] <= 3 for r in runs), runs
+    batch = " / ".join(f"{r['backbone_batch']:.2f}" for r in runs)
+    assert row == f"| 1 | {drops} | {fps} | {cpu} | {batch} |"
