@@ -10,7 +10,8 @@ measured): the engine table (backbone and head; fp32, bf16, channels_last; batch
 512), the stages (MediaPipe on the host against the PyTorch BlazeFace batched on the GPU;
 host against device crops), the frame pool with 64 streams, the pipeline with N one-face
 480p streams (replaying one clip's packets, demuxed once) doubling from 1 up to 1,024,
-stopping at the first N that drops a frame or misses p99 <= 1 s, and last the backbone at
+stopping at the first N that drops a frame or misses p99 <= 1 s, decode alone (PyAV on the
+CPU against NVDEC through PyNvVideoCodec, if installed), and last the backbone at
 batches 32 and 256 eager against torch.compile and torch.compile with CUDA graphs
 (compiling takes longest, so a run cut off there keeps the rest). OUT_DIR/NAME.json holds
 each part's figures, OUT_DIR/bench.txt the tables, which are printed too. Not part of
@@ -36,6 +37,7 @@ PARTS = {
     "stages": ("stages", "", "--quick"),
     "frontend": ("frontend", "--streams 64 --seconds 8 --warmup 3", "--quick"),
     "pipeline": ("pipeline", PIPELINE, "--quick --replay"),
+    "nvdec": ("nvdec", "--seconds 5", "--quick"),
     "compiled": ("engine", "--batches 32,256 --compile 32,256", "--quick --compile 1"),
 }
 

@@ -16,13 +16,15 @@
 # on the host against the PyTorch BlazeFace batched on the GPU) and crops on the host
 # against crops cut on the GPU; the frame pool with 64 streams; the pipeline with N
 # one-face 480p streams doubling from 1 up to 1,024, stopping at the first N that drops
-# frames or misses p99 <= 1 s; and last the backbone eager against torch.compile and
+# frames or misses p99 <= 1 s; decode alone, PyAV on the CPU against NVDEC at 1, 8 and 32
+# sessions (PyNvVideoCodec's own demuxer; skipped, saying why, without the optional
+# pynvvideocodec wheel, 26 MB); and last the backbone eager against torch.compile and
 # torch.compile with CUDA graphs at batches 32 and 256. The pipeline's streams replay one
 # clip's packets, demuxed once (streamer/sources/replay.py), decoded on the host by the
 # decode pool (a reader thread each paces them), so at some N it is the node's CPUs, not
 # the GPU, that stop it; the pipeline table's CPU seconds per stage say which.
 # Not in it: TensorRT (torch-tensorrt and TensorRT's libraries are far over 64 MiB) and
-# NVDEC's frames/s (there is no DFM_DECODE=nvdec yet).
+# NVDEC in the service's path (there is no DFM_DECODE=nvdec yet).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -44,6 +46,8 @@ if [[ "${1:-}" == "--probe" ]]; then
         "device", torch.cuda.get_device_name() if torch.cuda.is_available() else None)' \
     2>/dev/null || echo "torch: missing"
   echo "missing: $(missing)"
+  MODULES=PyNvVideoCodec  # optional: NVDEC's frames/s
+  echo "optional, missing: $(missing)"
   exit 0
 fi
 if [[ $# -lt 1 || $# -gt 2 || ( $# -eq 2 && "$2" != "--quick" ) ]]; then

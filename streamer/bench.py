@@ -619,6 +619,106 @@ def decode_bench(folder: Path, *, keys: int, repeats: int, frames: int = 300) ->
     }
 
 
+def nvdec_skipped(device: str) -> str | None:
+    """Why NVDEC cannot be timed on ``device``, as a line naming the fix; None if it can."""
+    if device == "cpu":
+        return "skipped: the device is the CPU; run it on a GPU machine"
+    if not torch.cuda.is_available():
+        return "skipped: no CUDA device visible; run it on a GPU machine"
+    try:
+        import PyNvVideoCodec  # noqa: F401
+    except ImportError:
+        return (
+            "skipped: PyNvVideoCodec is not installed; pip install pynvvideocodec "
+            "(or carry its wheel to the GPU check)"
+        )
+    return None
+
+
+def _pyav_session(clip: Path, deadline: float) -> int:
+    """Frames PyAV decodes (one FFmpeg thread, left as YUV) looping ``clip`` until then."""
+    frames = 0
+    while time.monotonic() < deadline:
+        with av.open(str(clip)) as container:
+            stream = container.streams.video[0]
+            stream.thread_count = 1
+            for _frame in container.decode(stream):
+                frames += 1
+                if time.monotonic() >= deadline:
+                    break
+    return frames
+
+
+def _nvdec_session(clip: Path, deadline: float) -> int:
+    """Frames NVDEC decodes (left in GPU memory) looping ``clip`` until then, demuxed by
+    PyNvVideoCodec's own demuxer: one decoder, a demuxer a loop."""
+    import PyNvVideoCodec as nvc
+
+    frames = 0
+    decoder = None
+    while time.monotonic() < deadline:
+        demuxer = nvc.CreateDemuxer(filename=str(clip))
+        if decoder is None:
+            decoder = nvc.CreateDecoder(
+                gpuid=torch.cuda.current_device(), codec=demuxer.GetNvCodecId(),
+                usedevicememory=True,
+            )  # fmt: skip
+        for packet in demuxer:
+            frames += sum(1 for _frame in decoder.Decode(packet))
+            if time.monotonic() >= deadline:
+                break
+    return frames
+
+
+def _sessions(session: Any, clip: Path, n: int, seconds: float) -> dict[str, Any]:
+    """``n`` sessions of ``session`` at once, each in a thread of its own, for ``seconds``."""
+    cpu0, start = time.process_time(), time.monotonic()
+    with ThreadPoolExecutor(n) as pool:
+        counts = list(pool.map(lambda _k: session(clip, start + seconds), range(n)))
+    wall, cpu = time.monotonic() - start, time.process_time() - cpu0
+    frames = sum(counts)
+    return {
+        "sessions": n,
+        "frames": frames,
+        "frames_per_s": frames / wall,
+        "process_ms_per_frame": 1000 * cpu / max(frames, 1),
+    }
+
+
+def nvdec_bench(
+    folder: Path, *, device: str, seconds: float, sessions: list[int]
+) -> dict[str, Any]:
+    """Decode alone, the 480p one-face clip looped: PyAV on the CPU (one session, then one
+    a CPU) against NVDEC through PyNvVideoCodec at each of ``sessions`` (an H100 has seven
+    NVDEC engines), side by side in one run. NVDEC's rows use PyNvVideoCodec's own
+    demuxer, not the service's path (the service has no NVDEC decoder yet); where NVDEC
+    cannot run, ``nvdec`` says why."""
+    folder.mkdir(parents=True, exist_ok=True)
+    clip = make_clip(folder, "480p", 1)
+    cpus = cpu_budget()
+    rows = []
+    for n in sorted({1, cpus}):
+        rows.append({"decoder": "pyav", **_sessions(_pyav_session, clip, n, seconds)})
+        log.info("nvdec part: %s", rows[-1])
+    why = nvdec_skipped(device)
+    if why is None:
+        try:
+            for n in sessions:
+                rows.append({"decoder": "nvdec", **_sessions(_nvdec_session, clip, n, seconds)})
+                log.info("nvdec part: %s", rows[-1])
+        except Exception as exc:  # a GPU's own failure is a finding, not a crash of the run
+            why = f"failed: {exc!r}"
+    return {
+        "device": torch.cuda.get_device_name()
+        if device != "cpu" and torch.cuda.is_available()
+        else f"cpu ({cpus} usable cores)",
+        "clip": "480p one-face clip (300 frames at 30 fps, H.264)",
+        "seconds": seconds,
+        "rows": rows,
+        "nvdec": why or "ran",
+    }
+
+
 def sink_bench(bootstrap: str, *, verdicts: int, streams: int = 100) -> dict[str, Any]:
     """Verdicts/s through :class:`KafkaSink` to ``bootstrap``: one at a time vs pipelined."""
     import uuid
@@ -1064,6 +1164,18 @@ def format_report(result: dict[str, Any]) -> str:
             "  -> pool / readers: "
             + ", ".join(f"{k} {v:.2f}x" for k, v in dec["ratio_pool_over_readers"].items())
         )
+    nv = result.get("nvdec")
+    if nv:
+        lines += [
+            f"NVDEC on {nv['device']}: decode alone, the {nv['clip']} looped "
+            f"{nv['seconds']:.1f} s; NVDEC {nv['nvdec']}",
+            "  decoder  sessions |  frames/s | process CPU ms/frame",
+        ]
+        for r in nv["rows"]:
+            lines.append(
+                f"  {r['decoder']:<8} {r['sessions']:>8} | {r['frames_per_s']:>9.1f}"
+                f" | {r['process_ms_per_frame']:>19.3f}"
+            )
     sink = result.get("sink")
     if sink:
         lines.append(f"sink to Kafka at {sink['bootstrap']}: verdicts of {sink['streams']} streams")

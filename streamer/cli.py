@@ -44,8 +44,8 @@ SCHEDULE_OPTIONS = {
 # Every benchmark is a part of `deepfake-monitor bench`: the model side's measurements are
 # in analyzer/bench.py, the service's in streamer/bench.py.
 BENCH_PARTS = (
-    "engine", "baseline", "pipeline", "overload", "frontend", "decode", "stages", "evidence",
-    "sink",
+    "engine", "baseline", "pipeline", "overload", "frontend", "decode", "nvdec", "stages",
+    "evidence", "sink",
 )  # fmt: skip
 
 
@@ -264,6 +264,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         evidence_bench,
         format_report,
         frontend_bench,
+        nvdec_bench,
         overload_bench,
         pipeline_bench,
         sink_bench,
@@ -352,6 +353,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             keys=2 if args.quick else args.streams,
             repeats=1 if args.quick else 2,
             frames=60 if args.quick else 300,
+        )
+    if "nvdec" in parts:
+        result["nvdec"] = nvdec_bench(
+            work,
+            device=args.device,
+            seconds=0.5 if args.quick else min(args.seconds, 10.0),
+            sessions=[1] if args.quick else [1, 8, 32],
         )
     if "stages" in parts:
         result["stages"] = stage_bench(work, device=args.device, quick=args.quick)

@@ -120,3 +120,34 @@ def test_sustained_runs_each_revision_in_turn_and_tables_the_drops(photos_dir):
     assert all(1 <= r["backbone_batch"] <= 3 for r in runs), runs
     batch = " / ".join(f"{r['backbone_batch']:.2f}" for r in runs)
     assert row == f"| 1 | {drops} | {fps} | {cpu} | {batch} |"
+
+
+def test_the_nvdec_part_times_pyav_and_says_why_nvdec_did_not_run(tmp_path, photos_dir):
+    """``bench --parts nvdec``: PyAV's software decode of the 480p clip, one session and
+    one a CPU, and NVDEC (PyNvVideoCodec) beside it where there is one; here, none, and
+    the part says why in a line naming the fix instead of failing."""
+    out = tmp_path / "bench.json"
+    work = cache_folder({"bench-clips": True})
+    result = run_cli("bench", "--quick", "--device", "cpu", "--parts", "nvdec", "--out",
+                     str(out), "--work", str(work))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    part = json.loads(out.read_text())["nvdec"]
+    pyav = [r for r in part["rows"] if r["decoder"] == "pyav"]
+    assert [r["sessions"] for r in pyav] == [1, 2]  # one, then one a CPU (2 here)
+    assert all(r["frames"] > 0 and r["frames_per_s"] > 0 for r in pyav), pyav
+    assert part["nvdec"] == "skipped: the device is the CPU; run it on a GPU machine"
+    assert "NVDEC on" in result.stdout and part["nvdec"] in result.stdout
+
+
+def test_without_pynvvideocodec_the_nvdec_part_names_the_wheel(tmp_path, monkeypatch):
+    import torch
+
+    from streamer import bench
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setitem(sys.modules, "PyNvVideoCodec", None)  # import fails
+    assert bench.nvdec_skipped("cuda") == (
+        "skipped: PyNvVideoCodec is not installed; pip install pynvvideocodec "
+        "(or carry its wheel to the GPU check)"
+    )
+    assert bench.nvdec_skipped("cpu").startswith("skipped: the device is the CPU")

@@ -27,6 +27,7 @@ def test_the_probe_names_what_a_machine_lacks(tmp_path):
     here = check("--probe")
     assert here.returncode == 0 and "missing: \n" in here.stdout, here.stdout + here.stderr
     assert "torch 2." in here.stdout
+    assert "optional, missing: PyNvVideoCodec\n" in here.stdout  # not in this venv
     # A Python without site-packages: the machine has nothing but the standard library.
     bare = tmp_path / "python"
     bare.write_text(f'#!/bin/sh\nexec "{sys.executable}" -S "$@"\n')
