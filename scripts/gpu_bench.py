@@ -4,6 +4,9 @@ scripts/gpu_check.sh runs once the machine has what it needs.
     python scripts/gpu_bench.py OUT_DIR           on CUDA (refuses without a GPU)
     python scripts/gpu_bench.py OUT_DIR --quick   the same parts, seconds each, on the
                                                   CPU: checks the plumbing, not the speed
+    python scripts/gpu_bench.py OUT_DIR --parts nvdec,compiled
+                                                  those parts alone (say, once the
+                                                  pynvvideocodec wheel is installed)
 
 Parts, in this order, each written as soon as it ends (so a run cut short keeps what it
 measured): the engine table (backbone and head; fp32, bf16, channels_last; batches up to
@@ -42,9 +45,28 @@ PARTS = {
 }
 
 
+def chosen(args: list[str]) -> tuple[list[str], list[str]] | str:
+    """The parts named by ``--parts a,b`` (all of them without it), in PARTS' order, and the
+    remaining arguments; or the one-line reason the option is wrong."""
+    if "--parts" not in args:
+        return list(PARTS), args
+    at = args.index("--parts")
+    if at + 1 == len(args):
+        return "--parts needs a comma-separated list: " + ",".join(PARTS)
+    names = set(args[at + 1].split(","))
+    unknown = sorted(names - set(PARTS))
+    if unknown:
+        return f"unknown part {', '.join(unknown)}; the parts are " + ",".join(PARTS)
+    return [name for name in PARTS if name in names], args[:at] + args[at + 2 :]
+
+
 def run() -> int:
     quick = "--quick" in sys.argv[1:]
-    args = [a for a in sys.argv[1:] if a != "--quick"]
+    picked = chosen([a for a in sys.argv[1:] if a != "--quick"])
+    if isinstance(picked, str):
+        print(f"gpu_bench: {picked}", file=sys.stderr)
+        return 2
+    labels, args = picked
     if len(args) != 1:
         print(__doc__, file=sys.stderr)
         return 2
@@ -59,7 +81,8 @@ def run() -> int:
     report.write_text(f"gpu_bench on {name}, torch {torch.__version__}\n")
     started = time.monotonic()
     code = 0
-    for label, (part, full, short) in PARTS.items():
+    for label in labels:
+        part, full, short = PARTS[label]
         began = time.monotonic()
         buffer = io.StringIO()
         argv = ["bench", "--device", device, "--parts", part, "--out", str(out / f"{label}.json"),

@@ -49,3 +49,27 @@ def test_without_a_gpu_the_check_gets_as_far_as_the_benchmark(tmp_path):
     assert "no CUDA device visible; run it on a GPU machine" in result.stderr
     usage = check(str(tmp_path / "out"), "--fast")
     assert usage.returncode == 2 and "--probe" in usage.stderr
+
+
+def test_the_benchmark_writes_each_part_as_it_ends(tmp_path):
+    """scripts/gpu_bench.py with its slow parts left out (--parts): the part's JSON and its
+    table in bench.txt, the device named, and the wall time at the end."""
+    bench = [sys.executable, str(ROOT / "scripts" / "gpu_bench.py")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "DFM_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [*bench, str(out), "--quick", "--parts", "nvdec"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = (out / "bench.txt").read_text()
+    assert report.startswith("gpu_bench on the CPU (--quick), torch ")
+    assert "NVDEC skipped: the device is the CPU" in report and "(nvdec: " in report
+    assert report.rstrip().endswith("on the CPU (--quick)")
+    assert sorted(p.name for p in out.glob("*.json")) == ["nvdec.json"]
+    wrong = subprocess.run(
+        [*bench, str(out), "--quick", "--parts", "nvdec,decode"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert wrong.returncode == 2
+    assert wrong.stderr.startswith("gpu_bench: unknown part decode; the parts are engine,")
