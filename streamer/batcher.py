@@ -8,6 +8,12 @@ crops or ``max_wait_ms`` after the first one (``detect_batch`` frames or
 waits for it), then the backbone, and runs each batch in the engine thread. Results go
 back through futures on the event loop.
 
+A backbone batch also closes as soon as it holds crops from every stream that sent
+crops in the last ``RECENT_S`` (as DeepStream's muxer forms a batch of one frame per
+source): the service waits up to one frame interval for them (``DFM_MAX_WAIT_MS`` unset),
+so streams whose frames arrive spread over the interval share one call, and streams whose
+frames arrive together do not wait at all.
+
 Health: every failed call is counted (``deepfake_engine_errors_total{stage}``) and every
 finished one beats ``deepfake_engine_last_batch_timestamp_seconds``; :meth:`stalled_for`
 feeds ``/healthz``. The batching loop runs under the service's :class:`Supervisor`.
@@ -29,6 +35,7 @@ import contextlib
 import logging
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -47,6 +54,7 @@ T = TypeVar("T")
 QUEUE_S = 1.0  # crops admitted to the engine queue: about this many seconds of its work
 RATE_WEIGHT = 0.3  # weight of the newest backbone call in the measured rate (crops/s)
 MAX_HEAD_BATCH = 256  # windows per head call: a burst of due windows goes in slices
+RECENT_S = 1.0  # a stream that sent crops this recently is waited for by a backbone batch
 
 
 class FaceNetwork(Protocol):
@@ -61,6 +69,7 @@ class _Request:
     items: list[np.ndarray]
     future: asyncio.Future[np.ndarray] = field(repr=False)
     queued: float = field(default_factory=time.monotonic)
+    source: str | None = None  # the stream (backbone work): None is never waited for
 
 
 class Batcher:
@@ -70,7 +79,7 @@ class Batcher:
         metrics: Metrics,
         *,
         max_batch: int = 64,
-        max_wait_ms: float = 10.0,
+        max_wait_ms: float = 1000 / 30,
         max_inflight: int = 256,
         faults: Faults | None = None,
         supervisor: Supervisor | None = None,
@@ -100,6 +109,8 @@ class Batcher:
         self._rate: float | None = None  # crops/s the backbone ran at (moving average)
         self.room = self.max_inflight  # crops admitted now: max_inflight until measured
         self._executor: ThreadPoolExecutor | None = None
+        # The streams that sent crops within RECENT_S, the least recent first.
+        self._senders: OrderedDict[str, float] = OrderedDict()
 
     async def start(self) -> None:
         self.metrics.engine_max_batch.labels("backbone").set(self.max_batch)
@@ -149,10 +160,17 @@ class Batcher:
             self._inflight += crops
             self.metrics.queue_depth.labels("engine_crops").set(self._inflight)
 
-    def backbone(self, crops: list[np.ndarray]) -> asyncio.Future[np.ndarray]:
-        """Queue crops (already reserved) for the backbone; the future gets (N, F) features."""
+    def backbone(
+        self, crops: list[np.ndarray], source: str | None = None
+    ) -> asyncio.Future[np.ndarray]:
+        """Queue crops (already reserved) for the backbone; the future gets (N, F) features.
+        ``source``: the stream, which later batches wait for while it keeps sending."""
         fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
-        self._crops.put_nowait(_Request(crops, fut))
+        req = _Request(crops, fut, source=source)
+        if source is not None:
+            self._senders[source] = req.queued
+            self._senders.move_to_end(source)
+        self._crops.put_nowait(req)
         self._wake.set()
         return fut
 
@@ -229,11 +247,14 @@ class Batcher:
     async def _run_backbone(self) -> None:
         reqs = [self._crops.get_nowait()]
         count = len(reqs[0].items)
+        sources = {reqs[0].source}
         deadline = time.monotonic() + self.max_wait
         while count < self.max_batch:
             if self._crops.empty():
                 left = deadline - time.monotonic()
                 if left <= 0 or not (self._heads.empty() and self._detects.empty()):
+                    break
+                if self._everyone_in(sources):
                     break
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
@@ -243,6 +264,7 @@ class Batcher:
             if count + size > self.max_batch:
                 break
             reqs.append(self._crops.get_nowait())
+            sources.add(reqs[-1].source)
             count += size
         self.metrics.queue_depth.labels("engine_backlog").set(self._crops.qsize())
         started = time.perf_counter()
@@ -254,6 +276,17 @@ class Batcher:
                 self._inflight -= count
                 self.metrics.queue_depth.labels("engine_crops").set(self._inflight)
                 self._room.notify_all()
+
+    def _everyone_in(self, sources: set[str | None]) -> bool:
+        """Whether a batch of crops from ``sources`` holds every stream that sent crops
+        within RECENT_S (so waiting longer would add none); never with unnamed crops."""
+        if None in sources:
+            return False
+        old = time.monotonic() - RECENT_S
+        senders = self._senders
+        while senders and next(iter(senders.values())) < old:
+            senders.popitem(last=False)
+        return len(sources) >= len(senders)
 
     def _measured(self, crops: int, seconds: float) -> None:
         """One backbone call's rate moves the room: ``QUEUE_S`` of work, two batches at least."""

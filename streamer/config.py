@@ -272,7 +272,13 @@ class Settings(WindowSchedule, BaseSettings):
         "clock, tracks and windows",
     )
     max_batch: int = Field(64, ge=1, le=1024, description="crops per backbone batch")
-    max_wait_ms: float = Field(10.0, ge=0, le=1000, description="wait to fill a batch")
+    max_wait_ms: float | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        description="longest wait to fill a backbone batch (it closes sooner once every "
+        "stream sending crops is in it); unset: one frame interval at DFM_FPS",
+    )
     frame_queue: int = Field(30, ge=1, le=600, description="frames queued per stream")
     max_inflight_crops: int = Field(256, ge=1, le=8192, description="crops awaiting the GPU")
     stall_timeout_s: float = Field(10.0, gt=0, description="no frame this long: source down")
@@ -351,6 +357,10 @@ class Settings(WindowSchedule, BaseSettings):
     def _check_nets(cls, value: list[str]) -> list[str]:
         parse_nets(value, "the list")
         return value
+
+    def batch_wait_ms(self) -> float:
+        """The backbone batch's longest wait: DFM_MAX_WAIT_MS, or one frame interval."""
+        return self.max_wait_ms if self.max_wait_ms is not None else 1000.0 / self.fps
 
     def decoder_threads(self) -> int:
         """FFmpeg threads for each stream's decoder: DFM_DECODE_THREADS, or the CPUs

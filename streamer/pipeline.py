@@ -250,7 +250,7 @@ class StreamRunner:
                 self.crop_ring.add(self.windows.frames_seen - 1, item.faces, item.context)
             if pending:
                 await self.batcher.reserve(len(pending))
-                fut = self.batcher.backbone([p.crop for p in pending])
+                fut = self.batcher.backbone([p.crop for p in pending], source=self.id)
                 fut.add_done_callback(partial(self._features_done, pending))
                 self._last_features = fut
             if self.windows.window_due():

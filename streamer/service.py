@@ -308,7 +308,7 @@ class Service:
                 engine,
                 self.metrics,
                 max_batch=s.max_batch,
-                max_wait_ms=s.max_wait_ms,
+                max_wait_ms=s.batch_wait_ms(),
                 max_inflight=s.max_inflight_crops,
                 faults=s.faults,
                 supervisor=self.supervisor,
