@@ -170,6 +170,7 @@ class Batcher:
         if source is not None:
             self._senders[source] = req.queued
             self._senders.move_to_end(source)
+            self._forget(req.queued)
         self._crops.put_nowait(req)
         self._wake.set()
         return fut
@@ -282,11 +283,15 @@ class Batcher:
         within RECENT_S (so waiting longer would add none); never with unnamed crops."""
         if None in sources:
             return False
-        old = time.monotonic() - RECENT_S
-        senders = self._senders
+        self._forget(time.monotonic())
+        return len(sources) >= len(self._senders)
+
+    def _forget(self, now: float) -> None:
+        """Drop the streams that sent nothing within RECENT_S of ``now`` (oldest first, so
+        each call costs what it drops: the record stays the last second's streams)."""
+        senders, old = self._senders, now - RECENT_S
         while senders and next(iter(senders.values())) < old:
             senders.popitem(last=False)
-        return len(sources) >= len(senders)
 
     def _measured(self, crops: int, seconds: float) -> None:
         """One backbone call's rate moves the room: ``QUEUE_S`` of work, two batches at least."""

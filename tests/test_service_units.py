@@ -520,3 +520,29 @@ def test_a_batch_with_every_streams_crop_goes_without_waiting_out_the_interval()
     assert sum(batches) / len(batches) >= 3.5, batches
     waits.sort()
     assert waits[len(waits) // 2] < 0.010, waits  # not the 33-ms interval
+
+
+def test_the_streams_a_batch_waits_for_are_only_those_sending_lately():
+    """Streams come and go under a load that never lets the crop queue empty: the
+    batcher's record of who sends crops holds the last second's, not every id ever seen."""
+    import asyncio
+    import time
+
+    from streamer.batcher import Batcher
+    from streamer.metrics import Metrics
+
+    async def run() -> int:
+        batcher = Batcher(_SlowEngine(), Metrics(), max_batch=1)  # type: ignore[arg-type]
+        await batcher.start()
+        began = time.monotonic()
+        n = 0
+        while time.monotonic() - began < 2.0:  # a new stream id every 5 ms
+            batcher.backbone([np.zeros((2, 2, 3), np.uint8)], source=f"s{n}")
+            n += 1
+            await asyncio.sleep(0.005)
+        held = len(batcher._senders)
+        await batcher.stop()
+        return held
+
+    held = asyncio.run(run())
+    assert held <= 1.2 / 0.005, held  # about a second of ids, not the ~400 sent
