@@ -95,7 +95,7 @@ class Batcher:
         self.metrics = metrics
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
-        self.max_inflight = max(max_inflight, max_batch)
+        self.max_inflight = max(max_inflight, 2 * max_batch)  # a batch queues as one runs
         self.faults = faults or Faults()
         self._fault_rng = random.Random(self.faults.seed)
         self._engine_calls = 0

@@ -280,7 +280,9 @@ class Settings(WindowSchedule, BaseSettings):
         "stream sending crops is in it); unset: one frame interval at DFM_FPS",
     )
     frame_queue: int = Field(30, ge=1, le=600, description="frames queued per stream")
-    max_inflight_crops: int = Field(256, ge=1, le=8192, description="crops awaiting the GPU")
+    max_inflight_crops: int = Field(
+        256, ge=1, le=8192, description="crops awaiting the GPU; at least 2 x DFM_MAX_BATCH"
+    )
     stall_timeout_s: float = Field(10.0, gt=0, description="no frame this long: source down")
     open_timeout_s: float = Field(
         10.0, gt=0, description="open/read timeout of a file or URL scanned through the API"

@@ -546,3 +546,30 @@ def test_the_streams_a_batch_waits_for_are_only_those_sending_lately():
 
     held = asyncio.run(run())
     assert held <= 1.2 / 0.005, held  # about a second of ids, not the ~400 sent
+
+
+def test_the_engine_queue_holds_two_batches_even_where_the_inflight_limit_is_one():
+    """The GPU overlay sets DFM_MAX_BATCH=256 and leaves DFM_MAX_INFLIGHT_CROPS at 256: the
+    room was one batch, so while a batch ran no crop could queue for the next one and the
+    GPU idled between calls. docs/service.md promises two batches at least."""
+    import asyncio
+
+    from streamer.batcher import Batcher
+    from streamer.metrics import Metrics
+
+    async def run() -> list[int]:
+        batcher = Batcher(_SlowEngine(), Metrics(), max_batch=4, max_inflight=4)  # type: ignore[arg-type]
+        await batcher.start()
+        crop = [np.zeros((2, 2, 3), np.uint8)]
+        await batcher.reserve(4)
+        first = batcher.backbone(crop * 4)
+        await asyncio.sleep(0.03)  # that batch is in the engine now
+        queued = []
+        for _ in range(4):  # the next batch's crops queue while it runs
+            await asyncio.wait_for(batcher.reserve(1), 0.05)
+            queued.append(batcher.inflight)
+        await first
+        await batcher.stop()
+        return queued
+
+    assert asyncio.run(run()) == [5, 6, 7, 8]
