@@ -15,7 +15,8 @@
 # head; fp32, bf16, channels_last; batches 1 to 512); the detector's frames/s (MediaPipe
 # on the host against the PyTorch BlazeFace batched on the GPU) and crops on the host
 # against crops cut on the GPU; the frame pool with 64 streams; the pipeline with N
-# one-face 480p streams doubling from 1 up to 1,024, stopping at the first N that drops
+# one-face 480p streams (DFM_MAX_BATCH=256 unless set, as the GPU overlay's pods run)
+# doubling from 1 up to 1,024, stopping at the first N that drops
 # frames or misses p99 <= 1 s; decode alone, PyAV on the CPU against NVDEC at 1, 8 and 32
 # sessions (PyNvVideoCodec's own demuxer; skipped, saying why, without the optional
 # pynvvideocodec wheel, 26 MB); and last the backbone eager against torch.compile and

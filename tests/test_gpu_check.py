@@ -64,6 +64,7 @@ def test_the_benchmark_writes_each_part_as_it_ends(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     report = (out / "bench.txt").read_text()
     assert report.startswith("gpu_bench on the CPU (--quick), torch ")
+    assert ", DFM_MAX_BATCH=" in report.splitlines()[0]
     assert "NVDEC skipped: the device is the CPU" in report and "(nvdec: " in report
     assert report.rstrip().endswith("on the CPU (--quick)")
     assert sorted(p.name for p in out.glob("*.json")) == ["nvdec.json"]
