@@ -34,6 +34,7 @@ from pathlib import Path
 import torch
 
 from streamer.cli import main as cli
+from streamer.config import load_settings
 
 PIPELINE = "--configs 480p:1 --max-streams 1024 --p99-ms 1000 --seconds 6 --warmup 4 --replay"
 # name: (bench part, its options on CUDA, its options with --quick)
@@ -82,7 +83,7 @@ def run() -> int:
         os.environ.setdefault("DFM_MAX_BATCH", "256")
     name = torch.cuda.get_device_name() if device == "cuda" else "the CPU (--quick)"
     report = out / "bench.txt"
-    batch = os.environ.get("DFM_MAX_BATCH", "64 (the default)")
+    batch = load_settings().max_batch  # what the pipeline part's service will use
     report.write_text(f"gpu_bench on {name}, torch {torch.__version__}, DFM_MAX_BATCH={batch}\n")
     started = time.monotonic()
     code = 0

@@ -253,9 +253,8 @@ class Batcher:
         while count < self.max_batch:
             if self._crops.empty():
                 left = deadline - time.monotonic()
-                if left <= 0 or not (self._heads.empty() and self._detects.empty()):
-                    break
-                if self._everyone_in(sources):
+                others = not (self._heads.empty() and self._detects.empty())
+                if left <= 0 or others or self._everyone_in(sources):
                     break
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
