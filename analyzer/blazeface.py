@@ -15,7 +15,9 @@ frame's coordinates.
 
 from __future__ import annotations
 
+import functools
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -217,7 +219,7 @@ def anchors() -> np.ndarray:
 class Letterboxed:
     """A frame letterboxed for the network, and what maps its boxes back to the frame."""
 
-    square: np.ndarray  # (128, 128, 3) uint8 RGB
+    square: np.ndarray | torch.Tensor  # (128, 128, 3) uint8 RGB (on the host or a device)
     frame_shape: tuple[int, int]  # the frame's (height, width)
     scale: float  # letterbox pixels per frame pixel
     ox: float  # the letterbox's left and top borders, as fractions of INPUT
@@ -226,6 +228,9 @@ class Letterboxed:
 
 class TorchFaceDetector:
     """BlazeFace short range in PyTorch: the same boxes as :class:`BlazeFaceDetector`."""
+
+    #: It takes frames that are tensors too (:class:`~analyzer.faces.FaceTracker`).
+    device_frames = True
 
     def __init__(
         self,
@@ -259,11 +264,34 @@ class TorchFaceDetector:
         return Letterboxed(square, (h, w), INPUT / max(h, w), ox / INPUT, oy / INPUT)
 
     @torch.inference_mode()
-    def network(self, squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The network over (N, 128, 128, 3) uint8 letterboxes: box regressors (N, 896, 16)
-        and face scores (N, 896), on the host. The one step worth batching across streams:
-        :class:`~streamer.detection.BatchedDetector` runs it in the engine's thread."""
-        batch = torch.from_numpy(np.ascontiguousarray(squares)).to(self.device)
+    def letterbox_on_device(self, frame: torch.Tensor) -> Letterboxed:
+        """:meth:`letterbox` of an (H, W, 3) uint8 frame that is a tensor (on the engine's
+        device, say), done where the frame is, as two matrix products: each axis's
+        OpenCV area scaling to ``max_side`` and bilinear warp (black outside) is one
+        (128, side) matrix (:func:`letterbox_axis`), so ``rows @ plane @ cols.T`` is the
+        host's square within a level and finds the same faces (tests/test_faces.py)."""
+        h, w = frame.shape[:2]
+        r = min(1.0, self.max_side / max(h, w))
+        sh, sw = (max(1, round(h * r)), max(1, round(w * r))) if r < 1.0 else (h, w)
+        s = INPUT / max(sh, sw)
+        ox, oy = (INPUT - sw * s) / 2, (INPUT - sh * s) / 2
+        rows = _axis_on(frame.device, h, sh, s, oy)
+        cols = _axis_on(frame.device, w, sw, s, ox)
+        planes = frame.permute(2, 0, 1).float()  # (3, H, W)
+        square = rows @ planes @ cols.T  # (3, 128, 128)
+        square = square.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0)
+        return Letterboxed(square, (h, w), INPUT / max(h, w), ox / INPUT, oy / INPUT)
+
+    @torch.inference_mode()
+    def network(self, squares: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+        """The network over (N, 128, 128, 3) uint8 letterboxes (on the host, or a tensor on
+        any device): box regressors (N, 896, 16) and face scores (N, 896), on the host. The
+        one step worth batching across streams: :class:`~streamer.detection.BatchedDetector`
+        runs it in the engine's thread."""
+        if isinstance(squares, torch.Tensor):
+            batch = squares.to(self.device)
+        else:
+            batch = torch.from_numpy(np.ascontiguousarray(squares)).to(self.device)
         x = batch.permute(0, 3, 1, 2).float() / 127.5 - 1.0
         regressors, logits = self.net(x)
         scores = torch.sigmoid(logits[..., 0].clamp(-SCORE_CLIP, SCORE_CLIP))
@@ -282,15 +310,21 @@ class TorchFaceDetector:
         boxes[:, [1, 3]] = (boxes[:, [1, 3]] - boxed.oy) / span[1]
         return self._suppress(boxes, score[keep])
 
-    def detect_batch(self, frames: list[np.ndarray]) -> list[list[Detection]]:
-        """Detections for several frames in one network call."""
+    def detect_batch(self, frames: Sequence[np.ndarray | torch.Tensor]) -> list[list[Detection]]:
+        """Detections for several frames (host arrays or tensors) in one network call."""
         if not frames:
             return []
-        boxed = [self.letterbox(f) for f in frames]
-        regs, scores = self.network(np.stack([b.square for b in boxed]))
+        boxed = [self.boxed(f) for f in frames]
+        regs, scores = self.network(stack_squares([b.square for b in boxed]))
         return [self.decode(*args) for args in zip(boxed, regs, scores, strict=True)]
 
-    def detect(self, rgb: np.ndarray) -> list[Detection]:
+    def boxed(self, frame: np.ndarray | torch.Tensor) -> Letterboxed:
+        """The letterbox of a host frame on the host, of a tensor where the tensor is."""
+        if isinstance(frame, torch.Tensor):
+            return self.letterbox_on_device(frame)
+        return self.letterbox(frame)
+
+    def detect(self, rgb: np.ndarray | torch.Tensor) -> list[Detection]:
         return self.detect_batch([rgb])[0]
 
     def _suppress(self, boxes: np.ndarray, scores: np.ndarray) -> list[Detection]:
@@ -320,6 +354,47 @@ class TorchFaceDetector:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+@functools.lru_cache(maxsize=64)
+def letterbox_axis(size: int, fitted: int, scale: float, offset: float) -> np.ndarray:
+    """One axis of :meth:`TorchFaceDetector.letterbox` as a (128, size) float32 matrix:
+    ``cv2.resize(INTER_AREA)`` from ``size`` to ``fitted`` pixels (each output pixel the
+    mean of the input it covers, part pixels by the part), then ``cv2.warpAffine``'s
+    bilinear taps at ``(u - offset) / scale`` (OpenCV 5's float coordinates; 4.x rounded
+    them to 32nds of a pixel), a tap outside the picture black."""
+    area = np.eye(size)
+    if fitted != size:
+        area = np.zeros((fitted, size))
+        step = size / fitted
+        for i in range(fitted):
+            lo, hi = i * step, min((i + 1) * step, size)
+            for j in range(int(lo), min(math.ceil(hi), size)):
+                area[i, j] = (min(hi, j + 1) - max(lo, j)) / (hi - lo)
+    warp = np.zeros((INPUT, fitted))
+    for u in range(INPUT):
+        x = (u - offset) / scale
+        base = math.floor(x)
+        for tap, weight in ((base, 1 - (x - base)), (base + 1, x - base)):
+            if 0 <= tap < fitted:
+                warp[u, tap] = weight
+    return (warp @ area).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=64)
+def _axis_on(
+    device: torch.device, size: int, fitted: int, scale: float, offset: float
+) -> torch.Tensor:
+    """:func:`letterbox_axis` kept on ``device`` (a stream's frames keep their size)."""
+    return torch.from_numpy(letterbox_axis(size, fitted, scale, offset)).to(device)
+
+
+def stack_squares(squares: Sequence[np.ndarray | torch.Tensor]) -> np.ndarray | torch.Tensor:
+    """Letterboxes into one batch: on the host, or a tensor where any of them is one."""
+    device = next((q.device for q in squares if isinstance(q, torch.Tensor)), None)
+    if device is not None:
+        return torch.stack([torch.as_tensor(q, device=device) for q in squares])
+    return np.stack(squares)
 
 
 def _iou(box: np.ndarray, others: np.ndarray) -> np.ndarray:

@@ -63,6 +63,37 @@ def test_the_pytorch_blazeface_gives_mediapipes_boxes(detector, photos_dir):
     print(f"worst IoU against MediaPipe: {worst:.3f} over {len(pictures)} pictures")
 
 
+def test_frames_on_the_device_give_mediapipes_faces_too(detector, photos_dir):
+    """A frame that is a tensor (DFM_CROP=device; here a CPU tensor) is letterboxed where it
+    is: the host's square within one level, and on every bundled face photo and the
+    astronaut the same number of faces as MediaPipe finds on the host, each box with
+    IoU >= 0.9."""
+    import cv2
+    import torch
+
+    from analyzer.blazeface import TorchFaceDetector
+
+    pictures = {"astronaut": data.astronaut()}
+    for path in sorted(photos_dir.glob("*.jpg")):
+        pictures[path.name] = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    ours, worst = TorchFaceDetector(), 1.0
+    frames = [torch.from_numpy(rgb) for rgb in pictures.values()]
+    batched = ours.detect_batch(frames)
+    for (name, rgb), frame, in_batch in zip(pictures.items(), frames, batched, strict=True):
+        boxed = ours.letterbox_on_device(frame)
+        assert isinstance(boxed.square, torch.Tensor) and boxed.square.shape == (128, 128, 3)
+        host = ours.letterbox(rgb).square.astype(np.int16)
+        assert np.abs(boxed.square.numpy().astype(np.int16) - host).max() <= 1, name
+        theirs, mine = detector.detect(rgb), ours.detect(frame)
+        assert len(mine) == len(theirs) == len(in_batch), name
+        for face in theirs:
+            best = max(mine, key=lambda m, f=face: iou(m.box, f.box))
+            worst = min(worst, iou(best.box, face.box))
+            assert iou(best.box, face.box) >= 0.9, (name, face, best)
+    assert ours.detect(torch.full((360, 480, 3), 127, dtype=torch.uint8)) == []
+    print(f"worst IoU against MediaPipe: {worst:.3f} over {len(pictures)} pictures")
+
+
 def test_blazeface_sees_no_face_in_texture(detector):
     assert detector.detect(np.full((360, 480, 3), 127, np.uint8)) == []
 
