@@ -17,7 +17,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -56,11 +55,3 @@ def crop_on_device(
 def as_uint8(crops: Tensor) -> Tensor:
     """Float crops in 0..255 -> uint8, rounded (a quarter of the memory while they wait)."""
     return crops.round().clamp(0, 255).to(torch.uint8)
-
-
-def host_crop(crop: np.ndarray | Tensor) -> np.ndarray:
-    """One crop as the host keeps it, (size, size, 3) uint8 RGB: a host crop as it is, a
-    device crop ((3, size, size), any dtype in 0..255) copied back."""
-    if isinstance(crop, np.ndarray):
-        return crop
-    return as_uint8(crop).permute(1, 2, 0).cpu().numpy()

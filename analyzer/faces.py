@@ -14,12 +14,18 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import cv2
 import numpy as np
 
 from analyzer.errors import FaceModelError
+
+if TYPE_CHECKING:
+    import torch
+
+    #: Pixels on the host, or a tensor on a device (``FaceTracker(device=...)``).
+    Pixels = np.ndarray | torch.Tensor
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +162,9 @@ class BlazeFaceDetector:
 class FaceCrop:
     track_id: int
     box: Box
-    crop: np.ndarray  # (size, size, 3) uint8 RGB
+    # (size, size, 3) uint8 RGB on the host; a tracker with a ``device``: a (3, size, size)
+    # uint8 tensor there (analyzer/crops.py)
+    crop: Pixels
 
 
 @dataclass
@@ -202,6 +210,14 @@ def crop_face(rgb: np.ndarray, box: Box, *, margin: float, size: int) -> np.ndar
     return cv2.resize(patch, (size, size), interpolation=interp)
 
 
+def host_crop(crop: Pixels) -> np.ndarray:
+    """A crop as the host keeps it, (size, size, 3) uint8 RGB: a host crop as it is, a
+    :class:`FaceTracker`'s device crop ((3, size, size) uint8) copied back."""
+    if isinstance(crop, np.ndarray):
+        return crop
+    return crop.permute(1, 2, 0).cpu().numpy()
+
+
 class FaceTracker:
     """Per-stream face tracks. Call :meth:`update` once per frame, in order."""
 
@@ -216,6 +232,7 @@ class FaceTracker:
         margin: float = 0.2,
         crop_size: int = 112,
         max_misses: int = 1,
+        device: str | torch.device | None = None,
     ) -> None:
         if detect_every < 1 or max_tracks < 1:
             raise ValueError("detect_every and max_tracks must be at least 1")
@@ -227,6 +244,9 @@ class FaceTracker:
         self.margin = margin
         self.crop_size = crop_size
         self.max_misses = max_misses
+        # Where crops are cut (DFM_CROP=device): a host frame crosses there once, and is
+        # letterboxed there too for a detector that takes tensors (``device_frames``).
+        self.device = device
         self._tracks: list[_Track] = []
         self.reset()
         # CPU seconds of this thread spent detecting and cropping (for benchmarks).
@@ -244,7 +264,10 @@ class FaceTracker:
         self._next_id = 1
         self._frame = 0
 
-    def update(self, rgb: np.ndarray) -> FrameFaces:
+    def update(self, rgb: Pixels) -> FrameFaces:
+        """One frame's faces: ``rgb`` (H, W, 3) uint8, on the host or a tensor on a device."""
+        if self.device is not None or not isinstance(rgb, np.ndarray):
+            return self._update_on_device(rgb)
         ended: list[int] = []
         t0 = time.thread_time()
         if self._frame % self.detect_every == 0:
@@ -255,6 +278,30 @@ class FaceTracker:
             FaceCrop(t.id, t.box, crop_face(rgb, t.box, margin=self.margin, size=self.crop_size))
             for t in self._tracks
         ]
+        self.detect_s += t1 - t0
+        self.crop_s += time.thread_time() - t1
+        return FrameFaces(crops, ended)
+
+    def _update_on_device(self, rgb: Pixels) -> FrameFaces:
+        import torch
+
+        from analyzer.crops import as_uint8, crop_on_device
+
+        ended: list[int] = []
+        t0 = time.thread_time()
+        frame = rgb if isinstance(rgb, torch.Tensor) else torch.from_numpy(rgb)
+        if self.device is not None:
+            frame = frame.to(self.device)
+        if self._frame % self.detect_every == 0:
+            seen: Any = frame  # a detector that letterboxes tensors where they are
+            if not getattr(self.detector, "device_frames", False):  # MediaPipe: on the host
+                seen = rgb if isinstance(rgb, np.ndarray) else rgb.cpu().numpy()
+            ended = self._associate(self.detector.detect(seen))
+        self._frame += 1
+        t1 = time.thread_time()
+        boxes = [(0, t.box) for t in self._tracks]
+        cut = as_uint8(crop_on_device(frame[None], boxes, margin=self.margin, size=self.crop_size))
+        crops = [FaceCrop(t.id, t.box, crop) for t, crop in zip(self._tracks, cut, strict=True)]
         self.detect_s += t1 - t0
         self.crop_s += time.thread_time() - t1
         return FrameFaces(crops, ended)
@@ -314,4 +361,4 @@ def main_face_crops(frames: Iterable[np.ndarray], detector: Detector) -> Iterato
     for rgb in frames:
         faces = tracker.update(rgb).crops
         if faces:
-            yield faces[0].crop
+            yield host_crop(faces[0].crop)

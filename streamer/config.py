@@ -149,6 +149,12 @@ class Settings(WindowSchedule, BaseSettings):
         "BlazeFace in PyTorch, batched across streams on the engine's device "
         "(streamer/detection.py); unset: torch on CUDA, mediapipe on the CPU",
     )
+    crop: Literal["host", "device"] = Field(
+        "host",
+        description="where face crops are cut: host (OpenCV, from the host frame) or device "
+        "(each frame crosses to the engine's device once; the torch detector letterboxes it "
+        "there and its crops are cut there by roi_align, never coming back: analyzer/crops.py)",
+    )
     detect_batch: int = Field(
         32, ge=1, le=1024, description="frames per batched detection call (torch detector)"
     )

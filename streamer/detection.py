@@ -18,6 +18,7 @@ import concurrent.futures
 import logging
 
 import numpy as np
+import torch
 
 from analyzer.blazeface import TorchFaceDetector
 from analyzer.faces import Detection
@@ -28,6 +29,9 @@ log = logging.getLogger(__name__)
 
 class BatchedDetector:
     """One stream's detector (called in its thread); the network runs batched in the engine."""
+
+    #: A frame that is a tensor is letterboxed where it is (DFM_CROP=device).
+    device_frames = True
 
     def __init__(
         self,
@@ -43,8 +47,8 @@ class BatchedDetector:
         self.timeout_s = timeout_s
         self.failed = 0  # detections that found nothing because the engine did not answer
 
-    def detect(self, rgb: np.ndarray) -> list[Detection]:
-        boxed = self.net.letterbox(rgb)
+    def detect(self, rgb: np.ndarray | torch.Tensor) -> list[Detection]:
+        boxed = self.net.boxed(rgb)
         try:
             fut = asyncio.run_coroutine_threadsafe(self.batcher.detect(boxed.square), self.loop)
         except RuntimeError:  # the loop is closed: the service is ending

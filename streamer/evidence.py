@@ -39,7 +39,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-from analyzer.faces import FrameFaces
+from analyzer.faces import FrameFaces, host_crop
 from streamer.batcher import Batcher
 from streamer.config import Settings
 from streamer.metrics import Metrics
@@ -102,7 +102,7 @@ class CropRing:
             return
         for face in faces.crops:
             ring = self.faces.setdefault(face.track_id, deque(maxlen=RING_CROPS))
-            ring.append((frame, encode_jpeg(face.crop)))
+            ring.append((frame, encode_jpeg(host_crop(face.crop))))
 
     def restart(self) -> None:
         self.faces.clear()

@@ -110,7 +110,10 @@ class StreamRunner:
             spec.id,
             opener,
             lambda: FaceTracker(
-                detector_factory(), max_tracks=max_faces, detect_every=settings.detect_every
+                detector_factory(),
+                max_tracks=max_faces,
+                detect_every=settings.detect_every,
+                device=batcher.engine.device if settings.crop == "device" else None,
             ),
             on_item=self._on_item,
             on_state=self._on_state_threadsafe,

@@ -16,11 +16,15 @@ import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from analyzer.faces import FrameFaces
+from analyzer.faces import FrameFaces, host_crop
 from streamer.verdict import FaceScore, Label, ModelRef, Verdict, WindowSpan, utc_now_iso
+
+if TYPE_CHECKING:
+    from analyzer.faces import Pixels
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,7 @@ class PendingCrop:
     track_id: int
     slot: int
     frame: int
-    crop: np.ndarray
+    crop: Pixels  # on the host or the engine's device (analyzer.faces.FaceCrop)
 
 
 class TrackBuffer:
@@ -71,11 +75,11 @@ class TrackBuffer:
         arrays = (self.crops, self.feats, self.frames, self.boxes, self.has_feat)
         return sum(a.nbytes for a in arrays)
 
-    def push(self, frame: int, box: tuple[float, float, float, float], crop: np.ndarray) -> int:
+    def push(self, frame: int, box: tuple[float, float, float, float], crop: Pixels) -> int:
         slot = self.pushed % self.capacity
         self.pushed += 1
         if len(self.crops):
-            self.crops[slot] = crop
+            self.crops[slot] = host_crop(crop)
         self.frames[slot] = frame
         x0, y0, x1, y1 = box
         self.boxes[slot] = (x0, y0, x1 - x0, y1 - y0)

@@ -7,6 +7,7 @@ import asyncio
 
 import numpy as np
 import pytest
+import torch
 from skimage import data
 
 from analyzer.blazeface import TorchFaceDetector
@@ -33,7 +34,7 @@ class _Counting(TorchFaceDetector):
         self.calls: list[int] = []
         self.fail = fail
 
-    def network(self, squares: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def network(self, squares: np.ndarray | torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
         self.calls.append(len(squares))
         if self.fail:
             raise RuntimeError("the device fell over")
@@ -108,3 +109,33 @@ async def test_the_service_detects_faces_in_its_detection_stage(fake_clip):
     assert metric_in(text, "deepfake_engine_max_batch", stage="detect") == 32
     assert (metric_in(text, "deepfake_inference_batch_size_count", stage="detect") or 0) > 0
     assert not metric_in(text, "deepfake_engine_errors_total", stage="detect")
+
+
+async def test_the_service_cuts_crops_on_the_engines_device(fake_clip, monkeypatch):
+    """DFM_CROP=device (the engine's device is the CPU here): the stream's crops are cut by
+    roi_align from the frame as a tensor, and its verdicts name its face as on the host."""
+    import analyzer.crops
+
+    cut: list[int] = []
+    real = analyzer.crops.crop_on_device
+
+    def counting(frames, boxes, **kw):  # type: ignore[no-untyped-def]
+        cut.append(len(boxes))
+        return real(frames, boxes, **kw)
+
+    monkeypatch.setattr(analyzer.crops, "crop_on_device", counting)
+    settings = {**LOOPED_FILE, "DFM_DETECTOR": "torch", "DFM_CROP": "device"}
+    async with in_process(settings) as (svc, c):
+        await add_looped(c, "cam", fake_clip)
+
+        async def with_faces() -> list[dict]:
+            verdicts = await verdicts_of(c, "cam")
+            return verdicts if sum(bool(v["faces"]) for v in verdicts) >= 2 else []
+
+        await eventually(with_faces, 30, "two verdicts with faces")
+        text = (await c.get("/metrics")).text
+    taken = metric_in(text, "deepfake_faces_detected_total", stream="cam")
+    assert taken and taken >= 20, taken  # a window's faces at least
+    assert sum(cut) >= taken, (cut, taken)  # every crop the stream took was cut there
+    for stage in ("detect", "backbone"):
+        assert not metric_in(text, "deepfake_engine_errors_total", stage=stage)

@@ -94,6 +94,32 @@ def test_frames_on_the_device_give_mediapipes_faces_too(detector, photos_dir):
     print(f"worst IoU against MediaPipe: {worst:.3f} over {len(pictures)} pictures")
 
 
+@pytest.mark.parametrize("kind", ["mediapipe", "torch"])
+def test_a_tracker_with_a_device_cuts_the_host_trackers_crops_there(detector, kind):
+    """FaceTracker(device=...) (DFM_CROP=device; here the CPU): the same tracks and boxes
+    as the host's tracker, each crop a (3, 112, 112) uint8 tensor with the host crop's
+    pixels within a few levels. MediaPipe still detects on the host frame; the PyTorch
+    network's letterbox is made from the tensor."""
+    import torch
+
+    from analyzer.blazeface import TorchFaceDetector
+    from analyzer.faces import host_crop
+
+    det = detector if kind == "mediapipe" else TorchFaceDetector()
+    host, on_device = FaceTracker(det), FaceTracker(det, device="cpu")
+    astronaut = data.astronaut()
+    for step in range(6):  # a face moving 6 pixels a frame
+        rgb = np.roll(astronaut, 6 * step, axis=1)
+        want, got = host.update(rgb), on_device.update(rgb)
+        assert [c.track_id for c in got.crops] == [c.track_id for c in want.crops] == [1]
+        for a, b in zip(want.crops, got.crops, strict=True):
+            assert iou(a.box, b.box) > 0.99
+            assert isinstance(b.crop, torch.Tensor) and b.crop.dtype == torch.uint8
+            assert tuple(b.crop.shape) == (3, 112, 112)
+            diff = np.abs(host_crop(b.crop).astype(np.int16) - a.crop.astype(np.int16))
+            assert diff.mean() <= 1.0, diff.mean()
+
+
 def test_blazeface_sees_no_face_in_texture(detector):
     assert detector.detect(np.full((360, 480, 3), 127, np.uint8)) == []
 
