@@ -17,7 +17,9 @@ as the GPU overlay's pods run) doubling from 1 up to 1,024, stopping at the firs
 drops a frame or misses p99 <= 1 s, decode alone (PyAV on the CPU against NVDEC through
 PyNvVideoCodec, if installed), and last the backbone at batches 32 and 256 eager against
 torch.compile and torch.compile with CUDA graphs (compiling takes longest, so a run cut
-off there keeps the rest). OUT_DIR/NAME.json holds
+off there keeps the rest), then the pipeline again with DFM_CROP=device (each frame sent
+to the GPU once, letterboxed and cropped there) against the host crops of the first
+pipeline run. OUT_DIR/NAME.json holds
 each part's figures, OUT_DIR/bench.txt the tables, which are printed too. Not part of
 `make test`: it needs a GPU.
 """
@@ -29,6 +31,7 @@ import io
 import os
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -45,7 +48,10 @@ PARTS = {
     "pipeline": ("pipeline", PIPELINE, "--quick --replay"),
     "nvdec": ("nvdec", "--seconds 5", "--quick"),
     "compiled": ("engine", "--batches 32,256 --compile 32,256", "--quick --compile 1"),
+    "crop_device": ("pipeline", PIPELINE, "--quick --replay"),
 }
+# Settings a part runs under (and names in its table), on top of the environment's.
+ENV = {"crop_device": {"DFM_CROP": "device"}}
 
 
 def chosen(args: list[str]) -> tuple[list[str], list[str]] | str:
@@ -61,6 +67,21 @@ def chosen(args: list[str]) -> tuple[list[str], list[str]] | str:
     if unknown:
         return f"unknown part {', '.join(unknown)}; the parts are " + ",".join(PARTS)
     return [name for name in PARTS if name in names], args[:at] + args[at + 2 :]
+
+
+@contextlib.contextmanager
+def settings_env(extra: dict[str, str]) -> Iterator[None]:
+    """``extra`` in the environment while a part runs, the environment as it was after."""
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def run() -> int:
@@ -93,7 +114,10 @@ def run() -> int:
         buffer = io.StringIO()
         argv = ["bench", "--device", device, "--parts", part, "--out", str(out / f"{label}.json"),
                 "--work", str(out / "clips"), *(short if quick else full).split()]  # fmt: skip
-        with contextlib.redirect_stdout(buffer):
+        extra = ENV.get(label, {})
+        if extra:
+            buffer.write(f"{label}: " + ", ".join(f"{k}={v}" for k, v in extra.items()) + "\n")
+        with contextlib.redirect_stdout(buffer), settings_env(extra):
             code = cli(argv) or code
         text = buffer.getvalue() + f"({label}: {time.monotonic() - began:.0f} s)\n"
         with report.open("a") as f:

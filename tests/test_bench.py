@@ -64,6 +64,9 @@ def test_bench_quick_measures_every_part(tmp_path, photos_dir):
     assert all(ms > 0 for ms in stages["ms"].values())
     assert stages["crops"]["crops"] == 120  # two faces in each of 60 frames
     assert stages["crops"]["host_crops_per_s"] > 0 and stages["crops"]["device_crops_per_s"] > 0
+    assert set(stages["crops"]["tracker_frames_per_s"]) == {"host", "device"}  # DFM_CROP
+    assert all(fps > 0 for fps in stages["crops"]["tracker_frames_per_s"].values())
+    assert "DFM_CROP=device" in result.stdout
     ring = {(r["layout"], r["faces"]): r["mb_per_stream"] for r in stages["ring_memory"]}
     # The service's rings (float16 features, no crops): under 1 MB a face, and far below
     # the layout that kept every crop.
