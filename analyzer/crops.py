@@ -10,7 +10,8 @@ area resampling for a shrinking crop and of bilinear for a growing one. The fram
 one-pixel black border, so that outside the frame is black as in ``crop_face``.
 ``tests/test_crops.py`` holds the two to the same pixels within a few levels;
 ``bench --parts stages`` times them side by side (on the CPU the host's OpenCV is far
-faster: this is for frames that are on a GPU already).
+faster). The service cuts its crops here with ``DFM_CROP=device``
+(:class:`analyzer.faces.FaceTracker` with a ``device``).
 """
 
 from __future__ import annotations

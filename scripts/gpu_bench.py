@@ -15,9 +15,9 @@ host against device crops), the frame pool with 64 streams, the pipeline with N 
 480p streams (replaying one clip's packets, demuxed once; DFM_MAX_BATCH=256 unless set,
 as the GPU overlay's pods run) doubling from 1 up to 1,024, stopping at the first N that
 drops a frame or misses p99 <= 1 s, decode alone (PyAV on the CPU against NVDEC through
-PyNvVideoCodec, if installed), and last the backbone at batches 32 and 256 eager against
-torch.compile and torch.compile with CUDA graphs (compiling takes longest, so a run cut
-off there keeps the rest), then the pipeline again with DFM_CROP=device (each frame sent
+PyNvVideoCodec, if installed), the backbone at batches 32 and 256 eager against
+torch.compile and torch.compile with CUDA graphs (compiling takes long, so a run cut
+off there keeps the rest), and last the pipeline again with DFM_CROP=device (each frame sent
 to the GPU once, letterboxed and cropped there) against the host crops of the first
 pipeline run. OUT_DIR/NAME.json holds
 each part's figures, OUT_DIR/bench.txt the tables, which are printed too. Not part of

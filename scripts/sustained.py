@@ -14,6 +14,10 @@ at a light load, and it depends on how the streams' frame clocks happen to line 
 
     .venv/bin/python scripts/sustained.py --revs e8e17df,HEAD --streams 10,12,14,16
     .venv/bin/python scripts/sustained.py --revs e8e17df,HEAD --streams 4 --fps 10
+    .venv/bin/python scripts/sustained.py --revs .,.+DFM_CROP=device --streams 4,10
+
+A build may carry settings for its runs after a ``+`` (``REV+DFM_X=1+DFM_Y=2``): the same
+code with two settings side by side.
 
 ``--fps 10`` re-encodes the clip at 10 frames a second first (a camera slower than the
 model's 30): each picture then stands for three of the model's frames. A revision must have
@@ -52,6 +56,7 @@ def counted(f):
         return f(self, crops)
     return backbone
 Engine.backbone = counted(Engine.backbone)
+Engine.backbone_on_device = counted(Engine.backbone_on_device)  # DFM_CROP=device
 clip, n = Path(sys.argv[1]), int(sys.argv[2])
 seconds, warmup = float(sys.argv[3]), float(sys.argv[4])
 r = asyncio.run(run_pipeline(clip, PipelineConfig("480p", 1, n), seconds=seconds, warmup=warmup,
@@ -99,7 +104,8 @@ def main() -> int:
     parser.add_argument(
         "--revs",
         default="e8e17df,HEAD",
-        help="comma-separated revisions or folders (.: this working tree)",
+        help="comma-separated revisions or folders (.: this working tree), each with "
+        "settings for its runs after + (HEAD+DFM_CROP=device)",
     )
     parser.add_argument("--streams", default="10,12,14,16", help="comma-separated stream counts")
     parser.add_argument("--passes", type=int, default=2)
@@ -115,7 +121,8 @@ def main() -> int:
         if args.fps != 30:
             clip = slower(clip, work / f"clip-{args.fps}fps.mp4", args.fps)
         revs = args.revs.split(",")
-        shas = [export(rev, work / f"rev{i}") for i, rev in enumerate(revs)]
+        envs = [dict(kv.split("=", 1) for kv in rev.split("+")[1:]) for rev in revs]
+        shas = [export(rev.split("+")[0], work / f"rev{i}") for i, rev in enumerate(revs)]
         # results[i][n]: build i's runs with n streams, one a pass
         results: list[dict[int, list[dict[str, Any]]]] = [{} for _ in revs]
         for p in range(args.passes):
@@ -125,14 +132,15 @@ def main() -> int:
                     out = subprocess.run(
                         [sys.executable, "-c", CHILD, str(clip), str(n), str(args.seconds),
                          str(args.warmup)],
-                        cwd=code, env={**os.environ, "PYTHONPATH": str(code)},
+                        cwd=code, env={**os.environ, **envs[i], "PYTHONPATH": str(code)},
                         check=True, capture_output=True, text=True,
                     ).stdout  # fmt: skip
                     row = json.loads(out.strip().splitlines()[-1])
                     results[i].setdefault(n, []).append(row)
-                    print(json.dumps({"rev": sha, "pass": p + 1, "streams": n, **row}), flush=True)
+                    print(json.dumps({"rev": sha, **envs[i], "pass": p + 1, "streams": n, **row}),
+                          flush=True)  # fmt: skip
     names = [
-        rev if rev.startswith(sha) else f"{rev} ({sha})"
+        rev if rev.split("+")[0].startswith(sha) else f"{rev} ({sha})"
         for rev, sha in zip(revs, shas, strict=True)
     ]
     print(f"\n{args.fps}-fps clip, {args.seconds:.0f} s after {args.warmup:.0f} s; "

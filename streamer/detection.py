@@ -3,7 +3,8 @@
 With ``DFM_DETECTOR=torch`` each stream's :class:`~analyzer.faces.FaceTracker` gets a
 :class:`BatchedDetector`. In the stream's own thread it letterboxes a frame due for
 detection (``analyzer/blazeface.py``), hands the 128x128 square to the batcher's detection
-stage (:meth:`streamer.batcher.Batcher.detect`), which runs one network call for the
+stage (:meth:`streamer.batcher.Batcher.detect`; with ``DFM_CROP=device`` the frame is
+already on the engine's device, and is letterboxed there), which runs one network call for the
 frames of every stream due at that moment on the engine's device, then decodes its
 anchors and suppresses overlaps, again in its own thread. Tracking between detections
 stays where it was. A detection the engine fails or does not answer within
