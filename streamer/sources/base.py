@@ -478,7 +478,7 @@ class SourceWorker:
             assert tracker is not None  # the reader builds it before its first frame
             if taken.fresh:
                 tracker.reset()
-            faces = tracker.update(taken.frame.rgb)
+            faces = tracker.update(taken.frame.picture.pixels(tracker.device))
             context = None
             if self.context is not None and faces.crops:
                 self._since_context += 1

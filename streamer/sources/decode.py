@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, Self
+from typing import TYPE_CHECKING, Any, Protocol, Self
 
 import av
 import numpy as np
@@ -24,6 +24,9 @@ import numpy as np
 from streamer.cpus import cpu_budget
 from streamer.errors import FrameTooLarge, SourceError, SourceUnreachable, UrlRejected
 from streamer.urls import NetPolicy, SourceUrl, parse_source_url, redact
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,43 @@ class Picture:
             assert self._frame is not None
             self._rgb, self._frame = self._frame.to_ndarray(format="rgb24"), None
         return self._rgb
+
+    def pixels(self, device: str | torch.device | None) -> np.ndarray | torch.Tensor:
+        """What the face tracker takes: RGB on the host (``device`` None), or an (H, W, 3)
+        uint8 tensor on ``device`` (``DFM_CROP=device``). A decoder's 4:2:0 picture sends
+        its YUV planes there, half the bytes of RGB, and becomes RGB there
+        (``analyzer/frames.py``), so the host's conversion is skipped; it is kept for the
+        host RGB an evidence frame may ask for later."""
+        if device is None:
+            return self.rgb
+        import torch
+
+        frame = self._frame
+        if frame is None or frame.format.name not in YUV420:
+            return torch.from_numpy(self.rgb).to(device)
+        from analyzer.frames import yuv420_to_rgb
+
+        y, u, v = (_plane(frame.planes[i]).to(device) for i in range(3))
+        matrix = COLOUR_MATRICES.get(int(frame.colorspace), "bt601")
+        full = frame.format.name == "yuvj420p" or int(frame.color_range) == FULL_RANGE
+        return yuv420_to_rgb(y, u, v, matrix=matrix, full_range=full)
+
+
+# What Picture.pixels converts on the device: FFmpeg's planar 4:2:0 formats, the colour
+# matrices of its AVColorSpace values (others, and untagged, as BT.601, as its rgb24 does)
+# and its full-range AVColorRange.
+YUV420 = ("yuv420p", "yuvj420p")
+COLOUR_MATRICES = {1: "bt709", 9: "bt2020", 10: "bt2020"}
+FULL_RANGE = 2
+
+
+def _plane(plane: Any) -> torch.Tensor:
+    """A decoded frame's plane as an (height, width) uint8 tensor on the host (its rows'
+    padding cut off; it shares the frame's memory until it is copied to the device)."""
+    import torch
+
+    rows = np.frombuffer(plane, np.uint8)[: plane.height * plane.line_size]
+    return torch.from_numpy(rows.reshape(plane.height, plane.line_size)[:, : plane.width])
 
 
 @dataclass(frozen=True)
