@@ -17,9 +17,10 @@ as the GPU overlay's pods run) doubling from 1 up to 1,024, stopping at the firs
 drops a frame or misses p99 <= 1 s, decode alone (PyAV on the CPU against NVDEC through
 PyNvVideoCodec, if installed), the backbone at batches 32 and 256 eager against
 torch.compile and torch.compile with CUDA graphs (compiling takes long, so a run cut
-off there keeps the rest), and last the pipeline again with DFM_CROP=device (each frame sent
+off there keeps the rest), the pipeline again with DFM_CROP=device (each frame sent
 to the GPU once, letterboxed and cropped there) against the host crops of the first
-pipeline run. OUT_DIR/NAME.json holds
+pipeline run, and last the pipeline with DFM_DECODE=nvdec (skipped, saying why, without
+PyNvVideoCodec); the other pipeline runs decode on the CPU (DFM_DECODE=cpu). OUT_DIR/NAME.json holds
 each part's figures, OUT_DIR/bench.txt the tables, which are printed too. Not part of
 `make test`: it needs a GPU.
 """
@@ -38,6 +39,7 @@ import torch
 
 from streamer.cli import main as cli
 from streamer.config import load_settings
+from streamer.sources.nvdec import unavailable
 
 PIPELINE = "--configs 480p:1 --max-streams 1024 --p99-ms 1000 --seconds 6 --warmup 4 --replay"
 # name: (bench part, its options on CUDA, its options with --quick)
@@ -49,9 +51,16 @@ PARTS = {
     "nvdec": ("nvdec", "--seconds 5", "--quick"),
     "compiled": ("engine", "--batches 32,256 --compile 32,256", "--quick --compile 1"),
     "crop_device": ("pipeline", PIPELINE, "--quick --replay"),
+    "pipeline_nvdec": ("pipeline", PIPELINE, "--quick --replay"),
 }
-# Settings a part runs under (and names in its table), on top of the environment's.
-ENV = {"crop_device": {"DFM_CROP": "device"}}
+# Settings a part runs under (and names in its table), on top of the environment's: the
+# pipeline decodes on the CPU unless the part is NVDEC's (DFM_DECODE=auto would pick NVDEC
+# wherever the pynvvideocodec wheel was carried).
+ENV = {
+    "pipeline": {"DFM_DECODE": "cpu"},
+    "crop_device": {"DFM_CROP": "device", "DFM_DECODE": "cpu"},
+    "pipeline_nvdec": {"DFM_DECODE": "nvdec"},
+}
 
 
 def chosen(args: list[str]) -> tuple[list[str], list[str]] | str:
@@ -115,6 +124,12 @@ def run() -> int:
         argv = ["bench", "--device", device, "--parts", part, "--out", str(out / f"{label}.json"),
                 "--work", str(out / "clips"), *(short if quick else full).split()]  # fmt: skip
         extra = ENV.get(label, {})
+        if label == "pipeline_nvdec" and (why := unavailable(torch.device(device))):
+            text = f"pipeline_nvdec: skipped: {why}\n"
+            with report.open("a") as f:
+                f.write(text)
+            print(text, flush=True)
+            continue
         if extra:
             buffer.write(f"{label}: " + ", ".join(f"{k}={v}" for k, v in extra.items()) + "\n")
         with contextlib.redirect_stdout(buffer), settings_env(extra):

@@ -20,14 +20,14 @@
 # frames or misses p99 <= 1 s; decode alone, PyAV on the CPU against NVDEC at 1, 8 and 32
 # sessions (PyNvVideoCodec's own demuxer; skipped, saying why, without the optional
 # pynvvideocodec wheel, 26 MB); the backbone eager against torch.compile and
-# torch.compile with CUDA graphs at batches 32 and 256; and last the pipeline again with
-# DFM_CROP=device (frames sent to the GPU, letterboxed and cropped there). The pipeline's
+# torch.compile with CUDA graphs at batches 32 and 256; the pipeline again with
+# DFM_CROP=device (frames sent to the GPU, letterboxed and cropped there); and last with
+# DFM_DECODE=nvdec (NVDEC in the service's path; skipped without the wheel). The pipeline's
 # streams replay one clip's packets, demuxed once (streamer/sources/replay.py), decoded
 # on the host by the decode pool (a reader thread each paces them), so at some N it is the
 # node's CPUs, not the GPU, that stop it; the pipeline table's CPU seconds per stage say
 # which.
-# Not in it: TensorRT (torch-tensorrt and TensorRT's libraries are far over 64 MiB) and
-# NVDEC in the service's path (there is no DFM_DECODE=nvdec yet).
+# Not in it: TensorRT (torch-tensorrt and TensorRT's libraries are far over 64 MiB).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}

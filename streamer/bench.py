@@ -34,6 +34,7 @@ import itertools
 import logging
 import os
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
@@ -671,6 +672,50 @@ def _nvdec_session(clip: Path, deadline: float) -> int:
     return frames
 
 
+def _service_pictures(clip: Path, gpu: str | None) -> Iterator[Any]:
+    """``clip``'s pictures as the service decodes them: PyAV's demuxer, then NVDEC on
+    ``gpu`` (``DFM_DECODE``) or FFmpeg (None), one decoder thread."""
+    from streamer.sources.decode import DecodeLimits, Demuxed
+
+    video = Demuxed.open(str(clip), limits=DecodeLimits(gpu=gpu, threads=1))
+    try:
+        for packet in video.packets():
+            for _t, picture in video.pictures(packet):
+                yield picture
+        for _t, picture in video.pictures(None):
+            yield picture
+        video.check()
+    finally:
+        video.close()
+
+
+def _service_nvdec_session(clip: Path, deadline: float) -> int:
+    """Frames the service's NVDEC path decodes to RGB on the GPU, looping ``clip``."""
+    frames = 0
+    while time.monotonic() < deadline:
+        for _picture in _service_pictures(clip, "cuda"):
+            frames += 1
+            if time.monotonic() >= deadline:
+                break
+    torch.cuda.synchronize()
+    return frames
+
+
+def nvdec_agreement(clip: Path, gpu: str) -> dict[str, Any]:
+    """The service's NVDEC pictures of ``clip`` against FFmpeg's RGB of the same frames:
+    how many each gives, and the largest and mean difference in levels of 255."""
+    on_gpu = [p.pixels(None).cpu().numpy().astype(np.int16) for p in _service_pictures(clip, gpu)]
+    on_cpu = [p.rgb.astype(np.int16) for p in _service_pictures(clip, None)]
+    diffs = [np.abs(a - b) for a, b in zip(on_gpu, on_cpu, strict=False) if a.shape == b.shape]
+    return {
+        "frames_nvdec": len(on_gpu),
+        "frames_ffmpeg": len(on_cpu),
+        "same_size": len(diffs),
+        "max_level_diff": int(max((d.max() for d in diffs), default=-1)),
+        "mean_level_diff": float(np.mean([d.mean() for d in diffs])) if diffs else -1.0,
+    }
+
+
 def _sessions(session: Any, clip: Path, n: int, seconds: float) -> dict[str, Any]:
     """``n`` sessions of ``session`` at once, each in a thread of its own, for ``seconds``."""
     cpu0, start = time.process_time(), time.monotonic()
@@ -691,13 +736,15 @@ def nvdec_bench(
 ) -> dict[str, Any]:
     """Decode alone, the 480p one-face clip looped: PyAV on the CPU (one session, then one
     a CPU) against NVDEC through PyNvVideoCodec at each of ``sessions`` (an H100 has seven
-    NVDEC engines), side by side in one run. NVDEC's rows use PyNvVideoCodec's own
-    demuxer, not the service's path (the service has no NVDEC decoder yet); where NVDEC
-    cannot run, ``nvdec`` says why."""
+    NVDEC engines), side by side in one run: first with PyNvVideoCodec's own demuxer, the
+    frames left as NV12, then the service's path (``DFM_DECODE=nvdec``: PyAV demuxing, the
+    frames turned to RGB on the GPU), with its pictures compared to FFmpeg's
+    (``agreement``). Where NVDEC cannot run, ``nvdec`` says why."""
     folder.mkdir(parents=True, exist_ok=True)
     clip = make_clip(folder, "480p", 1)
     cpus = cpu_budget()
     rows = []
+    agreement: dict[str, Any] | None = None
     for n in sorted({1, cpus}):
         rows.append({"decoder": "pyav", **_sessions(_pyav_session, clip, n, seconds)})
         log.info("nvdec part: %s", rows[-1])
@@ -707,9 +754,16 @@ def nvdec_bench(
             for n in sessions:
                 rows.append({"decoder": "nvdec", **_sessions(_nvdec_session, clip, n, seconds)})
                 log.info("nvdec part: %s", rows[-1])
+            agreement = nvdec_agreement(clip, "cuda")
+            for n in sessions:
+                rows.append(
+                    {"decoder": "service", **_sessions(_service_nvdec_session, clip, n, seconds)}
+                )
+                log.info("nvdec part: %s", rows[-1])
         except Exception as exc:  # a GPU's own failure is a finding, not a crash of the run
             why = f"failed: {exc!r}"
     return {
+        "agreement": agreement,
         "device": torch.cuda.get_device_name()
         if device != "cpu" and torch.cuda.is_available()
         else f"cpu ({cpus} usable cores)",
@@ -1198,6 +1252,18 @@ def format_report(result: dict[str, Any]) -> str:
             lines.append(
                 f"  {r['decoder']:<8} {r['sessions']:>8} | {r['frames_per_s']:>9.1f}"
                 f" | {r['process_ms_per_frame']:>19.3f}"
+            )
+        lines.append(
+            "  (pyav: FFmpeg, frames left as YUV; nvdec: PyNvVideoCodec's own demuxer, frames "
+            "left as NV12; service: DFM_DECODE=nvdec's path, PyAV demuxing, RGB on the GPU)"
+        )
+        agree = nv.get("agreement")
+        if agree:
+            lines.append(
+                f"  the service's NVDEC pictures against FFmpeg's RGB: {agree['frames_nvdec']} "
+                f"and {agree['frames_ffmpeg']} frames, {agree['same_size']} of the same size, "
+                f"at most {agree['max_level_diff']} levels apart (mean "
+                f"{agree['mean_level_diff']:.2f})"
             )
     sink = result.get("sink")
     if sink:

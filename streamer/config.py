@@ -168,6 +168,12 @@ class Settings(WindowSchedule, BaseSettings):
         description="FFmpeg threads of each stream's decoder; unset: the CPUs over "
         "DFM_MAX_STREAMS, at least 1 (scan uses every CPU)",
     )
+    decode: Literal["auto", "cpu", "nvdec"] = Field(
+        "auto",
+        description="video decoder of file and RTSP streams: nvdec (the GPU's NVDEC through "
+        "PyNvVideoCodec, the gpu extra; pictures stay on the GPU: streamer/sources/nvdec.py), "
+        "cpu (FFmpeg), or auto (nvdec where the engine is on CUDA and PyNvVideoCodec imports)",
+    )
     decode_workers: int | None = Field(
         None,
         ge=0,

@@ -49,6 +49,7 @@ class StreamManager:
         detector_factory: Callable[[], Detector],
         supervisor: Supervisor | None = None,
         evidence: EvidenceWriter | None = None,
+        gpu_decode: str | None = None,
     ) -> None:
         self.settings = settings
         self.evidence = evidence
@@ -60,6 +61,8 @@ class StreamManager:
         self.metrics = metrics
         self.model = model
         self.detector_factory = detector_factory
+        # NVDEC's device (DFM_DECODE: streamer.sources.nvdec.decode_device), or None: the CPU
+        self.gpu_decode = gpu_decode
         self.streams: dict[str, StreamRunner] = {}
         # Every stream's per-frame work (RGB, faces, crops): streamer/sources/pool.py
         self.frames = FramePool(
@@ -124,7 +127,10 @@ class StreamManager:
         """What a stream's decoder may do: frame size, destinations, FFmpeg threads."""
         s = self.settings
         return DecodeLimits(
-            max_pixels=s.max_frame_pixels, policy=self.policy, threads=s.decoder_threads()
+            max_pixels=s.max_frame_pixels,
+            policy=self.policy,
+            threads=s.decoder_threads(),
+            gpu=self.gpu_decode,
         )
 
     def opener_for(self, source: SourceUrl, options: StreamOptions) -> Opener:

@@ -44,6 +44,7 @@ from streamer.memory import trim_forever
 from streamer.metrics import Metrics
 from streamer.sinks.base import Sink
 from streamer.sinks.stdout import RecentVerdicts, StdoutSink
+from streamer.sources.nvdec import decode_device
 from streamer.sources.webrtc import WhipGateway
 from streamer.tasks import Supervisor
 from streamer.uploads import UploadScanner
@@ -279,6 +280,7 @@ class Service:
             for warning in self.warnings():
                 log.warning("%s", warning)
             device = pick_device(s.device, "DFM_DEVICE")
+            gpu_decode = decode_device(s.decode, device)  # DFM_DECODE=nvdec: or why not
             if "OMP_NUM_THREADS" not in os.environ:  # PyTorch sizes its pool by the node
                 torch.set_num_threads(cpu_budget())
             checkpoint = checkpoint_path(s.checkpoint, random_weights=s.random_weights)
@@ -353,6 +355,7 @@ class Service:
                 detector_factory(s, engine.device, batcher),
                 self.supervisor,
                 self.evidence,
+                gpu_decode=gpu_decode,
             )
             await stack.enter_async_context(self._manager)
             if s.kafka_bootstrap:

@@ -1,6 +1,6 @@
 """Decoded pictures turned to RGB on the engine's device (``analyzer/frames.py``, through
-``Picture.pixels``), here on the CPU: FFmpeg's own RGB of the same pictures, whatever
-their colour tags, within 2 levels of 255."""
+``Picture.yuv_to``, what ``Picture.pixels`` does for a GPU), here on the CPU: FFmpeg's own
+RGB of the same pictures, whatever their colour tags, within 2 levels of 255."""
 
 from __future__ import annotations
 
@@ -52,15 +52,17 @@ def test_the_devices_rgb_is_ffmpegs_within_two_levels(tags):
     frame = _picture(**tags)
     assert frame.format.name in ("yuv420p", "yuvj420p")  # j: full range
     want = frame.to_ndarray(format="rgb24").astype(np.int16)
-    got = Picture(frame).pixels("cpu")
+    got = Picture(frame).yuv_to("cpu")
     assert isinstance(got, torch.Tensor) and got.dtype == torch.uint8
     assert tuple(got.shape) == want.shape
     diff = np.abs(got.numpy().astype(np.int16) - want)
     assert diff.max() <= 2 and diff.mean() <= 1.0, (diff.max(), diff.mean())
     # The host picture is still there for whoever asks for it (an evidence frame).
     picture = Picture(frame)
-    picture.pixels("cpu")
+    picture.yuv_to("cpu")
     assert np.array_equal(picture.rgb, want.astype(np.uint8))
+    # For the CPU itself pixels() takes FFmpeg's RGB, the faster there.
+    assert np.array_equal(Picture(frame).pixels("cpu").numpy(), want.astype(np.uint8))
 
 
 def test_nv12_gives_the_same_rgb_as_three_planes():
@@ -71,7 +73,7 @@ def test_nv12_gives_the_same_rgb_as_three_planes():
     luma = np.frombuffer(nv12.planes[0], np.uint8).reshape(-1, nv12.planes[0].line_size)
     chroma = np.frombuffer(nv12.planes[1], np.uint8).reshape(-1, nv12.planes[1].line_size)
     packed = torch.from_numpy(np.concatenate([luma[:h, :w], chroma[: h // 2, :w]]))
-    three = Picture(frame).pixels("cpu")
+    three = Picture(frame).yuv_to("cpu")
     assert torch.equal(nv12_to_rgb(packed), three)
 
 
@@ -79,6 +81,8 @@ def test_other_pictures_cross_as_host_rgb():
     frame = _picture().reformat(format="yuv444p")
     got = Picture(frame).pixels("cpu")
     assert np.array_equal(got.numpy(), frame.to_ndarray(format="rgb24"))
+    with pytest.raises(ValueError, match="4:2:0"):
+        Picture(frame).yuv_to("cpu")
     host = np.zeros((4, 6, 3), np.uint8)
     assert Picture(host).pixels(None) is host
     assert np.array_equal(Picture(host).pixels("cpu").numpy(), host)

@@ -152,7 +152,7 @@ class _Frames(Opener):
             picture = Picture(np.full((8, 8, 3), i, np.uint8))
             if self.bad and i == 3:
                 picture = Picture.__new__(Picture)  # no pixels at all: converting it fails
-                picture._frame = picture._rgb = None
+                picture._frame = picture._rgb = picture._tensor = None
                 picture.marks = ()
             yield VideoFrame(i, i / 30, picture)
 

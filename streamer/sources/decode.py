@@ -28,6 +28,8 @@ from streamer.urls import NetPolicy, SourceUrl, parse_source_url, redact
 if TYPE_CHECKING:
     import torch
 
+    from streamer.sources.nvdec import NvdecDecoder
+
 log = logging.getLogger(__name__)
 
 # Frames of this many pixels or fewer are always fine (tests and tools open tiny clips).
@@ -43,41 +45,61 @@ class Picture:
     decoder's frame is let go once converted.
     """
 
-    __slots__ = ("_frame", "_rgb", "marks")
+    __slots__ = ("_frame", "_rgb", "_tensor", "marks")
 
-    def __init__(self, frame: av.VideoFrame | np.ndarray) -> None:
+    def __init__(self, frame: av.VideoFrame | np.ndarray | torch.Tensor) -> None:
         self._frame: av.VideoFrame | None = None
         self._rgb: np.ndarray | None = None
+        self._tensor: torch.Tensor | None = None  # RGB a GPU decoder left on its device
         # Delivery marks (Kafka messages): input that is wholly before this picture, so
         # done once the windows up to this picture's first tick are acknowledged. The
         # source worker takes them off with the picture's first tick (streamer/pipeline.py).
         self.marks: tuple[object, ...] = ()
         if isinstance(frame, np.ndarray):
             self._rgb = frame
-        else:
+        elif isinstance(frame, av.VideoFrame):
             self._frame = frame
+        else:
+            self._tensor = frame
 
     @property
     def rgb(self) -> np.ndarray:
         if self._rgb is None:
+            if self._tensor is not None:  # copied back (an evidence frame, MediaPipe)
+                self._rgb = self._tensor.cpu().numpy()
+                return self._rgb
             assert self._frame is not None
             self._rgb, self._frame = self._frame.to_ndarray(format="rgb24"), None
         return self._rgb
 
     def pixels(self, device: str | torch.device | None) -> np.ndarray | torch.Tensor:
         """What the face tracker takes: RGB on the host (``device`` None), or an (H, W, 3)
-        uint8 tensor on ``device`` (``DFM_CROP=device``). A decoder's 4:2:0 picture sends
-        its YUV planes there, half the bytes of RGB, and becomes RGB there
-        (``analyzer/frames.py``), so the host's conversion is skipped; it is kept for the
-        host RGB an evidence frame may ask for later."""
+        uint8 tensor on ``device`` (``DFM_CROP=device``). For a GPU a decoder's 4:2:0
+        picture sends its YUV planes there, half the bytes of RGB, and becomes RGB there
+        (:meth:`yuv_to`), so the host's conversion is skipped; the decoder's frame is kept
+        for the host RGB an evidence frame may ask for later. A GPU decoder's picture
+        (NVDEC) stays where it is."""
+        if self._tensor is not None:  # a GPU decoder's: it stays where it is
+            return self._tensor
         if device is None:
             return self.rgb
         import torch
 
         frame = self._frame
-        if frame is None or frame.format.name not in YUV420:
+        if torch.device(device).type == "cpu" or frame is None or frame.format.name not in YUV420:
+            # On the CPU FFmpeg's conversion is the faster (2 ms a 480p frame less than
+            # torch's), and the host's RGB is a tensor there as it is.
             return torch.from_numpy(self.rgb).to(device)
+        return self.yuv_to(device)
+
+    def yuv_to(self, device: str | torch.device) -> torch.Tensor:
+        """A decoder's 4:2:0 picture as (H, W, 3) uint8 RGB on ``device``, made there from
+        its YUV planes (what :meth:`pixels` does for a GPU)."""
         from analyzer.frames import yuv420_to_rgb
+
+        frame = self._frame
+        if frame is None or frame.format.name not in YUV420:
+            raise ValueError("not a decoder's 4:2:0 picture")
 
         y, u, v = (_plane(frame.planes[i]).to(device) for i in range(3))
         matrix = COLOUR_MATRICES.get(int(frame.colorspace), "bt601")
@@ -125,6 +147,8 @@ class DecodeLimits:
     max_pixels: int = DEFAULT_MAX_PIXELS
     policy: NetPolicy | None = None
     threads: int | None = None
+    # The CUDA device whose NVDEC decodes (DFM_DECODE; streamer/sources/nvdec.py), or None
+    gpu: str | None = None
 
 
 def open_video(
@@ -300,6 +324,11 @@ class Demuxed:
         self.decoded = 0  # pictures decoded
         self.failed: str | None = None  # why demuxing or decoding stopped early
         self.error: SourceError | None = None  # an error ``check`` raises as it is
+        self.nvdec: NvdecDecoder | None = None
+        if limits.gpu is not None:
+            from streamer.sources.nvdec import open_nvdec
+
+            self.nvdec = open_nvdec(self.stream, limits.gpu, name)
 
     @classmethod
     def open(
@@ -339,27 +368,52 @@ class Demuxed:
         None flushes the decoder at the end. Nothing once it has failed."""
         if self.failed is not None:
             return []
+        if self.nvdec is not None:
+            return self._nvdec_pictures(packet)
         try:
             frames = self.stream.codec_context.decode(packet)
         except (av.error.FFmpegError, OSError) as exc:
             self.failed = redact(_reason(exc))
             return []
-        out = []
+        out: list[tuple[float, Picture]] = []
         for frame in frames:
-            if frame.width * frame.height > self.limits.max_pixels:
-                self.error = FrameTooLarge(
-                    _too_large(self.name, frame.width, frame.height, self.limits.max_pixels)
-                )
-                self.failed = "frame too large"
+            if not self._take(out, self._seconds(frame), Picture(frame), frame.width, frame.height):
                 break
-            t = self._seconds(frame)
-            if not math.isfinite(t):
-                continue
-            if self.first is None:
-                self.first = t
-            self.decoded += 1
-            out.append((t - self.first, Picture(frame)))
         return out
+
+    def _nvdec_pictures(self, packet: av.Packet | None) -> list[tuple[float, Picture]]:
+        assert self.nvdec is not None
+        try:
+            decoded = self.nvdec.decode(packet)
+        except Exception as exc:  # the GPU's decoder: this connection ends, as on the CPU
+            self.failed = redact(f"NVDEC: {_reason(exc)}")
+            return []
+        out: list[tuple[float, Picture]] = []
+        base = self.stream.time_base
+        for pts, rgb in decoded:
+            t = float(pts * base) if pts is not None and base is not None else math.nan
+            if not math.isfinite(t):
+                t = self.decoded / self.rate
+            height, width = rgb.shape[:2]
+            if not self._take(out, t, Picture(rgb), width, height):
+                break
+        return out
+
+    def _take(
+        self, out: list[tuple[float, Picture]], t: float, picture: Picture, width: int, height: int
+    ) -> bool:
+        """Add a decoded picture at time ``t``; False (and ``failed``) if it is too large."""
+        if width * height > self.limits.max_pixels:
+            self.error = FrameTooLarge(_too_large(self.name, width, height, self.limits.max_pixels))
+            self.failed = "frame too large"
+            return False
+        if not math.isfinite(t):
+            return True
+        if self.first is None:
+            self.first = t
+        self.decoded += 1
+        out.append((t - self.first, picture))
+        return True
 
     def check(self) -> None:
         """Once every packet is decoded: raise what ended the video before any frame;
