@@ -86,11 +86,14 @@ def context_jpeg(rgb: np.ndarray) -> bytes:
 
 class CropRing:
     """Each face's crops of the last window, one every ``window // RING_CROPS`` frames, as
-    JPEGs; bounded: at most ``RING_CROPS`` a face."""
+    JPEGs; bounded: at most ``RING_CROPS`` a face. A crop cut on the engine's device
+    (``DFM_CROP=device``) is kept there as it is and made a JPEG only when a record asks
+    for it (:meth:`window`): copying it back at once would wait on the device, in the event
+    loop, for every ninth frame of every face."""
 
     def __init__(self, window: int) -> None:
         self.every = max(1, window // RING_CROPS)
-        self.faces: dict[int, deque[tuple[int, bytes]]] = {}
+        self.faces: dict[int, deque[tuple[int, Any]]] = {}  # (frame, JPEG or device crop)
         self.context: tuple[int, bytes] | None = None  # (frame, JPEG) of the latest context
 
     def add(self, frame: int, faces: FrameFaces, context: bytes | None = None) -> None:
@@ -102,7 +105,10 @@ class CropRing:
             return
         for face in faces.crops:
             ring = self.faces.setdefault(face.track_id, deque(maxlen=RING_CROPS))
-            ring.append((frame, encode_jpeg(host_crop(face.crop))))
+            crop = face.crop
+            # A device crop is a view of its frame's crops: a copy keeps only its own.
+            kept = encode_jpeg(crop) if isinstance(crop, np.ndarray) else crop.clone()
+            ring.append((frame, kept))
 
     def restart(self) -> None:
         self.faces.clear()
@@ -115,11 +121,20 @@ class CropRing:
         return self.context[1]
 
     def window(self, track_id: int, first: int, last: int) -> list[tuple[int, bytes]]:
-        return [(f, j) for f, j in self.faces.get(track_id, ()) if first <= f <= last]
+        return [
+            (f, j if isinstance(j, bytes) else encode_jpeg(host_crop(j)))
+            for f, j in self.faces.get(track_id, ())
+            if first <= f <= last
+        ]
 
     @property
     def nbytes(self) -> int:
-        held = sum(len(j) for ring in self.faces.values() for _, j in ring)
+        """Bytes held: the JPEGs, and device crops as their pixels (in device memory)."""
+        held = sum(
+            len(j) if isinstance(j, bytes) else j.nbytes
+            for ring in self.faces.values()
+            for _, j in ring
+        )
         return held + (len(self.context[1]) if self.context else 0)
 
 

@@ -12,7 +12,7 @@ import numpy as np
 from skimage import data
 
 from analyzer.faces import FaceCrop, FrameFaces
-from streamer.evidence import RING_CROPS, CropRing, EvidenceStore, decode_jpeg
+from streamer.evidence import RING_CROPS, CropRing, EvidenceStore, decode_jpeg, encode_jpeg
 from tests.conftest import SCHEMA_FILE
 from tests.servers import (
     LOOPED_FILE,
@@ -62,6 +62,27 @@ def test_the_crop_ring_keeps_a_bounded_few_jpegs_a_face():
     assert per_face < 150_000
     ring.add(600, FrameFaces(crops=[], ended=[2]))
     assert set(ring.faces) == {1}
+
+
+def test_device_crops_stay_where_they_are_until_a_record_asks_for_them():
+    """DFM_CROP=device: the ring keeps a face's crop as a tensor of its own (not a view of
+    every face's crops of its frame), and makes the JPEG only for a record: the same
+    picture as the host crop's JPEG."""
+    import torch
+
+    crop = cv2.resize(data.astronaut()[30:230, 150:350], (112, 112))
+    both = torch.from_numpy(np.stack([crop, crop[::-1].copy()])).permute(0, 3, 1, 2)
+    ring = CropRing(window=150)
+    for frame in range(0, 150, ring.every):
+        faces = [FaceCrop(t, (0.1, 0.1, 0.4, 0.4), both[t - 1]) for t in (1, 2)]
+        ring.add(frame, FrameFaces(crops=faces, ended=[]))
+    kept = ring.faces[1][0][1]
+    assert isinstance(kept, torch.Tensor) and kept.untyped_storage().nbytes() == 3 * 112 * 112
+    assert ring.nbytes == 2 * RING_CROPS * 3 * 112 * 112
+    jpegs = ring.window(1, 0, 149)
+    assert len(jpegs) == RING_CROPS and all(isinstance(j, bytes) for _, j in jpegs)
+    got = decode_jpeg(jpegs[0][1]).astype(np.int16)
+    assert np.abs(got - decode_jpeg(encode_jpeg(crop)).astype(np.int16)).max() <= 2
 
 
 async def test_a_fake_stream_gets_evidence_linked_from_its_verdict(fake_clip):
