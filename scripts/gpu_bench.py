@@ -19,7 +19,8 @@ PyNvVideoCodec, if installed), the backbone at batches 32 and 256 eager against
 torch.compile and torch.compile with CUDA graphs (compiling takes long, so a run cut
 off there keeps the rest), the pipeline again with DFM_CROP=device (each frame sent
 to the GPU once, letterboxed and cropped there) against the host crops of the first
-pipeline run, and last the pipeline with DFM_DECODE=nvdec (skipped, saying why, without
+pipeline run, and last the pipeline with DFM_DECODE=nvdec (these two start at half the
+streams the first sweep sustained) (skipped, saying why, without
 PyNvVideoCodec); the other pipeline runs decode on the CPU (DFM_DECODE=cpu). OUT_DIR/NAME.json holds
 each part's figures, OUT_DIR/bench.txt the tables, which are printed too. Not part of
 `make test`: it needs a GPU.
@@ -29,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import sys
 import time
@@ -56,6 +58,8 @@ PARTS = {
 # Settings a part runs under (and names in its table), on top of the environment's: the
 # pipeline decodes on the CPU unless the part is NVDEC's (DFM_DECODE=auto would pick NVDEC
 # wherever the pynvvideocodec wheel was carried).
+# These sweep again from half what the first pipeline sweep sustained.
+SECOND_SWEEPS = ("crop_device", "pipeline_nvdec")
 ENV = {
     "pipeline": {"DFM_DECODE": "cpu"},
     "crop_device": {"DFM_CROP": "device", "DFM_DECODE": "cpu"},
@@ -93,6 +97,16 @@ def settings_env(extra: dict[str, str]) -> Iterator[None]:
                 os.environ[k] = v
 
 
+def second_sweep_start(first: Path) -> int:
+    """Where a second pipeline sweep starts: at half the streams the first one sustained
+    (so it costs two or three runs, not eleven), or at 1 if there was none."""
+    try:
+        configs = json.loads(first.read_text())["pipeline"]["configs"]
+        return max(1, int(configs[0]["max_streams_ok"]) // 2)
+    except (OSError, ValueError, KeyError, IndexError, TypeError):
+        return 1
+
+
 def run() -> int:
     quick = "--quick" in sys.argv[1:]
     picked = chosen([a for a in sys.argv[1:] if a != "--quick"])
@@ -124,6 +138,8 @@ def run() -> int:
         argv = ["bench", "--device", device, "--parts", part, "--out", str(out / f"{label}.json"),
                 "--work", str(out / "clips"), *(short if quick else full).split()]  # fmt: skip
         extra = ENV.get(label, {})
+        if label in SECOND_SWEEPS and not quick:
+            argv += ["--min-streams", str(second_sweep_start(out / "pipeline.json"))]
         if label == "pipeline_nvdec" and (why := unavailable(torch.device(device))):
             text = f"pipeline_nvdec: skipped: {why}\n"
             with report.open("a") as f:

@@ -319,9 +319,11 @@ def pipeline_bench(
     window: int = 150,
     hop: int = 30,
     replay: bool = False,
+    min_streams: int = 1,
 ) -> dict[str, Any]:
-    """For each (size, faces): runs with N = 1, 2, ... until drops or p99 over the bound;
-    ``replay``: the streams replay one clip's packets demuxed once (:func:`run_pipeline`)."""
+    """For each (size, faces): runs with N = ``min_streams``, then more (doubling on a GPU,
+    one more on the CPU) until drops or p99 over the bound; ``replay``: the streams replay
+    one clip's packets demuxed once (:func:`run_pipeline`)."""
     folder.mkdir(parents=True, exist_ok=True)
     gpu = device != "cpu" and torch.cuda.is_available()
     out = []
@@ -329,7 +331,7 @@ def pipeline_bench(
         clip = make_clip(folder, size, faces)
         runs = []
         best = 0
-        n = 1
+        n = min_streams
         while n <= max_streams:
             r = asyncio.run(
                 run_pipeline(

@@ -125,6 +125,9 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--p99-ms", type=float, default=2000.0, help="pipeline latency bound")
     bench.add_argument("--max-streams", type=positive_int, default=64)
     bench.add_argument(
+        "--min-streams", type=positive_int, default=1, help="pipeline part: the first N tried"
+    )
+    bench.add_argument(
         "--replay",
         action="store_true",
         help="pipeline part: streams replay the clip's packets, demuxed once, instead of each "
@@ -327,6 +330,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
             window=30 if args.quick else 150,
             hop=15 if args.quick else 30,
             replay=args.replay,
+            min_streams=1 if args.quick else args.min_streams,
         )
     if "overload" in parts:
         result["overload"] = overload_bench(

@@ -75,3 +75,21 @@ def test_the_benchmark_writes_each_part_as_it_ends(tmp_path):
     )  # fmt: skip
     assert wrong.returncode == 2
     assert wrong.stderr.startswith("gpu_bench: unknown part decode; the parts are engine,")
+
+
+def test_the_second_sweeps_start_at_half_what_the_first_sustained(tmp_path):
+    """crop_device and pipeline_nvdec do not sweep from one stream again: the check has 8
+    minutes. Without the first sweep's figures they start at 1."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("gpu_bench", ROOT / "scripts" / "gpu_bench.py")
+    assert spec is not None and spec.loader is not None
+    gpu_bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_bench)
+    first = tmp_path / "pipeline.json"
+    assert gpu_bench.second_sweep_start(first) == 1
+    first.write_text(json.dumps({"pipeline": {"configs": [{"max_streams_ok": 256}]}}))
+    assert gpu_bench.second_sweep_start(first) == 128
+    first.write_text(json.dumps({"pipeline": {"configs": [{"max_streams_ok": 0}]}}))
+    assert gpu_bench.second_sweep_start(first) == 1
