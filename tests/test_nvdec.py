@@ -127,9 +127,11 @@ def test_an_annex_b_stream_passes_as_it_is(tmp_path, stand_in):
     assert len(pictures) == 12 and stand_in[0].packets >= 12
 
 
-def test_the_decode_setting_names_why_nvdec_cannot_run(monkeypatch):
+def test_the_decode_setting_names_why_nvdec_cannot_run(monkeypatch, caplog):
     assert decode_device("cpu", torch.device("cuda")) is None
-    assert decode_device("auto", torch.device("cpu")) is None
+    with caplog.at_level("DEBUG"):
+        assert decode_device("auto", torch.device("cpu")) is None
+    assert not caplog.text  # a CPU node decodes on the CPU: nothing to say at start-up
     with pytest.raises(
         ConfigError, match=r"DFM_DECODE=nvdec cannot run: the engine's device is not"
     ):
@@ -137,7 +139,9 @@ def test_the_decode_setting_names_why_nvdec_cannot_run(monkeypatch):
     monkeypatch.setitem(sys.modules, "PyNvVideoCodec", None)  # not installed
     with pytest.raises(ConfigError, match=r"PyNvVideoCodec is not installed .*DFM_DECODE=cpu"):
         decode_device("nvdec", torch.device("cuda"))
-    assert decode_device("auto", torch.device("cuda")) is None
+    with caplog.at_level("INFO"):
+        assert decode_device("auto", torch.device("cuda")) is None
+    assert "decoding on the CPU: PyNvVideoCodec is not installed" in caplog.text
 
 
 def test_the_gpu_checks_agreement_row_compares_the_service_path_with_ffmpeg(tmp_path, stand_in):

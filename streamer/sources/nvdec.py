@@ -72,7 +72,8 @@ def decode_device(setting: str, device: torch.device | None) -> str | None:
         return str(device)
     if setting == "nvdec":
         raise ConfigError(f"DFM_DECODE=nvdec cannot run: {why}; set DFM_DECODE=cpu or auto")
-    log.info("decoding on the CPU: %s", why)
+    if device is not None and device.type == "cuda":  # worth a word: a GPU without NVDEC
+        log.info("decoding on the CPU: %s", why)
     return None
 
 
