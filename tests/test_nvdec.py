@@ -154,3 +154,19 @@ def test_the_gpu_checks_agreement_row_compares_the_service_path_with_ffmpeg(tmp_
     agree = nvdec_agreement(Path(_clip(tmp_path / "clip.mp4", bframes=True)), "cpu")
     assert agree["frames_nvdec"] == agree["frames_ffmpeg"] == agree["same_size"] == 12
     assert 0 <= agree["max_level_diff"] <= 2 and agree["mean_level_diff"] < 1
+
+
+def test_a_kafka_keys_mpeg_ts_decodes_on_nvdec_too(tmp_path, stand_in):
+    """A Kafka key's MPEG-TS video (Annex B already) through its feed with DFM_DECODE's
+    device: every frame, each a tensor where the decoder left it."""
+    from streamer.sources.decode import run_feed
+    from streamer.sources.kafka import TS, KafkaOpener
+    from tests.test_pool import _ts_messages
+
+    opener = KafkaOpener(TS, 30.0, 5.0, on_bad=lambda _m, why: pytest.fail(why), gpu="cpu")
+    for message in _ts_messages(tmp_path):
+        assert opener.push(message)
+    opener.close()
+    frames = list(run_feed(opener.demux()))
+    assert len(frames) == 90 and stand_in and stand_in[0].packets >= 90
+    assert all(isinstance(f.picture.pixels(None), torch.Tensor) for f in frames)

@@ -319,10 +319,12 @@ class KafkaOpener(Opener):
         max_gap_s: float | None = None,
         queues: QueueMetrics | None = None,
         threads: int = 1,
+        gpu: str | None = None,
     ) -> None:
         self.kind = kind
         self.packets = True  # decoded in the decode pool
         self.threads = threads  # FFmpeg threads of the MPEG-TS decoder
+        self.gpu = gpu  # NVDEC's device for the MPEG-TS video (DFM_DECODE), or None
         self.partition = partition
         self.max_pixels = max_pixels
         self.max_gap_s = max_gap_s
@@ -359,7 +361,7 @@ class KafkaOpener(Opener):
             return _JpegFeed(
                 self.items, self.idle_s, self.on_bad, fps=self.fps, max_gap_s=self.max_gap_s
             )
-        limits = DecodeLimits(max_pixels=self.max_pixels, threads=self.threads)
+        limits = DecodeLimits(max_pixels=self.max_pixels, threads=self.threads, gpu=self.gpu)
         return _TsFeed(self.items, self.idle_s, limits, fps=self.fps, max_gap_s=self.max_gap_s)
 
 
@@ -625,6 +627,7 @@ class KafkaVideoIngest:
                 max_gap_s=self.settings.max_gap_s,
                 queues=self.metrics.queues,
                 threads=self.settings.decoder_threads(),
+                gpu=getattr(self.manager, "gpu_decode", None),
             )
             try:
                 await self.manager.add_with_opener(
