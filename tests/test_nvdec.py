@@ -98,7 +98,8 @@ def _decoded(path: str, gpu: str | None) -> tuple[Demuxed, list[tuple[float, obj
 def test_nvdec_pictures_are_the_cpus_at_the_same_times(tmp_path, stand_in, bframes):
     path = _clip(tmp_path / "clip.mp4", bframes=bframes)
     video, on_gpu = _decoded(path, "cpu")  # the stand-in's "GPU" is the CPU
-    assert video.nvdec is not None and stand_in[0].packets == 12
+    assert len(stand_in) == 1 and stand_in[0].packets == 12  # every packet to NVDEC
+    assert video.nvdec is None  # closed: its session let go
     _, on_cpu = _decoded(path, None)
     assert len(on_gpu) == len(on_cpu) == 12
     for (t_gpu, gpu), (t_cpu, cpu) in zip(on_gpu, on_cpu, strict=True):

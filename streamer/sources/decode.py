@@ -433,6 +433,7 @@ class Demuxed:
     def close(self) -> None:
         """Only once no thread decodes for it any more."""
         self.container.close()
+        self.nvdec = None  # its NVDEC session and surfaces go now, not at the next GC
 
     def _seconds(self, frame: av.VideoFrame) -> float:
         """A decoded frame's time. The frames a flush (``decode(None)``) returns have no
