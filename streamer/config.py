@@ -170,9 +170,10 @@ class Settings(WindowSchedule, BaseSettings):
     )
     decode: Literal["auto", "cpu", "nvdec"] = Field(
         "auto",
-        description="video decoder of file, RTSP and Kafka MPEG-TS streams: nvdec (the GPU's NVDEC through "
-        "PyNvVideoCodec, the gpu extra; pictures stay on the GPU: streamer/sources/nvdec.py), "
-        "cpu (FFmpeg), or auto (nvdec where the engine is on CUDA and PyNvVideoCodec imports)",
+        description="video decoder of file, RTSP and Kafka MPEG-TS streams: nvdec (the GPU's "
+        "NVDEC through PyNvVideoCodec, the gpu extra; pictures stay on the GPU: "
+        "streamer/sources/nvdec.py), cpu (FFmpeg), or auto (nvdec where the engine is on CUDA "
+        "and PyNvVideoCodec imports)",
     )
     decode_workers: int | None = Field(
         None,
