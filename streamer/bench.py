@@ -886,6 +886,9 @@ def stage_bench(work: Path, *, device: str, quick: bool) -> dict[str, Any]:
     engine = Engine(random_model(), device)
     boxes = [(i, c.box) for i, faces in enumerate(tracked) for c in faces]
     cropping = crop_bench(frames, boxes, engine.device, tracker.margin, tracker.crop_size)
+    cropping["tracker_frames_per_s"] = crop_setting_bench(
+        clip, len(frames), engine.device, tracker.margin, tracker.crop_size
+    )
     batch = np.stack((crops * 32)[:32])
     reps = 1 if quick else 3
     backbone_s = timed(lambda: engine.backbone(batch), engine.device, repeats=reps)
@@ -921,12 +924,10 @@ def crop_bench(
     """The tracker's crops of ``frames`` cut on the host (OpenCV, one at a time) and on
     the engine's device (``roi_align``, every crop of 32 frames in one call, the frames
     already there, as a GPU decoder leaves them); crops per second each, and the bytes a
-    frame and its crops would take to the device. Then the tracker's frames per second
-    each way (``DFM_CROP``: host, or each frame sent to the device and cut there)."""
+    frame and its crops would take to the device."""
     from analyzer.bench import timed
-    from analyzer.blazeface import TorchFaceDetector
     from analyzer.crops import crop_on_device
-    from analyzer.faces import FaceTracker, crop_face
+    from analyzer.faces import crop_face
 
     host_s = timed(
         lambda: [crop_face(frames[i], box, margin=margin, size=size) for i, box in boxes],
@@ -944,28 +945,43 @@ def crop_bench(
         device,
         repeats=1,
     )
-    # The whole of DFM_CROP, per frame: the tracker with the PyTorch BlazeFace (detecting
-    # every third frame, one frame a network call) cutting crops on the host, against the
-    # same tracker sending each host frame to the device, letterboxing and cropping there.
-    net = TorchFaceDetector(device=device)
-    tracker_fps = {}
-    for way, where in (("host", None), ("device", device)):
-        tracker = FaceTracker(net, detect_every=3, margin=margin, crop_size=size, device=where)
-        took = timed(partial(_track_all, tracker, frames), device, repeats=1)
-        tracker_fps[way] = len(frames) / took
     return {
         "crops": len(boxes),
         "host_crops_per_s": len(boxes) / host_s,
         "device_crops_per_s": len(boxes) / device_s,
-        "tracker_frames_per_s": tracker_fps,
         "frame_bytes": int(frames[0].nbytes),
         "crop_bytes": size * size * 3,
     }
 
 
-def _track_all(tracker: Any, frames: list[np.ndarray]) -> None:
-    for frame in frames:
-        tracker.update(frame)
+def crop_setting_bench(
+    clip: Path, count: int, device: torch.device, margin: float, size: int
+) -> dict[str, float]:
+    """The whole of DFM_CROP, frames per second each way, from the decoder's pictures of
+    ``clip`` as the frame pool gets them (``Picture.pixels``): the tracker with the PyTorch
+    BlazeFace (every third frame, one frame a network call) cutting crops from host RGB,
+    against the same tracker sending each picture to ``device`` (a GPU: its YUV planes,
+    made RGB there), letterboxing and cropping there."""
+    from analyzer.bench import timed
+    from analyzer.blazeface import TorchFaceDetector
+    from analyzer.faces import FaceTracker
+
+    with av.open(str(clip)) as container:
+        pictures = [f for _, f in zip(range(count), container.decode(video=0), strict=False)]
+    net = TorchFaceDetector(device=device)
+    fps = {}
+    for way, where in (("host", None), ("device", device)):
+        tracker = FaceTracker(net, detect_every=3, margin=margin, crop_size=size, device=where)
+        took = timed(partial(_track_all, tracker, pictures), device, repeats=1)
+        fps[way] = len(pictures) / took
+    return fps
+
+
+def _track_all(tracker: Any, pictures: list[av.VideoFrame]) -> None:
+    from streamer.sources.decode import Picture
+
+    for frame in pictures:  # a new Picture each time: each pass converts as the service does
+        tracker.update(Picture(frame).pixels(tracker.device))
 
 
 def torch_detect_bench(
@@ -1174,9 +1190,9 @@ def format_report(result: dict[str, Any]) -> str:
             f"frames already there) {c['device_crops_per_s']:.0f}/s "
             f"({c['device_crops_per_s'] / c['host_crops_per_s']:.2f}x); a crop is "
             f"{c['crop_bytes'] / 1e3:.0f} kB, its frame {c['frame_bytes'] / 1e6:.2f} MB",
-            f"  tracker, PyTorch BlazeFace every 3rd frame: crops on the host "
-            f"(DFM_CROP=host) {c['tracker_frames_per_s']['host']:.0f} frames/s; each frame "
-            f"sent to the device, letterboxed and cropped there (DFM_CROP=device) "
+            f"  tracker, PyTorch BlazeFace every 3rd frame, from decoded pictures: crops on "
+            f"the host (DFM_CROP=host) {c['tracker_frames_per_s']['host']:.0f} frames/s; each "
+            f"picture sent to the device, letterboxed and cropped there (DFM_CROP=device) "
             f"{c['tracker_frames_per_s']['device']:.0f} frames/s "
             f"({c['tracker_frames_per_s']['device'] / c['tracker_frames_per_s']['host']:.2f}x)",
         ]
