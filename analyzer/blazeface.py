@@ -288,10 +288,7 @@ class TorchFaceDetector:
         any device): box regressors (N, 896, 16) and face scores (N, 896), on the host. The
         one step worth batching across streams: :class:`~streamer.detection.BatchedDetector`
         runs it in the engine's thread."""
-        if isinstance(squares, torch.Tensor):
-            batch = squares.to(self.device)
-        else:
-            batch = torch.from_numpy(np.ascontiguousarray(squares)).to(self.device)
+        batch = torch.as_tensor(squares, device=self.device)
         x = batch.permute(0, 3, 1, 2).float() / 127.5 - 1.0
         regressors, logits = self.net(x)
         scores = torch.sigmoid(logits[..., 0].clamp(-SCORE_CLIP, SCORE_CLIP))

@@ -266,45 +266,50 @@ class FaceTracker:
 
     def update(self, rgb: Pixels) -> FrameFaces:
         """One frame's faces: ``rgb`` (H, W, 3) uint8, on the host or a tensor on a device."""
-        if self.device is not None or not isinstance(rgb, np.ndarray):
-            return self._update_on_device(rgb)
+        frame = self._placed(rgb)
         ended: list[int] = []
         t0 = time.thread_time()
         if self._frame % self.detect_every == 0:
-            ended = self._associate(self.detector.detect(rgb))
+            ended = self._associate(self.detector.detect(self._seen(rgb, frame)))
         self._frame += 1
         t1 = time.thread_time()
-        crops = [
-            FaceCrop(t.id, t.box, crop_face(rgb, t.box, margin=self.margin, size=self.crop_size))
-            for t in self._tracks
-        ]
+        crops = self._cut(frame)
         self.detect_s += t1 - t0
         self.crop_s += time.thread_time() - t1
         return FrameFaces(crops, ended)
 
-    def _update_on_device(self, rgb: Pixels) -> FrameFaces:
+    def _placed(self, rgb: Pixels) -> Pixels:
+        """``rgb`` where its crops are cut: a host frame as it is (no ``device``), else a
+        tensor on the tracker's device (a frame that is a tensor already: where it is)."""
+        if self.device is None and isinstance(rgb, np.ndarray):
+            return rgb
         import torch
 
+        frame = rgb if isinstance(rgb, torch.Tensor) else torch.from_numpy(rgb)
+        return frame if self.device is None else frame.to(self.device)
+
+    def _seen(self, rgb: Pixels, frame: Pixels) -> Any:
+        """What the detector takes: the placed frame, but a host frame for a detector that
+        takes no tensors (MediaPipe) where the frame is one."""
+        if isinstance(frame, np.ndarray) or getattr(self.detector, "device_frames", False):
+            return frame
+        return rgb if isinstance(rgb, np.ndarray) else rgb.cpu().numpy()
+
+    def _cut(self, frame: Pixels) -> list[FaceCrop]:
+        """Each track's crop: OpenCV's from a host frame, one ``roi_align`` call's (uint8)
+        from a tensor, where it is."""
+        if isinstance(frame, np.ndarray):
+            return [
+                FaceCrop(
+                    t.id, t.box, crop_face(frame, t.box, margin=self.margin, size=self.crop_size)
+                )
+                for t in self._tracks
+            ]
         from analyzer.crops import as_uint8, crop_on_device
 
-        ended: list[int] = []
-        t0 = time.thread_time()
-        frame = rgb if isinstance(rgb, torch.Tensor) else torch.from_numpy(rgb)
-        if self.device is not None:
-            frame = frame.to(self.device)
-        if self._frame % self.detect_every == 0:
-            seen: Any = frame  # a detector that letterboxes tensors where they are
-            if not getattr(self.detector, "device_frames", False):  # MediaPipe: on the host
-                seen = rgb if isinstance(rgb, np.ndarray) else rgb.cpu().numpy()
-            ended = self._associate(self.detector.detect(seen))
-        self._frame += 1
-        t1 = time.thread_time()
         boxes = [(0, t.box) for t in self._tracks]
         cut = as_uint8(crop_on_device(frame[None], boxes, margin=self.margin, size=self.crop_size))
-        crops = [FaceCrop(t.id, t.box, crop) for t, crop in zip(self._tracks, cut, strict=True)]
-        self.detect_s += t1 - t0
-        self.crop_s += time.thread_time() - t1
-        return FrameFaces(crops, ended)
+        return [FaceCrop(t.id, t.box, crop) for t, crop in zip(self._tracks, cut, strict=True)]
 
     def _associate(self, detections: list[Detection]) -> list[int]:
         pairs = sorted(

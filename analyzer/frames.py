@@ -19,6 +19,15 @@ from torch import Tensor
 
 # (Kr, Kb) of each colour matrix; Kg = 1 - Kr - Kb.
 MATRICES = {"bt601": (0.299, 0.114), "bt709": (0.2126, 0.0722), "bt2020": (0.2627, 0.0593)}
+# FFmpeg's AVColorSpace values with a matrix of their own (others, and untagged, are
+# BT.601, as its rgb24 takes them), and its full-range AVColorRange (AVCOL_RANGE_JPEG).
+TAGGED = {1: "bt709", 9: "bt2020", 10: "bt2020"}
+FULL_RANGE = 2
+
+
+def colour_of(colorspace: int | None, color_range: int | None) -> tuple[str, bool]:
+    """A picture's (or stream's) FFmpeg colour tags -> (matrix, full range)."""
+    return TAGGED.get(int(colorspace or 0), "bt601"), int(color_range or 0) == FULL_RANGE
 
 
 def yuv420_to_rgb(

@@ -19,9 +19,9 @@ PyNvVideoCodec, if installed), the backbone at batches 32 and 256 eager against
 torch.compile and torch.compile with CUDA graphs (compiling takes long, so a run cut
 off there keeps the rest), the pipeline again with DFM_CROP=device (each frame sent
 to the GPU once, letterboxed and cropped there) against the host crops of the first
-pipeline run, and last the pipeline with DFM_DECODE=nvdec (these two start at half the
-streams the first sweep sustained) (skipped, saying why, without
-PyNvVideoCodec); the other pipeline runs decode on the CPU (DFM_DECODE=cpu). OUT_DIR/NAME.json holds
+pipeline run, and last the pipeline with DFM_DECODE=nvdec (skipped, saying why, without
+PyNvVideoCodec). These two start at half the streams the first sweep sustained; the other
+pipeline runs decode on the CPU (DFM_DECODE=cpu). OUT_DIR/NAME.json holds
 each part's figures, OUT_DIR/bench.txt the tables, which are printed too. Not part of
 `make test`: it needs a GPU.
 """
@@ -34,8 +34,8 @@ import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import torch
 
@@ -55,11 +55,11 @@ PARTS = {
     "crop_device": ("pipeline", PIPELINE, "--quick --replay"),
     "pipeline_nvdec": ("pipeline", PIPELINE, "--quick --replay"),
 }
+# These sweep again from half what the first pipeline sweep sustained.
+SECOND_SWEEPS = ("crop_device", "pipeline_nvdec")
 # Settings a part runs under (and names in its table), on top of the environment's: the
 # pipeline decodes on the CPU unless the part is NVDEC's (DFM_DECODE=auto would pick NVDEC
 # wherever the pynvvideocodec wheel was carried).
-# These sweep again from half what the first pipeline sweep sustained.
-SECOND_SWEEPS = ("crop_device", "pipeline_nvdec")
 ENV = {
     "pipeline": {"DFM_DECODE": "cpu"},
     "crop_device": {"DFM_CROP": "device", "DFM_DECODE": "cpu"},
@@ -80,21 +80,6 @@ def chosen(args: list[str]) -> tuple[list[str], list[str]] | str:
     if unknown:
         return f"unknown part {', '.join(unknown)}; the parts are " + ",".join(PARTS)
     return [name for name in PARTS if name in names], args[:at] + args[at + 2 :]
-
-
-@contextlib.contextmanager
-def settings_env(extra: dict[str, str]) -> Iterator[None]:
-    """``extra`` in the environment while a part runs, the environment as it was after."""
-    saved = {k: os.environ.get(k) for k in extra}
-    os.environ.update(extra)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def second_sweep_start(first: Path) -> int:
@@ -148,7 +133,7 @@ def run() -> int:
             continue
         if extra:
             buffer.write(f"{label}: " + ", ".join(f"{k}={v}" for k, v in extra.items()) + "\n")
-        with contextlib.redirect_stdout(buffer), settings_env(extra):
+        with contextlib.redirect_stdout(buffer), mock.patch.dict(os.environ, extra):
             code = cli(argv) or code
         text = buffer.getvalue() + f"({label}: {time.monotonic() - began:.0f} s)\n"
         with report.open("a") as f:

@@ -39,7 +39,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 import torch
@@ -50,6 +50,9 @@ from streamer.faults import Faults, InjectedFault
 from streamer.metrics import Metrics
 from streamer.tasks import Supervisor
 
+if TYPE_CHECKING:
+    from analyzer.faces import Pixels
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -57,21 +60,20 @@ QUEUE_S = 1.0  # crops admitted to the engine queue: about this many seconds of 
 RATE_WEIGHT = 0.3  # weight of the newest backbone call in the measured rate (crops/s)
 MAX_HEAD_BATCH = 256  # windows per head call: a burst of due windows goes in slices
 RECENT_S = 1.0  # a stream that sent crops this recently is waited for by a backbone batch
-# A crop or letterbox: (S, S, 3) uint8 on the host, or (3, S, S) uint8 on the engine's
-# device where crops are cut there (DFM_CROP=device; a letterbox stays (S, S, 3)).
-Crop = np.ndarray | torch.Tensor
 
 
 class FaceNetwork(Protocol):
     """The batched part of a face detector (:class:`analyzer.blazeface.TorchFaceDetector`):
     its network over letterboxed frames, on the engine's device."""
 
-    def network(self, squares: Crop) -> tuple[np.ndarray, np.ndarray]: ...
+    def network(self, squares: Pixels) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 @dataclass
 class _Request:
-    items: Sequence[Crop]
+    # crops, (S, S, 3) uint8 on the host or (3, S, S) uint8 on the engine's device
+    # (DFM_CROP=device); letterboxes, (128, 128, 3) on either; or windows of features
+    items: Sequence[Pixels]
     future: asyncio.Future[np.ndarray] = field(repr=False)
     queued: float = field(default_factory=time.monotonic)
     source: str | None = None  # the stream (backbone work): None is never waited for
@@ -165,7 +167,9 @@ class Batcher:
             self._inflight += crops
             self.metrics.queue_depth.labels("engine_crops").set(self._inflight)
 
-    def backbone(self, crops: list[Crop], source: str | None = None) -> asyncio.Future[np.ndarray]:
+    def backbone(
+        self, crops: list[Pixels], source: str | None = None
+    ) -> asyncio.Future[np.ndarray]:
         """Queue crops (already reserved) for the backbone; the future gets (N, F) features.
         ``source``: the stream, which later batches wait for while it keeps sending."""
         fut: asyncio.Future[np.ndarray] = asyncio.get_running_loop().create_future()
@@ -191,7 +195,7 @@ class Batcher:
         queues = (self._crops, self._heads, self._detects)
         return self._call_started is None and all(q.empty() for q in queues)
 
-    async def detect(self, square: Crop) -> np.ndarray:
+    async def detect(self, square: Pixels) -> np.ndarray:
         """The face network's output for one letterboxed frame, batched with the other
         streams' frames: (896, 17), box regressors then the face score of each anchor."""
         if self.face_network is None:
@@ -351,7 +355,7 @@ class Batcher:
         if self.faults.any and (limit is None or self._engine_calls <= limit):
             self.faults.engine_call(self._fault_rng)
 
-    def _backbone(self, crops: list[Crop]) -> np.ndarray:
+    def _backbone(self, crops: list[Pixels]) -> np.ndarray:
         self._inject()
         if isinstance(crops[0], torch.Tensor):  # cut on the engine's device (DFM_CROP)
             return self.engine.backbone_on_device(torch.stack(crops))  # type: ignore[arg-type]
@@ -361,7 +365,7 @@ class Batcher:
         self._inject()
         return self.engine.head(windows)
 
-    def _detect(self, squares: list[Crop]) -> np.ndarray:
+    def _detect(self, squares: list[Pixels]) -> np.ndarray:
         self._inject()
         assert self.face_network is not None  # detect() refuses without one
         regressors, scores = self.face_network.network(stack_squares(squares))

@@ -33,18 +33,24 @@ def test_blazeface_finds_every_face_of_a_group_photo(detector, photos_dir):
     assert len(detector.detect(rgb)) == 4
 
 
+def _face_pictures(photos_dir) -> dict[str, np.ndarray]:
+    """The astronaut and every bundled face photo, RGB, by name."""
+    import cv2
+
+    pictures = {"astronaut": data.astronaut()}
+    for path in sorted(photos_dir.glob("*.jpg")):
+        pictures[path.name] = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    return pictures
+
+
 def test_the_pytorch_blazeface_gives_mediapipes_boxes(detector, photos_dir):
     """The same model run by our converter (analyzer/blazeface.py) instead of MediaPipe:
     on every bundled face photo and the astronaut, the same number of faces, each box
     with IoU >= 0.9 against MediaPipe's and a score within 0.05; a batch of frames gives
     what one frame at a time gives; a flat picture has no face."""
-    import cv2
-
     from analyzer.faces import open_detector
 
-    pictures = {"astronaut": data.astronaut()}
-    for path in sorted(photos_dir.glob("*.jpg")):
-        pictures[path.name] = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    pictures = _face_pictures(photos_dir)
     assert len(pictures) >= 15
     with open_detector("torch") as ours:
         batched = ours.detect_batch(list(pictures.values()))  # type: ignore[attr-defined]
@@ -68,14 +74,11 @@ def test_frames_on_the_device_give_mediapipes_faces_too(detector, photos_dir):
     is: the host's square within one level, and on every bundled face photo and the
     astronaut the same number of faces as MediaPipe finds on the host, each box with
     IoU >= 0.9."""
-    import cv2
     import torch
 
     from analyzer.blazeface import TorchFaceDetector
 
-    pictures = {"astronaut": data.astronaut()}
-    for path in sorted(photos_dir.glob("*.jpg")):
-        pictures[path.name] = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    pictures = _face_pictures(photos_dir)
     ours, worst = TorchFaceDetector(), 1.0
     frames = [torch.from_numpy(rgb) for rgb in pictures.values()]
     batched = ours.detect_batch(frames)

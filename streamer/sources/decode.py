@@ -85,8 +85,7 @@ class Picture:
             return self.rgb
         import torch
 
-        frame = self._frame
-        if torch.device(device).type == "cpu" or frame is None or frame.format.name not in YUV420:
+        if torch.device(device).type == "cpu" or not self._yuv420():
             # On the CPU FFmpeg's conversion is the faster (2 ms a 480p frame less than
             # torch's), and the host's RGB is a tensor there as it is.
             return torch.from_numpy(self.rgb).to(device)
@@ -95,24 +94,24 @@ class Picture:
     def yuv_to(self, device: str | torch.device) -> torch.Tensor:
         """A decoder's 4:2:0 picture as (H, W, 3) uint8 RGB on ``device``, made there from
         its YUV planes (what :meth:`pixels` does for a GPU)."""
-        from analyzer.frames import yuv420_to_rgb
+        from analyzer.frames import colour_of, yuv420_to_rgb
 
         frame = self._frame
-        if frame is None or frame.format.name not in YUV420:
+        if not self._yuv420():
             raise ValueError("not a decoder's 4:2:0 picture")
-
+        assert frame is not None
         y, u, v = (_plane(frame.planes[i]).to(device) for i in range(3))
-        matrix = COLOUR_MATRICES.get(int(frame.colorspace), "bt601")
-        full = frame.format.name == "yuvj420p" or int(frame.color_range) == FULL_RANGE
+        matrix, full = colour_of(frame.colorspace, frame.color_range)
+        full = full or frame.format.name == "yuvj420p"
         return yuv420_to_rgb(y, u, v, matrix=matrix, full_range=full)
 
+    def _yuv420(self) -> bool:
+        """Whether this is a decoder's picture in one of FFmpeg's planar 4:2:0 formats."""
+        return self._frame is not None and self._frame.format.name in YUV420
 
-# What Picture.pixels converts on the device: FFmpeg's planar 4:2:0 formats, the colour
-# matrices of its AVColorSpace values (others, and untagged, as BT.601, as its rgb24 does)
-# and its full-range AVColorRange.
+
+# What Picture.pixels converts on the device: FFmpeg's planar 4:2:0 formats.
 YUV420 = ("yuv420p", "yuvj420p")
-COLOUR_MATRICES = {1: "bt709", 9: "bt2020", 10: "bt2020"}
-FULL_RANGE = 2
 
 
 def _plane(plane: Any) -> torch.Tensor:
@@ -391,9 +390,10 @@ class Demuxed:
         out: list[tuple[float, Picture]] = []
         base = self.stream.time_base
         for pts, rgb in decoded:
-            t = float(pts * base) if pts is not None and base is not None else math.nan
-            if not math.isfinite(t):
+            if pts is None or base is None:
                 t = self.decoded / self.rate
+            else:
+                t = float(pts * base)
             height, width = rgb.shape[:2]
             if not self._take(out, t, Picture(rgb), width, height):
                 break

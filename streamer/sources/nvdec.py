@@ -37,7 +37,7 @@ from typing import Any
 import av
 import torch
 
-from analyzer.frames import nv12_to_rgb
+from analyzer.frames import colour_of, nv12_to_rgb
 from streamer.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -46,9 +46,6 @@ log = logging.getLogger(__name__)
 CODECS = {"h264": "H264", "hevc": "HEVC", "av1": "AV1", "vp9": "VP9", "vp8": "VP8",
           "mpeg2video": "MPEG2", "mpeg4": "MPEG4"}  # fmt: skip
 ANNEX_B = {"h264": "h264_mp4toannexb", "hevc": "hevc_mp4toannexb"}
-# FFmpeg's AVColorSpace values with a matrix of their own (others as BT.601, as its rgb24)
-MATRICES = {1: "bt709", 9: "bt2020", 10: "bt2020"}
-JPEG_RANGE = 2  # AVCOL_RANGE_JPEG: full range
 
 
 def unavailable(device: torch.device | None) -> str | None:
@@ -100,8 +97,7 @@ class NvdecDecoder:
             cudacontext=0, cudastream=0, usedevicememory=True,
         )  # fmt: skip
         ctx = stream.codec_context
-        self.matrix = MATRICES.get(int(ctx.colorspace or 2), "bt601")
-        self.full_range = int(ctx.color_range or 0) == JPEG_RANGE
+        self.matrix, self.full_range = colour_of(ctx.colorspace, ctx.color_range)
         self.pending: list[int] = []  # pts of the packets sent and not yet given back
 
     def decode(self, packet: av.Packet | None) -> list[tuple[int | None, torch.Tensor]]:
