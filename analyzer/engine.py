@@ -6,7 +6,8 @@ to the checkpoint's colour order and normalisation, so preprocessing is the same
 training, scanning and serving. On CUDA it runs channels_last under bf16
 autocast; on the CPU in fp32. Scores are ``softmax(logits / T)[FAKE]`` with the
 checkpoint's calibrated temperature ``T`` (1 when it has none). Results go back as float32
-numpy arrays.
+numpy arrays. With ``compile`` set (``DFM_COMPILE``), the backbone runs compiled
+(:mod:`analyzer.compiled`); :meth:`Engine.warmup` compiles it, before serving.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from analyzer.compiled import CompiledBackbone, CompileMode
 from analyzer.errors import DeviceError
 from analyzer.model import LoadedModel
 
@@ -45,7 +47,14 @@ def pick_device(name: str = "auto", setting: str = "--device / DFM_DEVICE") -> t
 class Engine:
     """Runs one loaded model. Not thread-safe: give it one thread of its own."""
 
-    def __init__(self, loaded: LoadedModel, device: str | torch.device = "auto") -> None:
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        device: str | torch.device = "auto",
+        *,
+        compile: CompileMode = "off",
+        max_batch: int = 64,
+    ) -> None:
         self.device = pick_device(device) if isinstance(device, str) else device
         self.meta = loaded.meta
         self.sha256 = loaded.sha256
@@ -61,16 +70,35 @@ class Engine:
         self._mean = torch.tensor(loaded.meta.mean, device=self.device).view(shape) * 255.0
         self._std = torch.tensor(loaded.meta.std, device=self.device).view(shape) * 255.0
         self._bgr = loaded.meta.colour_order == "BGR"
+        self.compiled = (
+            None
+            if compile == "off"
+            else CompiledBackbone(
+                self.model, self.device, compile, largest=max_batch, input_size=self.input_size
+            )
+        )
         log.info(
-            "engine: %s %s on %s (%s)",
+            "engine: %s %s on %s (%s, backbone %s)",
             loaded.meta.name,
             loaded.meta.version,
             self.device,
             "bf16 autocast" if self.cuda else "fp32",
+            "eager" if compile == "off" else f"compiled: {compile}",
         )
 
     def warmup(self, window: int) -> None:
-        """One small backbone and head call, so the first real batch pays no set-up cost."""
+        """Compile the backbone if asked to, then one small backbone and head call, so the
+        first real batch pays no set-up cost. A compiler that fails is a one-line
+        :class:`DeviceError` naming the way out."""
+        if self.compiled is not None:
+            try:
+                self.compiled.warm()
+            except Exception as exc:  # any compiler's error, at start-up, said in one line
+                first = (str(exc).strip().splitlines() or [""])[0][:300]
+                raise DeviceError(
+                    f"compiling the backbone ({self.compiled.mode}) failed: "
+                    f"{type(exc).__name__}: {first}; run it eager (DFM_COMPILE=off)"
+                ) from None
         size = self.meta.input_size
         feats = self.backbone(np.zeros((2, size, size, 3), np.uint8))
         self.head([np.repeat(feats[:1], window, axis=0)])
@@ -101,14 +129,20 @@ class Engine:
     def _autocast(self) -> torch.autocast:
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda)
 
+    def features(self, x: Tensor) -> Tensor:
+        """The model's input (what :meth:`normalise` makes) -> (N, F) features, through
+        the compiled backbone when there is one."""
+        if self.compiled is not None:
+            return self.compiled(x)
+        with self._autocast():
+            return self.model.features(x)
+
     @torch.inference_mode()
     def backbone(self, crops: np.ndarray) -> np.ndarray:
         """(N, H, W, 3) uint8 RGB crops -> (N, F) float32 features."""
         if len(crops) == 0:
             return np.zeros((0, self.feature_dim), np.float32)
-        with self._autocast():
-            feats = self.model.features(self.prepare(crops))
-        return feats.float().cpu().numpy()
+        return self.features(self.prepare(crops)).float().cpu().numpy()
 
     @torch.inference_mode()
     def backbone_on_device(self, crops: Tensor) -> np.ndarray:
@@ -116,8 +150,7 @@ class Engine:
         :func:`analyzer.crops.crop_on_device` cuts) -> (N, F) float32 features."""
         if len(crops) == 0:
             return np.zeros((0, self.feature_dim), np.float32)
-        with self._autocast():
-            feats = self.model.features(self.normalise(crops.to(self.device)))
+        feats = self.features(self.normalise(crops.to(self.device)))
         return feats.float().cpu().numpy()
 
     @torch.inference_mode()

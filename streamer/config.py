@@ -31,6 +31,8 @@ from streamer.errors import ConfigError, UrlRejected
 from streamer.faults import Faults
 from streamer.urls import DEFAULT_DENY_NETS, NetPolicy, parse_nets, parse_source_url
 
+# analyzer.compiled.CompileMode, spelled here so settings load without importing torch.
+CompileMode = Literal["off", "inductor", "cudagraphs", "inductor-cudagraphs", "tensorrt"]
 STREAM_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 
 
@@ -142,6 +144,12 @@ class Settings(WindowSchedule, BaseSettings):
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto (CUDA when present), cpu or cuda"
+    )
+    compile: CompileMode = Field(
+        "off",
+        description="the backbone compiled at start-up for batches up to DFM_MAX_BATCH "
+        "(analyzer/compiled.py): inductor (torch.compile; CPU or CUDA), cudagraphs, "
+        "inductor-cudagraphs or tensorrt (CUDA; tensorrt needs torch-tensorrt), or off (eager)",
     )
     detector: Literal["mediapipe", "torch"] | None = Field(
         None,

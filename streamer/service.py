@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 import uvicorn
 
+from analyzer.compiled import unavailable as compile_unavailable
 from analyzer.engine import Engine, pick_device
 from analyzer.faces import Detector, detector_kind, open_detector
 from analyzer.model import LoadedModel, load_checkpoint, random_model
@@ -281,6 +282,8 @@ class Service:
                 log.warning("%s", warning)
             device = pick_device(s.device, "DFM_DEVICE")
             gpu_decode = decode_device(s.decode, device)  # DFM_DECODE=nvdec: or why not
+            if why := compile_unavailable(s.compile, device):
+                raise ConfigError(f"DFM_COMPILE={s.compile} cannot run: {why}; set DFM_COMPILE=off")
             if "OMP_NUM_THREADS" not in os.environ:  # PyTorch sizes its pool by the node
                 torch.set_num_threads(cpu_budget())
             checkpoint = checkpoint_path(s.checkpoint, random_weights=s.random_weights)
@@ -289,7 +292,9 @@ class Service:
                 loaded = await asyncio.to_thread(random_model)
             else:
                 loaded = await asyncio.to_thread(load_checkpoint, checkpoint)
-            self._engine = engine = await asyncio.to_thread(Engine, loaded, device)
+            self._engine = engine = await asyncio.to_thread(
+                Engine, loaded, device, compile=s.compile, max_batch=s.max_batch
+            )
             await asyncio.to_thread(engine.warmup, s.window_frames)
             self._check_calibration(loaded)
             labels = build_labels(self.version, loaded, engine, self.threshold_source)

@@ -15,15 +15,7 @@ from analyzer.faces import iou
 from streamer.batcher import Batcher
 from streamer.detection import BatchedDetector
 from streamer.metrics import Metrics
-from tests.servers import (
-    LOOPED_FILE,
-    add_looped,
-    eventually,
-    in_process,
-    metric_in,
-    registry_text,
-    verdicts_of,
-)
+from tests.servers import metric_in, metrics_after_two_verdicts_with_faces, registry_text
 
 
 class _Counting(TorchFaceDetector):
@@ -94,24 +86,10 @@ async def test_a_batcher_without_a_face_network_refuses_detection():
             await batcher.detect(np.zeros((128, 128, 3), np.uint8))
 
 
-async def _metrics_after_two_verdicts_with_faces(settings: dict[str, str], clip) -> str:
-    """A looped stream of ``clip`` under ``settings`` until two of its verdicts name a
-    face; the service's metrics then."""
-    async with in_process({**LOOPED_FILE, **settings}) as (_svc, c):
-        await add_looped(c, "cam", clip)
-
-        async def with_faces() -> list[dict]:
-            verdicts = await verdicts_of(c, "cam")
-            return verdicts if sum(bool(v["faces"]) for v in verdicts) >= 2 else []
-
-        await eventually(with_faces, 30, "two verdicts with faces")
-        return (await c.get("/metrics")).text
-
-
 async def test_the_service_detects_faces_in_its_detection_stage(fake_clip):
     """DFM_DETECTOR=torch: a stream's verdicts name its face, found by network calls in
     the engine's detection stage (its metrics say so), with no engine error."""
-    text = await _metrics_after_two_verdicts_with_faces({"DFM_DETECTOR": "torch"}, fake_clip)
+    text = await metrics_after_two_verdicts_with_faces({"DFM_DETECTOR": "torch"}, fake_clip)
     assert metric_in(text, "deepfake_engine_max_batch", stage="detect") == 32
     assert (metric_in(text, "deepfake_inference_batch_size_count", stage="detect") or 0) > 0
     assert not metric_in(text, "deepfake_engine_errors_total", stage="detect")
@@ -131,7 +109,7 @@ async def test_the_service_cuts_crops_on_the_engines_device(fake_clip, monkeypat
 
     monkeypatch.setattr(analyzer.crops, "crop_on_device", counting)
     settings = {"DFM_DETECTOR": "torch", "DFM_CROP": "device"}
-    text = await _metrics_after_two_verdicts_with_faces(settings, fake_clip)
+    text = await metrics_after_two_verdicts_with_faces(settings, fake_clip)
     taken = metric_in(text, "deepfake_faces_detected_total", stream="cam")
     assert taken and taken >= 20, taken  # a window's faces at least
     assert sum(cut) >= taken, (cut, taken)  # every crop the stream took was cut there

@@ -200,6 +200,7 @@ def test_sigterm_drains_and_flushes(live_clip, tmp_path):
         ({"DFM_THRESHOLD": "1.5"}, "DFM_THRESHOLD"),
         ({"DFM_DEVICE": "tpu"}, "DFM_DEVICE"),
         ({"DFM_DECODE": "nvdec"}, "DFM_DECODE=nvdec cannot run"),
+        ({"DFM_COMPILE": "cudagraphs"}, "DFM_COMPILE=cudagraphs cannot run"),
         ({"DFM_HOP_FRAMES": "500"}, "DFM_HOP_FRAMES"),
         ({"DFM_NOT_A_SETTING": "1"}, "unknown setting DFM_NOT_A_SETTING"),
     ],

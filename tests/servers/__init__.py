@@ -93,6 +93,20 @@ async def eventually(
     raise AssertionError(f"timed out after {within_s:g} s waiting for {what}")
 
 
+async def metrics_after_two_verdicts_with_faces(settings: dict[str, str], clip: Path) -> str:
+    """A looped stream of ``clip`` in an in-process service under ``settings`` until two
+    of its verdicts name a face; the service's metrics then."""
+    async with in_process({**LOOPED_FILE, **settings}) as (_svc, c):
+        await add_looped(c, "cam", clip)
+
+        async def with_faces() -> list[dict[str, Any]]:
+            verdicts = await verdicts_of(c, "cam")
+            return verdicts if sum(bool(v["faces"]) for v in verdicts) >= 2 else []
+
+        await eventually(with_faces, 30, "two verdicts with faces")
+        return (await c.get("/metrics")).text
+
+
 class SilentServer:
     """Accepts TCP connections on loopback and never says a word: a URL that does not answer."""
 
