@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from analyzer.compiled import MODES, CompiledBackbone, unavailable
 from analyzer.engine import Engine
 from analyzer.model import FEATURES, VideoClassifier, random_model
 
@@ -86,8 +87,9 @@ class EngineRow:
     items_per_s: float
     ms_per_item: float
     tflops: float
-    mode: str = "eager"  # or compiled: "inductor", "inductor + CUDA graphs"
-    compile_s: float = 0.0  # the first call's time, compiling included
+    mode: str = "eager"  # or a DFM_COMPILE mode: inductor, cudagraphs, ..., tensorrt
+    compile_s: float = 0.0  # compiling (and recording) every batch size of the mode
+    vs_eager: float | None = None  # items/s over the served eager backbone's, same batch
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -97,8 +99,9 @@ def engine_bench(
     device: str, *, batches: list[int], quick: bool, compiled: list[int] | None = None
 ) -> dict[str, Any]:
     """Backbone crops/s and head windows/s by batch size, dtype and memory format; at the
-    batch sizes in ``compiled``, the served variant's backbone through ``torch.compile``
-    too (and with CUDA graphs on CUDA), each batch size compiled for its own shape."""
+    batch sizes in ``compiled``, the backbone under every DFM_COMPILE mode that can run
+    here too, side by side with the eager one (``vs_eager``; ``compile_skipped``: why a
+    mode was not measured)."""
     loaded = random_model()
     engine = Engine(loaded, device)
     dev = engine.device
@@ -142,8 +145,13 @@ def engine_bench(
                     counted["backbone_flops_per_frame"],
                 )
             )
+    skipped: dict[str, str] = {}
     if compiled:
-        rows += compiled_rows(engine, compiled, counted["backbone_flops_per_frame"], repeats)
+        more, skipped = compiled_rows(
+            engine, compiled, counted["backbone_flops_per_frame"], repeats
+        )
+        rows += more
+        versus_eager(rows, engine.cuda)
     # The engine path as the service calls it: uint8 crops in, numpy features out.
     engine.model = engine.model.to(
         memory_format=torch.channels_last if engine.cuda else torch.contiguous_format
@@ -188,6 +196,7 @@ def engine_bench(
         "flops": counted,
         "matmul_peak_flops": peak,
         "rows": [r.as_dict() for r in rows],
+        "compile_skipped": skipped,
         "engine_backbone": engine_rows,
         "engine_vs_raw_backbone": best_engine / best_raw,
         "backbone_fraction_of_peak": max(
@@ -198,41 +207,63 @@ def engine_bench(
     }
 
 
-def compiled_rows(engine: Engine, batches: list[int], flop: float, repeats: int) -> list[EngineRow]:
-    """The backbone as the engine runs it (bf16 autocast and channels_last on CUDA, fp32
-    on the CPU) through ``torch.compile`` (inductor), and on CUDA also with CUDA graphs
-    (``mode="reduce-overhead"``); ``dynamic=False``, so each batch size is its own graph."""
+def compiled_rows(
+    engine: Engine, batches: list[int], flop: float, repeats: int
+) -> tuple[list[EngineRow], dict[str, str]]:
+    """The backbone as the service runs it under each DFM_COMPILE mode that can run here
+    (:class:`analyzer.compiled.CompiledBackbone`, compiled for exactly ``batches``), and
+    why each other mode was not measured."""
     dev = engine.device
-    modes = {"inductor": "default"}
-    if engine.cuda:
-        modes["inductor + CUDA graphs"] = "reduce-overhead"
-    dtype = torch.bfloat16 if engine.cuda else torch.float32
-    fmt = torch.channels_last if engine.cuda else torch.contiguous_format
-    model = engine.model.to(memory_format=fmt)
-    rows = []
-    for name, mode in modes.items():
-        torch._dynamo.reset()
-        fn = torch.compile(model.features, mode=mode, dynamic=False)
+    engine.model.to(memory_format=torch.channels_last if engine.cuda else torch.contiguous_format)
+    rows: list[EngineRow] = []
+    skipped: dict[str, str] = {}
+    for mode in MODES:
+        if mode == "off":
+            continue
+        if why := unavailable(mode, dev):
+            skipped[mode] = why
+            continue
+        torch._dynamo.reset()  # each mode compiles afresh (inductor's cache still serves)
+        backbone = CompiledBackbone(engine.model, dev, mode, largest=max(batches),
+                                    input_size=engine.input_size, sizes=batches)  # fmt: skip
+        try:
+            backbone.warm()
+        except Exception as exc:  # a compiler's failure is a finding, not the end of the run
+            first = (str(exc).strip().splitlines() or [""])[0][:200]
+            skipped[mode] = f"compiling failed: {type(exc).__name__}: {first}"
+            continue
+        dtype = "float16" if mode == "tensorrt" else "bfloat16" if engine.cuda else "float32"
         for b in batches:
-            x = torch.randn(b, 3, 112, 112, device=dev).contiguous(memory_format=fmt)
+            x = torch.randn(b, 3, engine.input_size, engine.input_size, device=dev)
+            x = x.contiguous(memory_format=backbone.format)
 
-            def run(x: torch.Tensor = x, fn: Callable[..., Any] = fn) -> None:
-                with (
-                    torch.inference_mode(),
-                    torch.autocast(dev.type, dtype=dtype, enabled=engine.cuda),
-                ):
-                    fn(x)
+            def run(x: torch.Tensor = x, backbone: CompiledBackbone = backbone) -> None:
+                with torch.inference_mode():
+                    backbone(x)
 
-            start = time.perf_counter()
-            run()
-            _sync(dev)
-            first = time.perf_counter() - start
-            sec = timed(run, dev, repeats=repeats, warmup=2)  # CUDA graphs record on the 2nd
-            row = _row("backbone", b, str(dtype).removeprefix("torch."), engine.cuda, b / sec,
-                       flop)  # fmt: skip
-            row.mode, row.compile_s = name, first
+            sec = timed(run, dev, repeats=repeats)
+            row = _row("backbone", b, dtype, engine.cuda, b / sec, flop)
+            row.mode, row.compile_s = mode, backbone.compile_s
             rows.append(row)
-    return rows
+        del backbone
+        if engine.cuda:
+            torch.cuda.empty_cache()
+    return rows, skipped
+
+
+def versus_eager(rows: list[EngineRow], cuda: bool) -> None:
+    """Each compiled row's speed over the eager backbone's as the service runs it (bf16
+    and channels_last on CUDA, fp32 on the CPU) at the same batch: ``vs_eager``."""
+    served = "bfloat16" if cuda else "float32"
+    eager = {
+        r.batch: r.items_per_s
+        for r in rows
+        if r.stage == "backbone" and r.mode == "eager" and r.dtype == served
+        and r.channels_last == cuda
+    }  # fmt: skip
+    for r in rows:
+        if r.mode != "eager" and r.batch in eager:
+            r.vs_eager = r.items_per_s / eager[r.batch]
 
 
 def _row(stage: str, batch: int, dtype: str, cl: bool, per_s: float, flop: float) -> EngineRow:

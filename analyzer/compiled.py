@@ -94,8 +94,9 @@ class _Features(nn.Module):
 
 
 class CompiledBackbone:
-    """``model.features`` compiled by ``mode`` for batches up to ``largest``; call it with
-    the engine's normalised input, (N, 3, H, W) float, inside ``torch.inference_mode``."""
+    """``model.features`` compiled by ``mode`` for batches up to ``largest`` (in the
+    buckets, or exactly ``sizes``); call it with the engine's normalised input,
+    (N, 3, H, W) float, inside ``torch.inference_mode``."""
 
     def __init__(
         self,
@@ -105,6 +106,7 @@ class CompiledBackbone:
         *,
         largest: int,
         input_size: int,
+        sizes: list[int] | None = None,
     ) -> None:
         if mode == "off":
             raise ValueError("CompiledBackbone needs a compile mode, not off")
@@ -113,7 +115,7 @@ class CompiledBackbone:
         self.mode = mode
         self.largest = largest
         self.input_size = input_size
-        self.sizes = buckets(largest)
+        self.sizes = sorted(sizes) if sizes else buckets(largest)  # sizes: the bench's
         self.cuda = device.type == "cuda"
         self.format = torch.channels_last if self.cuda else torch.contiguous_format
         self.compile_s = 0.0

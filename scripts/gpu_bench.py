@@ -15,13 +15,15 @@ host against device crops), the frame pool with 64 streams, the pipeline with N 
 480p streams (replaying one clip's packets, demuxed once; DFM_MAX_BATCH=256 unless set,
 as the GPU overlay's pods run) doubling from 1 up to 1,024, stopping at the first N that
 drops a frame or misses p99 <= 1 s, decode alone (PyAV on the CPU against NVDEC through
-PyNvVideoCodec, if installed), the backbone at batches 32 and 256 eager against
-torch.compile and torch.compile with CUDA graphs (compiling takes long, so a run cut
-off there keeps the rest), the pipeline again with DFM_CROP=device (each frame sent
+PyNvVideoCodec, if installed), the pipeline again with DFM_CROP=device (each frame sent
 to the GPU once, letterboxed and cropped there) against the host crops of the first
-pipeline run, and last the pipeline with DFM_DECODE=nvdec (skipped, saying why, without
-PyNvVideoCodec). These two start at half the streams the first sweep sustained; the other
-pipeline runs decode on the CPU (DFM_DECODE=cpu). OUT_DIR/NAME.json holds
+pipeline run, the pipeline with DFM_DECODE=nvdec (skipped, saying why, without
+PyNvVideoCodec), and last the backbone at batches 32 and 256 under every DFM_COMPILE mode
+that can run there (inductor, CUDA graphs, inductor with CUDA graphs, and TensorRT where
+torch-tensorrt is installed) side by side with eager (compiling takes long, so it goes
+last: a run cut off there keeps the rest). The two second pipeline runs start at half
+the streams the first sweep sustained; the other pipeline runs decode on the CPU
+(DFM_DECODE=cpu). OUT_DIR/NAME.json holds
 each part's figures, OUT_DIR/bench.txt the tables, which are printed too. Not part of
 `make test`: it needs a GPU.
 """
@@ -51,9 +53,9 @@ PARTS = {
     "frontend": ("frontend", "--streams 64 --seconds 8 --warmup 3", "--quick"),
     "pipeline": ("pipeline", PIPELINE, "--quick --replay"),
     "nvdec": ("nvdec", "--seconds 5", "--quick"),
-    "compiled": ("engine", "--batches 32,256 --compile 32,256", "--quick --compile 1"),
     "crop_device": ("pipeline", PIPELINE, "--quick --replay"),
     "pipeline_nvdec": ("pipeline", PIPELINE, "--quick --replay"),
+    "compiled": ("engine", "--batches 32,256 --compile 32,256", "--quick --compile 1"),
 }
 # These sweep again from half what the first pipeline sweep sustained.
 SECOND_SWEEPS = ("crop_device", "pipeline_nvdec")

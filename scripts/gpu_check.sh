@@ -19,15 +19,16 @@
 # doubling from 1 up to 1,024, stopping at the first N that drops
 # frames or misses p99 <= 1 s; decode alone, PyAV on the CPU against NVDEC at 1, 8 and 32
 # sessions (PyNvVideoCodec's own demuxer; skipped, saying why, without the optional
-# pynvvideocodec wheel, 26 MB); the backbone eager against torch.compile and
-# torch.compile with CUDA graphs at batches 32 and 256; the pipeline again with
-# DFM_CROP=device (frames sent to the GPU, letterboxed and cropped there); and last with
-# DFM_DECODE=nvdec (NVDEC in the service's path; skipped without the wheel). The pipeline's
+# pynvvideocodec wheel, 26 MB); the pipeline again with DFM_CROP=device (frames sent to
+# the GPU, letterboxed and cropped there) and with DFM_DECODE=nvdec (NVDEC in the
+# service's path; skipped without the wheel); and last the backbone at batches 32 and 256
+# under every DFM_COMPILE mode that can run there, side by side with eager. The pipeline's
 # streams replay one clip's packets, demuxed once (streamer/sources/replay.py), decoded
 # on the host by the decode pool (a reader thread each paces them), so at some N it is the
 # node's CPUs, not the GPU, that stop it; the pipeline table's CPU seconds per stage say
 # which.
-# Not in it: TensorRT (torch-tensorrt and TensorRT's libraries are far over 64 MiB).
+# TensorRT only where torch-tensorrt is already installed (with TensorRT's libraries it is
+# far over 64 MiB); inductor needs Triton and a C compiler there (the probe names them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -51,6 +52,8 @@ if [[ "${1:-}" == "--probe" ]]; then
   echo "missing: $(missing)"
   MODULES=PyNvVideoCodec  # optional: NVDEC's frames/s
   echo "optional, missing: $(missing)"
+  MODULES="triton torch_tensorrt"  # optional: DFM_COMPILE=inductor on CUDA, tensorrt
+  echo "compile, missing: $(missing)$(command -v cc >/dev/null || echo ' (and no C compiler, cc)')"
   exit 0
 fi
 if [[ $# -lt 1 || $# -gt 2 || ( $# -eq 2 && "$2" != "--quick" ) ]]; then

@@ -1070,17 +1070,20 @@ def format_report(result: dict[str, Any]) -> str:
             f"head {f['head_flops_per_window'] / 1e9:.2f} GFLOP/window (LSTM by hand)",
             "  matmul peak: "
             + ", ".join(f"{k} {v / 1e12:.2f} TFLOP/s" for k, v in eng["matmul_peak_flops"].items()),
-            "  stage     batch  dtype     ch_last  mode                    items/s     ms/item"
-            "   TFLOP/s  first call s",
+            "  stage     batch  dtype     ch_last  mode                  items/s     ms/item"
+            "   TFLOP/s  vs eager  compile s",
         ]
         for r in eng["rows"]:
             mode = r["mode"]
-            first = f"  {r['compile_s']:>12.1f}" if mode != "eager" else ""
+            versus = f"  {r['vs_eager']:>7.2f}x" if r.get("vs_eager") else ""
+            first = f"  {r['compile_s']:>9.1f}" if mode != "eager" else ""
             lines.append(
                 f"  {r['stage']:<9} {r['batch']:>5}  {r['dtype']:<9} {str(r['channels_last']):<7}"
-                f"  {mode:<22}  {r['items_per_s']:>9.1f}  {r['ms_per_item']:>8.2f}"
-                f"  {r['tflops']:>7.3f}{first}"
+                f"  {mode:<19}  {r['items_per_s']:>9.1f}  {r['ms_per_item']:>8.2f}"
+                f"  {r['tflops']:>7.3f}{versus}{first}"
             )
+        for mode, why in eng.get("compile_skipped", {}).items():
+            lines.append(f"  DFM_COMPILE={mode}: not measured: {why}")
         lines.append(
             "  engine.backbone (uint8 crops in, numpy out) vs the bare backbone: "
             f"{eng['engine_vs_raw_backbone']:.2f}x; best backbone at "

@@ -116,8 +116,9 @@ def _build_parser() -> argparse.ArgumentParser:
         "--compile",
         default="",
         metavar="BATCHES",
-        help="engine part: these batch sizes also through torch.compile (and CUDA graphs on "
-        "CUDA), e.g. 32,256",
+        help="engine part: the backbone at these batch sizes also under every DFM_COMPILE "
+        "mode that can run here (inductor; on CUDA CUDA graphs, and TensorRT where "
+        "torch-tensorrt is installed), side by side with eager, e.g. 32,256",
     )
     bench.add_argument("--hops", default="15,30,75", help="hops for the baseline")
     bench.add_argument("--seconds", type=float, default=15.0, help="pipeline run length")

@@ -105,3 +105,26 @@ async def test_the_service_serves_through_the_compiled_backbone(fake_clip, monke
     assert sum(calls) >= 2 + 30, calls  # the warm-up's 2, then the stream's
     assert max(calls) <= 4  # DFM_MAX_BATCH
     assert not metric_in(text, "deepfake_engine_errors_total", stage="backbone")
+
+
+def test_the_benchmark_puts_every_mode_beside_eager():
+    """bench --parts engine --compile 4: inductor's row with its speed over eager and its
+    compile time, and each mode this machine cannot run named with the reason."""
+    from analyzer.bench import engine_bench
+    from streamer.bench import format_report
+
+    result = engine_bench("cpu", batches=[4], quick=True, compiled=[4])
+    (row,) = [r for r in result["rows"] if r["mode"] != "eager"]
+    assert (row["mode"], row["batch"], row["dtype"]) == ("inductor", 4, "float32")
+    assert row["vs_eager"] > 0 and row["compile_s"] > 0
+    report = format_report({"engine": result})
+    (line,) = [ln for ln in report.splitlines() if " inductor " in ln]
+    for figure in (
+        f"{row['items_per_s']:.1f}",
+        f"{row['vs_eager']:.2f}x",
+        f"{row['compile_s']:.1f}",
+    ):
+        assert figure in line, (figure, line)
+    for mode in ("cudagraphs", "inductor-cudagraphs", "tensorrt"):
+        reason = f"{mode} needs a CUDA device and the engine runs on cpu"
+        assert f"DFM_COMPILE={mode}: not measured: {reason}" in report
