@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from analyzer.compiled import MODES, CompiledBackbone, unavailable
 from analyzer.engine import Engine
+from analyzer.errors import DeviceError
 from analyzer.model import FEATURES, VideoClassifier, random_model
 
 WINDOW = 150
@@ -225,13 +226,13 @@ def compiled_rows(
             skipped[mode] = why
             continue
         torch._dynamo.reset()  # each mode compiles afresh (inductor's cache still serves)
-        backbone = CompiledBackbone(engine.model, dev, mode, largest=max(batches),
-                                    input_size=engine.input_size, sizes=batches)  # fmt: skip
+        backbone = CompiledBackbone(
+            engine.model, dev, mode, sizes=batches, input_size=engine.input_size
+        )
         try:
             backbone.warm()
-        except Exception as exc:  # a compiler's failure is a finding, not the end of the run
-            first = (str(exc).strip().splitlines() or [""])[0][:200]
-            skipped[mode] = f"compiling failed: {type(exc).__name__}: {first}"
+        except DeviceError as exc:  # a compiler's failure is a finding, not the end of the run
+            skipped[mode] = str(exc)
             continue
         dtype = "float16" if mode == "tensorrt" else "bfloat16" if engine.cuda else "float32"
         for b in batches:

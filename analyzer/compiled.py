@@ -34,6 +34,7 @@ from typing import Any, Literal, get_args
 import torch
 from torch import Tensor, nn
 
+from analyzer.errors import DeviceError
 from analyzer.model import VideoClassifier
 
 log = logging.getLogger(__name__)
@@ -94,9 +95,9 @@ class _Features(nn.Module):
 
 
 class CompiledBackbone:
-    """``model.features`` compiled by ``mode`` for batches up to ``largest`` (in the
-    buckets, or exactly ``sizes``); call it with the engine's normalised input,
-    (N, 3, H, W) float, inside ``torch.inference_mode``."""
+    """``model.features`` compiled by ``mode`` for the batch sizes ``sizes`` (the
+    engine's: :func:`buckets`; the bench's: the sizes it measures); call it with the
+    engine's normalised input, (N, 3, H, W) float, inside ``torch.inference_mode``."""
 
     def __init__(
         self,
@@ -104,18 +105,17 @@ class CompiledBackbone:
         device: torch.device,
         mode: CompileMode,
         *,
-        largest: int,
+        sizes: list[int],
         input_size: int,
-        sizes: list[int] | None = None,
     ) -> None:
         if mode == "off":
             raise ValueError("CompiledBackbone needs a compile mode, not off")
         self.model = model
         self.device = device
         self.mode = mode
-        self.largest = largest
+        self.sizes = sorted(sizes)
+        self.largest = self.sizes[-1]
         self.input_size = input_size
-        self.sizes = sorted(sizes) if sizes else buckets(largest)  # sizes: the bench's
         self.cuda = device.type == "cuda"
         self.format = torch.channels_last if self.cuda else torch.contiguous_format
         self.compile_s = 0.0
@@ -134,8 +134,26 @@ class CompiledBackbone:
         return torch.zeros(shape, device=self.device).contiguous(memory_format=self.format)
 
     def warm(self) -> None:
-        """Compile (and record) every bucket; start-up calls this once, before serving."""
+        """Compile (and record) every bucket; start-up calls this once, before serving. A
+        compiler's failure is a one-line :class:`DeviceError` naming the way out."""
         start = time.perf_counter()
+        try:
+            self._compile()
+        except Exception as exc:  # any compiler's error, said in one line
+            first = (str(exc).strip().splitlines() or [""])[0][:300]
+            raise DeviceError(
+                f"compiling the backbone ({self.mode}) failed: "
+                f"{type(exc).__name__}: {first}; run it eager (DFM_COMPILE=off)"
+            ) from None
+        self.compile_s = time.perf_counter() - start
+        log.info(
+            "engine: backbone compiled (%s) for batches %s in %.1f s",
+            self.mode,
+            ",".join(map(str, self.sizes)) if self.mode != "tensorrt" else f"1-{self.largest}",
+            self.compile_s,
+        )
+
+    def _compile(self) -> None:
         if self.mode == "tensorrt":
             with torch.no_grad():  # torch.export, under TensorRT, wants no inference tensors
                 self._run = self._tensorrt()
@@ -159,13 +177,6 @@ class CompiledBackbone:
                             features(self._input(batch))
         if self.cuda:
             torch.cuda.synchronize(self.device)
-        self.compile_s = time.perf_counter() - start
-        log.info(
-            "engine: backbone compiled (%s) for batches %s in %.1f s",
-            self.mode,
-            ",".join(map(str, self.sizes)) if self.mode != "tensorrt" else f"1-{self.largest}",
-            self.compile_s,
-        )
 
     def _record(self, batch: int) -> None:
         assert self._run is not None

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from analyzer.compiled import CompiledBackbone, CompileMode
+from analyzer.compiled import CompiledBackbone, CompileMode, buckets
 from analyzer.errors import DeviceError
 from analyzer.model import LoadedModel
 
@@ -70,13 +70,15 @@ class Engine:
         self._mean = torch.tensor(loaded.meta.mean, device=self.device).view(shape) * 255.0
         self._std = torch.tensor(loaded.meta.std, device=self.device).view(shape) * 255.0
         self._bgr = loaded.meta.colour_order == "BGR"
-        self.compiled = (
-            None
-            if compile == "off"
-            else CompiledBackbone(
-                self.model, self.device, compile, largest=max_batch, input_size=self.input_size
+        self.compiled: CompiledBackbone | None = None
+        if compile != "off":
+            self.compiled = CompiledBackbone(
+                self.model,
+                self.device,
+                compile,
+                sizes=buckets(max_batch),
+                input_size=self.input_size,
             )
-        )
         log.info(
             "engine: %s %s on %s (%s, backbone %s)",
             loaded.meta.name,
@@ -91,14 +93,7 @@ class Engine:
         first real batch pays no set-up cost. A compiler that fails is a one-line
         :class:`DeviceError` naming the way out."""
         if self.compiled is not None:
-            try:
-                self.compiled.warm()
-            except Exception as exc:  # any compiler's error, at start-up, said in one line
-                first = (str(exc).strip().splitlines() or [""])[0][:300]
-                raise DeviceError(
-                    f"compiling the backbone ({self.compiled.mode}) failed: "
-                    f"{type(exc).__name__}: {first}; run it eager (DFM_COMPILE=off)"
-                ) from None
+            self.compiled.warm()
         size = self.meta.input_size
         feats = self.backbone(np.zeros((2, size, size, 3), np.uint8))
         self.head([np.repeat(feats[:1], window, axis=0)])

@@ -68,7 +68,7 @@ def test_a_mode_that_cannot_run_says_why(monkeypatch):
     assert (unavailable("inductor", CUDA) or "").startswith("inductor on CUDA needs")
     assert unavailable("cudagraphs", CUDA) is None  # eager, recorded: no compiler
     with pytest.raises(ValueError, match="compile mode"):
-        CompiledBackbone(random_model().model, CPU, "off", largest=4, input_size=112)
+        CompiledBackbone(random_model().model, CPU, "off", sizes=[4], input_size=112)
 
 
 def test_a_failing_compiler_stops_start_up_with_one_line(monkeypatch):
