@@ -27,9 +27,11 @@ run: setup-run
 	DFM_SOURCES='[{"id": "sample", "url": "file://'"$$(ls $(SAMPLE)/00001_fake_*.mp4)"'", "options": {"loop": true}}]' \
 	exec $(BIN)/deepfake-monitor serve
 
-## test: lint, types, then the whole suite.
+## test: lint, types, then the whole suite on TEST_JOBS workers (pytest-xdist; each test
+## file stays on one worker, with its servers; TEST_JOBS=1 runs it in one process).
+TEST_JOBS ?= 2
 test: setup lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(if $(filter-out 1,$(TEST_JOBS)),-n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder)
 
 ## check: the edit loop: lint, types, and the unit tests of pure logic (under a minute).
 UNIT = tests/test_service_units.py tests/test_shedding.py tests/test_buffers.py \

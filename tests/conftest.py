@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,32 @@ CLIP_CACHE = CACHE / "test-clips"
 # torch.compile's kernels (tests/test_compiled.py), kept across runs: warm, a compile of
 # the backbone takes seconds instead of a minute. The CLI's subprocesses inherit it.
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(CACHE / "inductor"))
+# Under `make test` the suite runs on several workers (pytest-xdist), each of whose PyTorch
+# pools, and its services' and commands', would otherwise size themselves by the whole
+# machine: more threads than cores, and OpenMP's spinning barriers then run a test several
+# times slower. One thread per process there (a test or a user may still set their own).
+WORKER = os.environ.get("PYTEST_XDIST_WORKER")
+if WORKER:
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+# The longest files, first to start on several workers (longest first, so the workers end
+# together): minutes each of real brokers, services and training (see --durations), the
+# image's build on a cold machine. The soak and the chaos test, each a service kept busy
+# for minutes, are third and fourth, so they go to different workers and mostly follow
+# one another.
+LONGEST_FIRST = ("test_kafka.py", "test_bench.py", "test_soak.py", "test_chaos.py",
+                 "test_image.py", "test_train.py")  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """On several workers (``make test``: ``--dist loadfile --no-loadscope-reorder``, so
+    files go out in this order), :data:`LONGEST_FIRST` leads; the other files and every
+    file's tests keep their order. One run alone keeps pytest's order."""
+    if not WORKER:
+        return
+    rank = {name: n for n, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # a stable sort
 
 
 def cache_folder(kwargs: dict[str, Any]) -> Path:
@@ -55,6 +84,16 @@ def cache_folder(kwargs: dict[str, Any]) -> Path:
     return CLIP_CACHE / key.hexdigest()[:20]
 
 
+@contextlib.contextmanager
+def making(folder: Path) -> Iterator[None]:
+    """Held while ``folder`` is checked for and made: ``make test`` runs the suite on
+    several workers (pytest-xdist), and two of them may want the same clips at once."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with open(folder.with_name(f"{folder.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def synthetic_clip(index: int, label: str | None = None, **kwargs: Any) -> Path:
     """Clip ``index`` of ``synthesize(**kwargs)``, made once and kept across runs.
 
@@ -64,15 +103,16 @@ def synthetic_clip(index: int, label: str | None = None, **kwargs: Any) -> Path:
     """
     folder = cache_folder(kwargs)
     manifest = folder / "clips.json"
-    if not manifest.exists():
-        from analyzer.synthetic import synthesize
+    with making(folder):
+        if not manifest.exists():
+            from analyzer.synthetic import synthesize
 
-        part = folder.with_name(f"{folder.name}.part{os.getpid()}")
-        shutil.rmtree(part, ignore_errors=True)
-        specs = synthesize(part, **kwargs)
-        (part / "clips.json").write_text(json.dumps([[s.file, s.label] for s in specs]))
-        shutil.rmtree(folder, ignore_errors=True)
-        part.rename(folder)
+            part = folder.with_name(f"{folder.name}.part{os.getpid()}")
+            shutil.rmtree(part, ignore_errors=True)
+            specs = synthesize(part, **kwargs)
+            (part / "clips.json").write_text(json.dumps([[s.file, s.label] for s in specs]))
+            shutil.rmtree(folder, ignore_errors=True)
+            part.rename(folder)
     file, got = json.loads(manifest.read_text())[index]
     assert label is None or got == label, (file, got, label)
     return folder / file
@@ -98,13 +138,14 @@ def synth_clips(photos_dir: Path) -> Path:
     once and kept across runs like :func:`synthetic_clip`'s. Tests never write here."""
     args = ["--videos", "4", "--frames", "180", "--seed", "11", "--identities", "sample3,astronaut"]
     out = cache_folder({"synth-cli": args})
-    if not (out / "labels.csv").exists():
-        part = out.with_name(f"{out.name}.part{os.getpid()}")
-        shutil.rmtree(part, ignore_errors=True)
-        result = run_cli("synth", str(part), *args)
-        assert result.returncode == 0, result.stderr
-        shutil.rmtree(out, ignore_errors=True)
-        part.rename(out)
+    with making(out):
+        if not (out / "labels.csv").exists():
+            part = out.with_name(f"{out.name}.part{os.getpid()}")
+            shutil.rmtree(part, ignore_errors=True)
+            result = run_cli("synth", str(part), *args)
+            assert result.returncode == 0, result.stderr
+            shutil.rmtree(out, ignore_errors=True)
+            part.rename(out)
     return out
 
 
