@@ -50,11 +50,10 @@ if WORKER:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-# The longest files, first to start on several workers (longest first, so the workers end
-# together): minutes each of real brokers, services and training (see --durations), the
-# image's build on a cold machine. The soak and the chaos test, each a service kept busy
-# for minutes, are third and fourth, so they go to different workers and mostly follow
-# one another.
+# The longest files, first to go out to the workers, so that they end together instead of
+# one waiting on the last long file (see --durations): the Kafka faults, the bench, the
+# soak and the chaos test (each minutes of real brokers or busy services), then the
+# image's build (minutes on a cold machine) and training.
 LONGEST_FIRST = ("test_kafka.py", "test_bench.py", "test_soak.py", "test_chaos.py",
                  "test_image.py", "test_train.py")  # fmt: skip
 
