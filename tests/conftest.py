@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import hashlib
 import json
@@ -10,7 +9,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,14 +82,21 @@ def cache_folder(kwargs: dict[str, Any]) -> Path:
     return CLIP_CACHE / key.hexdigest()[:20]
 
 
-@contextlib.contextmanager
-def making(folder: Path) -> Iterator[None]:
-    """Held while ``folder`` is checked for and made: ``make test`` runs the suite on
-    several workers (pytest-xdist), and two of them may want the same clips at once."""
+def made_once(folder: Path, done: str, make: Callable[[Path], None]) -> Path:
+    """``folder``, made by ``make(part)`` unless its file ``done`` is there: into a folder of
+    this process's own, then renamed into place, so a maker killed half-way leaves no half
+    folder. Under a file lock: ``make test`` runs the suite on several workers
+    (pytest-xdist), and two of them may want the same folder at once."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     with open(folder.with_name(f"{folder.name}.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
+        if not (folder / done).exists():
+            part = folder.with_name(f"{folder.name}.part{os.getpid()}")
+            shutil.rmtree(part, ignore_errors=True)
+            make(part)
+            shutil.rmtree(folder, ignore_errors=True)
+            part.rename(folder)
+    return folder
 
 
 def synthetic_clip(index: int, label: str | None = None, **kwargs: Any) -> Path:
@@ -100,19 +106,15 @@ def synthetic_clip(index: int, label: str | None = None, **kwargs: Any) -> Path:
     same clips; they key the cache (``$DFM_CACHE/test-clips``). Warm, this saves the
     suite about a minute of synthesis. Tests read these files and never write them.
     """
-    folder = cache_folder(kwargs)
-    manifest = folder / "clips.json"
-    with making(folder):
-        if not manifest.exists():
-            from analyzer.synthetic import synthesize
 
-            part = folder.with_name(f"{folder.name}.part{os.getpid()}")
-            shutil.rmtree(part, ignore_errors=True)
-            specs = synthesize(part, **kwargs)
-            (part / "clips.json").write_text(json.dumps([[s.file, s.label] for s in specs]))
-            shutil.rmtree(folder, ignore_errors=True)
-            part.rename(folder)
-    file, got = json.loads(manifest.read_text())[index]
+    def make(part: Path) -> None:
+        from analyzer.synthetic import synthesize
+
+        specs = synthesize(part, **kwargs)
+        (part / "clips.json").write_text(json.dumps([[s.file, s.label] for s in specs]))
+
+    folder = made_once(cache_folder(kwargs), "clips.json", make)
+    file, got = json.loads((folder / "clips.json").read_text())[index]
     assert label is None or got == label, (file, got, label)
     return folder / file
 
@@ -136,16 +138,12 @@ def synth_clips(photos_dir: Path) -> Path:
     """Four 180-frame clips (REAL, FAKE, REAL, FAKE) from two photos, made by the CLI
     once and kept across runs like :func:`synthetic_clip`'s. Tests never write here."""
     args = ["--videos", "4", "--frames", "180", "--seed", "11", "--identities", "sample3,astronaut"]
-    out = cache_folder({"synth-cli": args})
-    with making(out):
-        if not (out / "labels.csv").exists():
-            part = out.with_name(f"{out.name}.part{os.getpid()}")
-            shutil.rmtree(part, ignore_errors=True)
-            result = run_cli("synth", str(part), *args)
-            assert result.returncode == 0, result.stderr
-            shutil.rmtree(out, ignore_errors=True)
-            part.rename(out)
-    return out
+
+    def make(part: Path) -> None:
+        result = run_cli("synth", str(part), *args)
+        assert result.returncode == 0, result.stderr
+
+    return made_once(cache_folder({"synth-cli": args}), "labels.csv", make)
 
 
 @pytest.fixture(scope="session")
