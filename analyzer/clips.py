@@ -23,6 +23,7 @@ import av
 import numpy as np
 
 from analyzer.datasets import Item
+from analyzer.errors import first_line
 from analyzer.faces import BlazeFaceDetector, main_face_crops
 from analyzer.h264 import write_h264
 
@@ -82,8 +83,7 @@ def preprocess_one(item: Item, out: Path, frames: int = 150, fps: float = 30.0) 
         with BlazeFaceDetector() as detector:
             crops = list(itertools.islice(main_face_crops(_frames(item.path), detector), frames))
     except (av.error.FFmpegError, ValueError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return Skipped(str(item.path), f"unreadable: {reason[:160]}")
+        return Skipped(str(item.path), f"unreadable: {first_line(exc, 160)}")
     if len(crops) < frames:
         return Skipped(str(item.path), f"only {len(crops)} frames with a face; {frames} needed")
     target.parent.mkdir(parents=True, exist_ok=True)

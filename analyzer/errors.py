@@ -29,3 +29,12 @@ class AssetsMissingError(DataError):
 
 class DeviceError(AnalyzerError):
     """The device asked for (``--device``, ``DFM_DEVICE``) is not usable here."""
+
+
+def first_line(exc: BaseException, limit: int = 200, *, text: str | None = None) -> str:
+    """An exception said in one line, for a 4xx, a failed source or a skipped file: the first
+    line of its message with words in it, cut at ``limit``, or its type's name where it says
+    nothing. ``text``, where given and not empty, is said instead of ``str(exc)`` (an
+    ``OSError``'s ``strerror``, which leaves out the file name or URL)."""
+    lines = [line.strip() for line in str(text or exc).splitlines() if line.strip()]
+    return (lines[0] if lines else type(exc).__name__)[:limit]

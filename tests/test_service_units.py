@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from analyzer.errors import first_line
 from streamer.config import StreamSpec, load_settings
 from streamer.errors import ConfigError
 from streamer.sources.base import ALLOWED, SourceState
@@ -59,6 +60,24 @@ def test_source_states_end_in_stopped_or_failed():
 def test_passwords_never_leave_the_service():
     assert redact("rtsp://admin:hunter2@10.0.0.5:554/live") == "rtsp://admin:***@10.0.0.5:554/live"
     assert redact("rtsp://cam/live") == "rtsp://cam/live"
+
+
+@pytest.mark.parametrize(
+    ("exc", "text", "said"),
+    [
+        (ValueError("bad offer\n  at line 3"), None, "bad offer"),
+        (ValueError("\n  bad offer\nmore"), None, "bad offer"),  # a leading blank line
+        (KeyError(), None, "KeyError"),
+        (ValueError("   \n "), None, "ValueError"),
+        (ValueError("x" * 500), None, "x" * 200),
+        (OSError(2, "No such file", "rtsp://cam/live"), "No such file", "No such file"),
+        (OSError("no strerror"), None, "no strerror"),
+    ],
+)
+def test_an_error_is_said_in_its_first_line_or_its_types_name(exc, text, said):
+    """What a 4xx, a failed source or a skipped clip says of an exception: never an empty
+    reason, never a traceback's later lines."""
+    assert first_line(exc, text=text) == said
 
 
 def test_offsets_are_committable_only_up_to_the_first_unfinished_message():

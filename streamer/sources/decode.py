@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Self
 import av
 import numpy as np
 
+from analyzer.errors import first_line
 from streamer.cpus import cpu_budget
 from streamer.errors import FrameTooLarge, SourceError, SourceUnreachable, UrlRejected
 from streamer.urls import NetPolicy, SourceUrl, parse_source_url, redact
@@ -663,5 +664,4 @@ def _too_large(name: str, width: int, height: int, limit: int) -> str:
 
 
 def _reason(exc: BaseException) -> str:
-    text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-    return str(text).strip().splitlines()[0][:200]
+    return first_line(exc, text=getattr(exc, "strerror", None))

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError
 
+from analyzer.errors import first_line
 from streamer.buffers import BoundedBuffer, Empty, Ended, Policy, QueueMetrics
 from streamer.config import Settings, StreamSpec
 from streamer.errors import BadRequest, Busy, Conflict, Invalid, Rejected
@@ -106,8 +107,7 @@ def check_offer(sdp: str) -> None:
     try:
         desc = SessionDescription.parse(sdp)
     except Exception as exc:  # the parser raises ValueError, IndexError, KeyError, ...
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BadRequest(f"cannot parse this SDP offer: {reason[:200]}") from None
+        raise BadRequest(f"cannot parse this SDP offer: {first_line(exc)}") from None
     if not any(m.kind == "video" for m in desc.media):
         raise Invalid("the SDP offer has no video media section (m=video)")
     for i, media in enumerate(desc.media):
@@ -212,8 +212,7 @@ class WhipGateway:
                 raise
             except Exception as exc:  # aiortc raises ValueError and others for bad SDP
                 await pc.close()
-                reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-                raise BadRequest(f"cannot use this SDP offer: {reason[:200]}") from None
+                raise BadRequest(f"cannot use this SDP offer: {first_line(exc)}") from None
             spec = StreamSpec(id=stream_id, url=f"whip:{session.id}")
             try:
                 await self.manager.add_with_opener(spec, opener)
