@@ -5,12 +5,12 @@ is a small graph of 2-D and depthwise convolutions, residual adds, channel pads 
 pools, with its weights stored as FP16 behind DEQUANTIZE ops. :func:`read_graph` parses
 the flatbuffer with the ``tflite`` package and keeps each op with its constant inputs
 dequantized; :class:`BlazeFaceNet` runs those ops in order with ``torch.nn.functional``
-(in NCHW; TFLite's NHWC weights transposed once at load), so the network runs on any
-device PyTorch does and takes a batch of frames at once. :class:`TorchFaceDetector` then
-does what MediaPipe's face detector does around it: the frame letterboxed into 128x128
-and scaled to [-1, 1], the 896 SSD anchors of the short-range model, sigmoid scores, box
-decoding, and weighted non-maximum suppression, and gives :class:`Detection` boxes in the
-frame's coordinates.
+(NCHW shapes, channels last in memory; TFLite's NHWC weights transposed once at load), so
+the network runs on any device PyTorch does and takes a batch of frames at once.
+:class:`TorchFaceDetector` then does what MediaPipe's face detector does around it: the
+frame letterboxed into 128x128 and scaled to [-1, 1], the 896 SSD anchors of the
+short-range model, sigmoid scores, box decoding, and weighted non-maximum suppression, and
+gives :class:`Detection` boxes in the frame's coordinates.
 """
 
 from __future__ import annotations
@@ -140,10 +140,14 @@ class BlazeFaceNet(torch.nn.Module):
         super().__init__()
         self.graph = graph
         self._params = torch.nn.ParameterDict()
+        depthwise = {op.inputs[1] for op in graph.ops if op.kind == "DEPTHWISE_CONV_2D"}
         for index, value in graph.constants.items():
             tensor = torch.from_numpy(value.copy())
             if value.ndim == 4 and value.dtype == np.float32:
-                tensor = tensor.permute(0, 3, 1, 2).contiguous()  # OHWI -> OIHW
+                tensor = tensor.permute(0, 3, 1, 2)  # OHWI -> OIHW
+                if index in depthwise:  # (1, C, kh, kw) -> (C, 1, kh, kw): a group a channel
+                    tensor = tensor.permute(1, 0, 2, 3)
+                tensor = tensor.contiguous(memory_format=torch.channels_last)
             if tensor.is_floating_point():
                 self._params[str(index)] = torch.nn.Parameter(tensor, requires_grad=False)
         self._ints = {i: v for i, v in graph.constants.items() if v.dtype == np.int32}
@@ -152,26 +156,32 @@ class BlazeFaceNet(torch.nn.Module):
         return self._params[str(index)]
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        values: dict[int, torch.Tensor] = {self.graph.input: x}
+        # Channels last (NHWC in memory, as TFLite runs it), weights too: the letterboxes
+        # come so (a view of NHWC pixels), and oneDNN's depthwise convolutions run about
+        # 1.6x faster so than in NCHW on a CPU; TFLite's NHWC flatten is then no copy.
+        values: dict[int, torch.Tensor] = {
+            self.graph.input: x.contiguous(memory_format=torch.channels_last)
+        }
         for op in self.graph.ops:
             a = values.get(op.inputs[0])
             o = op.options
             if op.kind == "CONV_2D" or op.kind == "DEPTHWISE_CONV_2D":
                 weight, bias = self._const(op.inputs[1]), self._const(op.inputs[2])
-                groups = 1
-                if op.kind == "DEPTHWISE_CONV_2D":  # (1, C, kh, kw) after the permute
-                    weight = weight.permute(1, 0, 2, 3)
-                    groups = weight.shape[0]
+                groups = weight.shape[0] if op.kind == "DEPTHWISE_CONV_2D" else 1
                 assert a is not None
-                if o["same"]:
-                    a = _same_pad(a, (weight.shape[2], weight.shape[3]), o["stride"])
-                y = F.conv2d(a, weight, bias, stride=o["stride"], groups=groups)
-                values[op.outputs[0]] = F.relu(y) if o["relu"] else y
+                kh, kw = weight.shape[2], weight.shape[3]
+                padding = (0, 0)
+                if o["same"] and o["stride"] == (1, 1) and kh % 2 and kw % 2:
+                    padding = (kh // 2, kw // 2)  # SAME at stride 1 is even: no padded copy
+                elif o["same"]:
+                    a = _same_pad(a, (kh, kw), o["stride"])
+                y = F.conv2d(a, weight, bias, stride=o["stride"], padding=padding, groups=groups)
+                values[op.outputs[0]] = F.relu(y, inplace=True) if o["relu"] else y
             elif op.kind == "ADD":
                 b = values[op.inputs[1]]
                 assert a is not None
                 y = a + b
-                values[op.outputs[0]] = F.relu(y) if o["relu"] else y
+                values[op.outputs[0]] = F.relu(y, inplace=True) if o["relu"] else y
             elif op.kind == "RELU":
                 assert a is not None
                 values[op.outputs[0]] = F.relu(a)
