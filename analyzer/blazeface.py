@@ -124,12 +124,18 @@ def _options(tflite: Any, op: Any, kind: str) -> dict[str, Any]:
     return {}
 
 
-def _same_pad(x: torch.Tensor, size: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
-    """TensorFlow's SAME padding: the odd pixel goes at the bottom and right."""
+def _same_pads(x: torch.Tensor, size: Sequence[int], stride: Sequence[int]) -> list[int]:
+    """TensorFlow's SAME padding as ``F.pad`` takes it (left, right, top, bottom): the odd
+    pixel goes at the bottom and right."""
     pads = []
     for dim, k, s in ((x.shape[3], size[1], stride[1]), (x.shape[2], size[0], stride[0])):
         total = max((math.ceil(dim / s) - 1) * s + k - dim, 0)
         pads += [total // 2, total - total // 2]
+    return pads
+
+
+def _same_pad(x: torch.Tensor, size: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+    pads = _same_pads(x, size, stride)
     return F.pad(x, pads) if any(pads) else x
 
 
@@ -169,12 +175,12 @@ class BlazeFaceNet(torch.nn.Module):
                 weight, bias = self._const(op.inputs[1]), self._const(op.inputs[2])
                 groups = weight.shape[0] if op.kind == "DEPTHWISE_CONV_2D" else 1
                 assert a is not None
-                kh, kw = weight.shape[2], weight.shape[3]
-                padding = (0, 0)
-                if o["same"] and o["stride"] == (1, 1) and kh % 2 and kw % 2:
-                    padding = (kh // 2, kw // 2)  # SAME at stride 1 is even: no padded copy
-                elif o["same"]:
-                    a = _same_pad(a, (kh, kw), o["stride"])
+                left, right, top, bottom = (
+                    _same_pads(a, weight.shape[2:], o["stride"]) if o["same"] else [0] * 4
+                )
+                padding = (top, left)  # even on both sides (stride 1, odd kernel): no padded copy
+                if (left, top) != (right, bottom):
+                    a, padding = F.pad(a, [left, right, top, bottom]), (0, 0)
                 y = F.conv2d(a, weight, bias, stride=o["stride"], padding=padding, groups=groups)
                 values[op.outputs[0]] = F.relu(y, inplace=True) if o["relu"] else y
             elif op.kind == "ADD":
